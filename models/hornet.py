@@ -1,0 +1,676 @@
+"""HorNet: vision backbones built on recursive gated convolution (gnConv).
+
+Paper: "HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions",
+Rao et al., NeurIPS 2022 (arXiv:2207.14284).
+
+This file is the one definition of the network in this project. Parameter names follow the
+officially released checkpoints exactly, so they load with ``strict=True``. Building blocks come
+first (filter -> gnConv -> block), then the model, the checkpoint adapter and the timm variants.
+"""
+import logging
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+__all__ = [
+    'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
+    'layer_id', 'resize_complex_weight', 'set_dft_filter', 'CheckpointMismatchError',
+]
+
+_logger = logging.getLogger(__name__)
+
+FilterSize = Tuple[int, int]
+
+
+def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a GF filter ``(C, h, w, 2)`` to ``(C, size[0], size[1], 2)``.
+
+    Real and imaginary parts are resized independently with bilinear interpolation,
+    ``align_corners=True``; that is what lets a GF model run at any input size.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(weight.shape[1:3]) == size:
+        return weight
+    dtype = weight.dtype
+    w = weight.float().permute(3, 0, 1, 2)  # (2, C, h, w): real/imag act as the batch
+    w = F.interpolate(w, size=size, mode='bilinear', align_corners=True)
+    return w.permute(1, 2, 3, 0).to(dtype)
+
+
+def _dft_mats(n: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin DFT matrices ``M[k, t] = cos|sin(2*pi*k*t/n)`` in float64, for exactness."""
+    idx = torch.arange(n, device=device, dtype=torch.float64)
+    ang = 2 * math.pi * torch.outer(idx, idx).remainder(n) / n
+    return torch.cos(ang), torch.sin(ang)
+
+
+def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``irfft2(rfft2(x) * weight)`` (orthonormal) written as real matrix products.
+
+    Numerically equal to the FFT path; used where FFT ops cannot be exported (ONNX).
+    ``x``: (B, C, H, W) float32, ``weight``: (C, H, W//2 + 1, 2) float32.
+    """
+    H, W = x.shape[-2:]
+    wf = W // 2 + 1
+    ch, sh = _dft_mats(H, x.device)
+    cw, sw = _dft_mats(W, x.device)
+    cw, sw = cw[:, :wf], sw[:, :wf]  # (W, wf)
+    # inverse real DFT along W counts each non-self-conjugate frequency twice
+    c = torch.full((wf,), 2.0, dtype=torch.float64, device=x.device)
+    c[0] = 1.0
+    if W % 2 == 0:
+        c[-1] = 1.0
+    scale = 1.0 / math.sqrt(H * W)
+    ch, sh = ch.float(), sh.float()
+    cw_f, sw_f = (cw * scale).float(), (sw * scale).float()
+    cw_i, sw_i = (cw * c).t().float(), (sw * c).t().float()  # (wf, W)
+    # forward: real DFT along W, complex DFT along H
+    ar, ai = x @ cw_f, -(x @ sw_f)
+    br, bi = ch @ ar + sh @ ai, ch @ ai - sh @ ar
+    # filter
+    wr, wi = weight[..., 0], weight[..., 1]
+    yr, yi = br * wr - bi * wi, br * wi + bi * wr
+    # inverse: complex DFT along H, real inverse DFT along W
+    dr, di = ch @ yr - sh @ yi, ch @ yi + sh @ yr
+    return dr @ cw_i - di @ sw_i
+
+
+class GlobalLocalFilter(nn.Module):
+    """Global-local filter, the GF spatial mixer of HorNet's last two stages.
+
+    Half of the channels go through a depthwise 3x3 conv (local), the other half through a learned
+    filter in the 2-D Fourier domain (global); the halves are interleaved channel by channel.
+
+    Args:
+        dim: Number of input (= output) channels; must be even.
+        h: Filter height (frequency rows).
+        w: Filter width (frequency columns, ``W // 2 + 1`` of the feature map it was made for).
+    """
+
+    def __init__(self, dim: int, h: int = 14, w: int = 8):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f'GlobalLocalFilter needs an even channel count, got {dim}')
+        self.dw = nn.Conv2d(dim // 2, dim // 2, kernel_size=3, padding=1, bias=False, groups=dim // 2)
+        self.complex_weight = nn.Parameter(torch.empty(dim // 2, h, w, 2))
+        trunc_normal_(self.complex_weight, std=.02)
+        self.pre_norm = LayerNorm2d(dim, eps=1e-6)
+        self.post_norm = LayerNorm2d(dim, eps=1e-6)
+        # Real-matrix DFT instead of torch.fft: for export (ONNX has no FFT). See set_dft_filter().
+        self.use_dft = False
+
+    def global_filter(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the learned frequency filter to ``x`` in float32; returns x's dtype."""
+        dtype = x.dtype
+        H, W = x.shape[-2:]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            weight = resize_complex_weight(self.complex_weight.float(), (H, W // 2 + 1))
+            if self.use_dft:
+                x = _global_filter_dft(x, weight)
+            else:
+                x = torch.fft.rfft2(x, dim=(2, 3), norm='ortho')
+                x = x * torch.view_as_complex(weight.contiguous())
+                x = torch.fft.irfft2(x, s=(H, W), dim=(2, 3), norm='ortho')
+        return x.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(x)
+        x_local, x_global = x.chunk(2, dim=1)
+        x_local = self.dw(x_local)
+        x_global = self.global_filter(x_global).to(x_local.dtype)
+        # interleave: channel 2k is local channel k, 2k+1 is global channel k
+        x = torch.stack((x_local, x_global), dim=2).flatten(1, 2)
+        return self.post_norm(x)
+
+
+MixerSpec = Union[str, Callable[[int], nn.Module]]
+
+
+class GnConv(nn.Module):
+    """Recursive gated convolution (gnConv), a plug-and-play spatial-mixing layer.
+
+    ``proj_in`` maps the input to ``2 * dim`` channels, split into ``p`` (``d_0`` channels) and
+    ``q`` (``d_0 + ... + d_{n-1}``); ``q`` is spatially mixed, scaled and split into gates
+    ``g_k``; then ``y = p * g_0`` and ``y = pws[k-1](y) * g_k`` for ``k = 1..n-1``, with
+    ``d_k = dim / 2 ** (n - 1 - k)``. ``proj_out`` maps the result to ``out_dim``.
+
+    Args:
+        dim: Width ``C`` of the recursion (``d_{n-1}``); must be divisible by ``2 ** (order - 1)``.
+        order: Interaction order ``n`` (>= 1).
+        scale: Multiplier ``s`` applied to the mixed gates (HorNet uses 1/3).
+        mixer: Spatial mixer over ``sum(d)`` channels: ``'dwconv'`` (depthwise
+            ``kernel_size`` x ``kernel_size`` conv with bias), ``'gf'`` (:class:`GlobalLocalFilter`
+            with ``filter_size``), or a callable ``channels -> nn.Module``.
+        kernel_size: Kernel of the ``'dwconv'`` mixer.
+        filter_size: ``(h, w)`` of the ``'gf'`` mixer's frequency filter.
+        in_dim: Input width (default ``dim``).
+        out_dim: Output width (default ``dim``).
+        proj_out: If False, no output projection (then ``out_dim`` must equal ``dim``).
+
+    Example:
+        >>> from models import GnConv
+        >>> layer = GnConv(64, order=3, mixer='dwconv', kernel_size=7)
+        >>> layer(torch.randn(2, 64, 28, 28)).shape
+        torch.Size([2, 64, 28, 28])
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            order: int = 5,
+            scale: float = 1.0,
+            mixer: MixerSpec = 'dwconv',
+            kernel_size: int = 7,
+            filter_size: FilterSize = (14, 8),
+            in_dim: Optional[int] = None,
+            out_dim: Optional[int] = None,
+            proj_out: bool = True,
+    ):
+        super().__init__()
+        if order < 1:
+            raise ValueError(f'gnConv order must be >= 1, got {order}')
+        if dim % (2 ** (order - 1)):
+            raise ValueError(f'gnConv width {dim} is not divisible by 2**(order-1) = {2 ** (order - 1)}')
+        in_dim = dim if in_dim is None else in_dim
+        out_dim = dim if out_dim is None else out_dim
+        if not proj_out and out_dim != dim:
+            raise ValueError(f'out_dim={out_dim} differs from dim={dim}, which needs proj_out=True')
+        self.order = order
+        self.dims = [dim // 2 ** i for i in range(order)][::-1]
+        self.scale = scale
+        self.proj_in = nn.Conv2d(in_dim, 2 * dim, kernel_size=1)
+        mix_dim = sum(self.dims)
+        if mixer == 'dwconv':
+            self.dwconv = nn.Conv2d(mix_dim, mix_dim, kernel_size, padding=(kernel_size - 1) // 2, groups=mix_dim)
+        elif mixer == 'gf':
+            self.dwconv = GlobalLocalFilter(mix_dim, h=filter_size[0], w=filter_size[1])
+        elif callable(mixer):
+            self.dwconv = mixer(mix_dim)
+        else:
+            raise ValueError(f"unknown gnConv mixer {mixer!r}; use 'dwconv', 'gf' or a callable")
+        self.proj_out = nn.Conv2d(dim, out_dim, kernel_size=1) if proj_out else nn.Identity()
+        self.pws = nn.ModuleList(
+            nn.Conv2d(self.dims[i], self.dims[i + 1], kernel_size=1) for i in range(order - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = torch.split(self.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
+        gates = torch.split(self.dwconv(q) * self.scale, self.dims, dim=1)
+        y = p * gates[0]
+        for pw, g in zip(self.pws, gates[1:]):
+            y = pw(y) * g
+        return self.proj_out(y)
+
+
+class HorBlock(nn.Module):
+    """HorNet block: gnConv spatial mixing, then a channels-last MLP, each residual with layer scale.
+
+    Args:
+        dim: Block width.
+        drop_path: Stochastic depth rate.
+        layer_scale_init_value: Initial layer scale; <= 0 disables layer scale (no parameters).
+        mlp_ratio: Hidden width of the MLP relative to ``dim``.
+        **gnconv_kwargs: Passed to :class:`GnConv` (order, scale, mixer, filter_size, ...).
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            drop_path: float = 0.,
+            layer_scale_init_value: float = 1e-6,
+            mlp_ratio: float = 4.,
+            **gnconv_kwargs,
+    ):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.gnconv = GnConv(dim, **gnconv_kwargs)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        hidden = int(mlp_ratio * dim)
+        self.pwconv1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(hidden, dim)
+        if layer_scale_init_value > 0:
+            self.gamma1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+            self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        else:
+            self.gamma1 = self.gamma2 = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gnconv(self.norm1(x))
+        if self.gamma1 is not None:
+            y = y * self.gamma1.view(-1, 1, 1)
+        x = x + self.drop_path(y)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1)))))
+        if self.gamma2 is not None:
+            y = y * self.gamma2
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
+
+
+# Variant definitions: plain data. ``gf_sizes[i]`` is the GF filter (h, w) of stage i, None = 7x7 dwconv.
+_GF_224 = (None, None, (14, 8), (7, 4))
+_GF_384 = (None, None, (24, 13), (12, 7))
+_NO_GF = (None, None, None, None)
+HORNET_ARCHS: Dict[str, Dict] = {
+    f'{size}_{kind}': dict(depths=(2, 3, 18, 2), base_dim=base_dim, gf_sizes=gf)
+    for size, base_dim in (('tiny', 64), ('small', 96), ('base', 128), ('large', 192))
+    for kind, gf in (('7x7', _NO_GF), ('gf', _GF_224), ('gf_img384', _GF_384))
+}
+
+
+class HorNet(nn.Module):
+    """HorNet image classifier (and, via ``forward_intermediates``, a 4-stage feature pyramid).
+
+    Args:
+        in_chans: Input image channels.
+        num_classes: Classifier outputs; 0 for no classifier.
+        depths: Blocks per stage.
+        base_dim: Width of stage 0; stage i has ``base_dim * 2**i`` channels.
+        orders: gnConv order per stage.
+        scale: gnConv gate scale ``s``.
+        gf_sizes: Per stage, the GlobalLocalFilter size ``(h, w)``, or None for a depthwise
+            ``kernel_size`` conv.
+        kernel_size: Kernel of the depthwise-conv mixer.
+        mlp_ratio: MLP expansion in each block.
+        drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth, rising linearly over all blocks up to this rate.
+        layer_scale_init_value: Initial layer scale; <= 0 disables it.
+        head_init_scale: Multiplier for the initial classifier weight and bias.
+        uniform_init: Xavier-uniform conv/linear init instead of truncated normal.
+        global_pool: ``'avg'``, or ``''`` for no pooling in ``forward_head``.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            depths: Sequence[int] = (2, 3, 18, 2),
+            base_dim: int = 64,
+            orders: Sequence[int] = (2, 3, 4, 5),
+            scale: float = 1 / 3,
+            gf_sizes: Sequence[Optional[FilterSize]] = _NO_GF,
+            kernel_size: int = 7,
+            mlp_ratio: float = 4.,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            layer_scale_init_value: float = 1e-6,
+            head_init_scale: float = 1.,
+            uniform_init: bool = False,
+            global_pool: str = 'avg',
+    ):
+        super().__init__()
+        if not (len(depths) == len(orders) == len(gf_sizes) == 4):
+            raise ValueError('depths, orders and gf_sizes need one entry per stage (4)')
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.depths = tuple(depths)
+        self.grad_checkpointing = False
+        dims = [base_dim * 2 ** i for i in range(4)]
+
+        self.downsample_layers = nn.ModuleList()
+        self.downsample_layers.append(nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+            LayerNorm2d(dims[0], eps=1e-6),
+        ))
+        for i in range(1, 4):
+            self.downsample_layers.append(nn.Sequential(
+                LayerNorm2d(dims[i - 1], eps=1e-6),
+                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2),
+            ))
+
+        dp_rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        cur = 0
+        for i in range(4):
+            mixer = dict(mixer='dwconv', kernel_size=kernel_size) if gf_sizes[i] is None \
+                else dict(mixer='gf', filter_size=tuple(gf_sizes[i]))
+            self.stages.append(nn.Sequential(*[
+                HorBlock(
+                    dims[i], drop_path=dp_rates[cur + j], layer_scale_init_value=layer_scale_init_value,
+                    mlp_ratio=mlp_ratio, order=orders[i], scale=scale, **mixer)
+                for j in range(depths[i])
+            ]))
+            cur += depths[i]
+            self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f'stages.{i}'))
+
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+        self.apply(self._init_xavier if uniform_init else self._init_trunc_normal)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
+
+    @staticmethod
+    def _init_trunc_normal(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _init_xavier(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # 1-D parameters (norms, biases, layer scales) are excluded by the optimizer factory;
+        # the GF filters are full tensors and keep weight decay, as in the original training.
+        return set()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
+        """Parameter groups for layer-wise lr decay, matching :func:`layer_id`."""
+        if coarse:
+            return dict(stem=r'^downsample_layers\.0\.', blocks=r'^(?:downsample_layers|stages)\.(\d+)')
+        blocks = [(r'^stages\.0\.', (1,)), (r'^(?:downsample_layers|stages)\.1\.', (2,)),
+                  (r'^downsample_layers\.2\.', (3,))]
+        blocks += [(rf'^stages\.2\.{j}\.', (min(3 + j // 2, 11),)) for j in range(self.depths[2])]
+        blocks += [(r'^(?:downsample_layers|stages)\.3\.', (12,))]
+        return dict(stem=r'^downsample_layers\.0\.', blocks=blocks)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        device, dtype = self.norm.weight.device, self.norm.weight.dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
+            if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            self._init_trunc_normal(self.head)
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample_layers[i](x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            for block in self.stages[i]:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
+        return self.stages[i](x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward that also returns raw stage outputs (strides 4, 8, 16, 32).
+
+        Args:
+            x: Input images.
+            indices: Take the last n stages if int, all if None, else these stage indices.
+            norm: Unused (HorNet's final norm acts on pooled features), kept for timm's API.
+            stop_early: Stop after the last requested stage.
+            output_fmt: Only ``'NCHW'``.
+            intermediates_only: Return only the list of stage outputs.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError('HorNet intermediates are NCHW only')
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = max_index if stop_early or intermediates_only else len(self.stages) - 1
+        intermediates = []
+        for i in range(last + 1):
+            x = self._run_stage(i, x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop stages after the last requested one (and the head) for feature extraction."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.downsample_layers = self.downsample_layers[:max_index + 1]
+        if prune_norm or max_index < 3:
+            self.norm = nn.Identity()
+        if prune_head or max_index < 3:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled features of the last stage, (B, C3, H/32, W/32)."""
+        for i in range(len(self.stages)):
+            x = self._run_stage(i, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = self.norm(x.mean((-2, -1)))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def layer_id(name: str, num_layers: int = 14) -> int:
+    """Layer-decay group (0 .. num_layers-1) of a HorNet parameter name; lr scale is
+    ``decay ** (num_layers - 1 - layer_id)``. Works for the classifier and the dense backbone."""
+    top = num_layers - 1
+    parts = name.split('.')
+    if parts[0] == 'downsample_layers':
+        return {0: 0, 1: 2, 2: 3}.get(int(parts[1]), top - 1)
+    if parts[0] == 'stages':
+        stage = int(parts[1])
+        if stage == 2:
+            return min(3 + int(parts[2]) // 2, top - 2)
+        return {0: 1, 1: 2}.get(stage, top - 1)
+    return top
+
+
+def set_dft_filter(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Make every GlobalLocalFilter in ``model`` use real DFT matrix products instead of torch.fft
+    (same numbers; exportable to ONNX)."""
+    for m in model.modules():
+        if isinstance(m, GlobalLocalFilter):
+            m.use_dft = enable
+    return model
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model: lists missing, unexpected and shape-mismatched keys."""
+
+
+def _describe(keys: List[str], limit: int = 20) -> str:
+    shown = ', '.join(keys[:limit])
+    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def check_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, what: str = 'checkpoint') -> None:
+    """Raise :class:`CheckpointMismatchError` listing every key that does not fit ``model``."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in target]
+    mismatched = [f'{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
+                  for k, v in target.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        lines = [f'{what} does not fit {type(model).__name__}:']
+        if missing:
+            lines.append(f'  missing keys ({len(missing)}): {_describe(missing)}')
+        if unexpected:
+            lines.append(f'  unexpected keys ({len(unexpected)}): {_describe(unexpected)}')
+        if mismatched:
+            lines.append(f'  shape mismatches ({len(mismatched)}): {_describe(mismatched)}')
+        raise CheckpointMismatchError('\n'.join(lines))
+
+
+def unwrap_checkpoint(checkpoint: Dict) -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint file: its ``model``/``module``/``state_dict`` entry,
+    or the dict itself; a DDP ``module.`` prefix is removed."""
+    for key in ('model', 'module', 'state_dict'):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
+
+
+def _from_mmpretrain(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state_dict.items():
+        if k.startswith('backbone.'):
+            k = k[len('backbone.'):]
+            if k.startswith('norm3.'):
+                k = 'norm.' + k[len('norm3.'):]
+            elif k.startswith(('norm0.', 'norm1.', 'norm2.')):
+                continue  # per-stage output norms of the dense backbone have no classifier twin
+        elif k.startswith('head.fc.'):
+            k = 'head.' + k[len('head.fc.'):]
+        elif k.startswith(('neck.', 'data_preprocessor.')):
+            continue
+        k = k.replace('.gnconv.projs.', '.gnconv.pws.')
+        k = k.replace('.gamma1.weight', '.gamma1').replace('.gamma2.weight', '.gamma2')
+        out[k] = v
+    return out
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Adapt a released or mmpretrain HorNet checkpoint to ``model``.
+
+    Accepts a training checkpoint (``model``/``module`` entry), an mmpretrain checkpoint
+    (``state_dict`` entry, ``backbone.``/``head.fc.`` keys) or a bare state dict. Resizes each GF
+    ``complex_weight`` to the model's filter size and drops the classifier when its shape differs.
+    Raises :class:`CheckpointMismatchError` if anything else does not fit.
+    """
+    state_dict = unwrap_checkpoint(state_dict)
+    if any(k.startswith('backbone.') for k in state_dict):
+        state_dict = _from_mmpretrain(state_dict)
+    target = model.state_dict()
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith('complex_weight') and k in target and v.shape != target[k].shape:
+            v = resize_complex_weight(v, target[k].shape[1:3])
+        elif k.startswith('head.') and (k not in target or v.shape != target[k].shape):
+            continue  # class count differs (or no classifier): the head starts fresh
+        out[k] = v
+    head_keys = [k for k in target if k.startswith('head.')]
+    if any(k not in out for k in head_keys):
+        # a fresh head is expected to be missing; everything else must fit exactly
+        check_state_dict({**out, **{k: target[k] for k in head_keys}}, model)
+    else:
+        check_state_dict(out, model)
+    return out
+
+
+def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs) -> HorNet:
+    model_args = dict(HORNET_ARCHS[arch or variant[len('hornet_'):]])
+    model_args.update(kwargs)
+    return build_model_with_cfg(
+        HorNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        **model_args,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'downsample_layers.0.0', 'classifier': 'head',
+        'license': 'mit', 'paper_ids': 'arXiv:2207.14284',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'hornet_tiny_7x7.in1k': _cfg(),
+    'hornet_tiny_gf.in1k': _cfg(),
+    'hornet_small_7x7.in1k': _cfg(),
+    'hornet_small_gf.in1k': _cfg(),
+    'hornet_base_7x7.in1k': _cfg(),
+    'hornet_base_gf.in1k': _cfg(),
+    'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    # HorNet-L: pre-trained on ImageNet-22K; the released files carry a 1000-class head
+    'hornet_large_7x7.in22k_ft_in1k': _cfg(),
+    'hornet_large_gf.in22k_ft_in1k': _cfg(),
+    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+})
+
+
+@register_model
+def hornet_tiny_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_tiny_7x7', pretrained, **kwargs)
+
+
+@register_model
+def hornet_tiny_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_tiny_gf', pretrained, **kwargs)
+
+
+@register_model
+def hornet_small_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_small_7x7', pretrained, **kwargs)
+
+
+@register_model
+def hornet_small_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_small_gf', pretrained, **kwargs)
+
+
+@register_model
+def hornet_base_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_7x7', pretrained, **kwargs)
+
+
+@register_model
+def hornet_base_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_gf', pretrained, **kwargs)
+
+
+@register_model
+def hornet_base_gf_img384(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_gf_img384', pretrained, **kwargs)
+
+
+@register_model
+def hornet_large_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_7x7', pretrained, **kwargs)
+
+
+@register_model
+def hornet_large_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_gf', pretrained, **kwargs)
+
+
+@register_model
+def hornet_large_gf_img384(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_gf_img384', pretrained, **kwargs)
