@@ -7,7 +7,7 @@ This file is the one definition of the network in this project. Parameter names 
 officially released checkpoints exactly, so they load with ``strict=True``. Building blocks come
 first (filter -> gnConv -> block), then the model, the checkpoint adapter and the timm variants.
 """
-import logging
+import contextlib
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -25,8 +25,6 @@ __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
     'layer_id', 'resize_complex_weight', 'set_dft_filter', 'CheckpointMismatchError',
 ]
-
-_logger = logging.getLogger(__name__)
 
 FilterSize = Tuple[int, int]
 
@@ -72,7 +70,7 @@ def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     scale = 1.0 / math.sqrt(H * W)
     ch, sh = ch.float(), sh.float()
     cw_f, sw_f = (cw * scale).float(), (sw * scale).float()
-    cw_i, sw_i = (cw * c).t().float(), (sw * c).t().float()  # (wf, W)
+    cw_i, sw_i = (cw * c * scale).t().float(), (sw * c * scale).t().float()  # (wf, W)
     # forward: real DFT along W, complex DFT along H
     ar, ai = x @ cw_f, -(x @ sw_f)
     br, bi = ch @ ar + sh @ ai, ch @ ai - sh @ ar
@@ -112,7 +110,10 @@ class GlobalLocalFilter(nn.Module):
         """Apply the learned frequency filter to ``x`` in float32; returns x's dtype."""
         dtype = x.dtype
         H, W = x.shape[-2:]
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        device_type = x.device.type
+        no_autocast = torch.autocast(device_type, enabled=False) \
+            if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+        with no_autocast:
             x = x.float()
             weight = resize_complex_weight(self.complex_weight.float(), (H, W // 2 + 1))
             if self.use_dft:
@@ -401,7 +402,8 @@ class HorNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device, dtype = self.norm.weight.device, self.norm.weight.dtype
+        ref = next(self.parameters())
+        device, dtype = ref.device, ref.dtype
         self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
             if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):

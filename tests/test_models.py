@@ -1,0 +1,422 @@
+"""Model library: checkpoint layout, numerics against the spec, timm API, loading, autocast, FLOPs."""
+import json
+import math
+import os
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import calc_flops
+import models
+from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
+from models.hornet import _from_mmpretrain
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+with open(os.path.join(DATA, 'hornet_checkpoint_layout.json')) as f:
+    LAYOUT = json.load(f)
+SMALL = dict(depths=(1, 1, 1, 1), base_dim=16)
+
+
+def small(name='hornet_tiny_gf', **kwargs):
+    return timm.create_model(name, **{**SMALL, **kwargs})
+
+
+# ---------------------------------------------------------------- layout
+@pytest.mark.parametrize('name', list(LAYOUT))
+def test_state_dict_matches_released_layout(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    got = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert got == list(LAYOUT[name]['state_dict'].items())
+    assert sum(p.numel() for p in model.parameters()) == LAYOUT[name]['num_params']
+
+
+def test_all_variants_registered():
+    assert sorted(timm.list_models('hornet_*')) == sorted(LAYOUT)
+
+
+# ---------------------------------------------------------------- reference formulas (float64, loops)
+def ref_ln_cf(x, weight, bias, eps=1e-6):
+    """LN over channels of an NCHW tensor, written out per channel."""
+    mean = sum(x[:, c] for c in range(x.shape[1])) / x.shape[1]
+    var = sum((x[:, c] - mean) ** 2 for c in range(x.shape[1])) / x.shape[1]
+    return torch.stack([(x[:, c] - mean) / torch.sqrt(var + eps) * weight[c] + bias[c]
+                        for c in range(x.shape[1])], dim=1)
+
+
+def ref_conv1x1(x, conv):
+    w, b = conv.weight.double()[:, :, 0, 0], conv.bias.double()
+    return torch.stack([sum(w[o, i] * x[:, i] for i in range(x.shape[1])) + b[o] for o in range(w.shape[0])], 1)
+
+
+def ref_depthwise(x, weight, bias=None):
+    """Depthwise conv, stride 1, 'same' zero padding, as a sum over kernel offsets."""
+    k = weight.shape[-1]
+    p = (k - 1) // 2
+    H, W = x.shape[-2:]
+    xp = F.pad(x, (p, p, p, p))
+    out = torch.zeros_like(x)
+    for i in range(k):
+        for j in range(k):
+            out += xp[:, :, i:i + H, j:j + W] * weight[:, 0, i, j].view(1, -1, 1, 1)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+def ref_bilinear_align_corners(w, size):
+    """Resize (C, h, w) to (C, *size) with the align_corners=True bilinear formula."""
+    C, h, wd = w.shape
+    H, W = size
+    out = torch.zeros(C, H, W, dtype=w.dtype)
+    for i in range(H):
+        y = i * (h - 1) / (H - 1) if H > 1 else 0.
+        y0 = min(int(math.floor(y)), h - 1)
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(W):
+            x = j * (wd - 1) / (W - 1) if W > 1 else 0.
+            x0 = min(int(math.floor(x)), wd - 1)
+            x1, fx = min(x0 + 1, wd - 1), x - x0
+            out[:, i, j] = (w[:, y0, x0] * (1 - fy) * (1 - fx) + w[:, y0, x1] * (1 - fy) * fx
+                            + w[:, y1, x0] * fy * (1 - fx) + w[:, y1, x1] * fy * fx)
+    return out
+
+
+def ref_global_filter(x, cw):
+    """Orthonormal rfft2 -> complex filter -> irfft2, as explicit DFT sums (no torch.fft)."""
+    H, W = x.shape[-2:]
+    Wf = W // 2 + 1
+    if tuple(cw.shape[1:3]) != (H, Wf):
+        cw = torch.stack([ref_bilinear_align_corners(cw[..., r], (H, Wf)) for r in range(2)], -1)
+    filt = torch.complex(cw[..., 0], cw[..., 1])
+    hh, ww = torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64)
+    kh, kw = torch.arange(H, dtype=torch.float64), torch.arange(Wf, dtype=torch.float64)
+    e_h = torch.exp(-2j * math.pi * torch.outer(kh, hh) / H)   # (k1, h)
+    e_w = torch.exp(-2j * math.pi * torch.outer(kw, ww) / W)   # (k2, w)
+    X = torch.einsum('ah,bw,nchw->ncab', e_h, e_w, x.to(torch.complex128)) / math.sqrt(H * W)
+    Y = X * filt
+    # Hermitian completion of the half spectrum, then the inverse DFT; C2R ignores the imaginary
+    # part of the self-conjugate bins, which taking the real part of the full sum does as well
+    full = torch.zeros(*Y.shape[:2], H, W, dtype=torch.complex128)
+    full[..., :Wf] = Y
+    for k2 in range(Wf, W):
+        for k1 in range(H):
+            full[..., k1, k2] = Y[..., (-k1) % H, W - k2].conj()
+    for k2 in {0, W // 2} if W % 2 == 0 else {0}:  # self-conjugate columns: keep real-symmetric part
+        col = full[..., k2].clone()
+        full[..., k2] = 0.5 * (col + col[..., (-torch.arange(H)) % H].conj())
+    out = torch.einsum('ha,wb,ncab->nchw', e_h.conj(), torch.exp(2j * math.pi * torch.outer(ww, torch.arange(W, dtype=torch.float64)) / W), full)
+    return (out / math.sqrt(H * W)).real
+
+
+def ref_glf(m, x):
+    x = ref_ln_cf(x, m.pre_norm.weight.double(), m.pre_norm.bias.double())
+    C = x.shape[1] // 2
+    local = ref_depthwise(x[:, :C], m.dw.weight.double())
+    glob = ref_global_filter(x[:, C:], m.complex_weight.double())
+    out = torch.empty_like(x)
+    for k in range(C):
+        out[:, 2 * k], out[:, 2 * k + 1] = local[:, k], glob[:, k]
+    return ref_ln_cf(out, m.post_norm.weight.double(), m.post_norm.bias.double())
+
+
+def ref_gnconv(m, x):
+    n = m.order
+    C = m.proj_out.in_channels if isinstance(m.proj_out, torch.nn.Conv2d) else x.shape[1]
+    d = [C // 2 ** (n - 1 - k) for k in range(n)]
+    z = ref_conv1x1(x, m.proj_in)
+    p, q = z[:, :d[0]], z[:, d[0]:]
+    q = ref_glf(m.dwconv, q) if isinstance(m.dwconv, GlobalLocalFilter) \
+        else ref_depthwise(q, m.dwconv.weight.double(), m.dwconv.bias.double())
+    q = q * m.scale
+    gates, start = [], 0
+    for k in range(n):
+        gates.append(q[:, start:start + d[k]])
+        start += d[k]
+    y = p * gates[0]
+    for k in range(1, n):
+        y = ref_conv1x1(y, m.pws[k - 1]) * gates[k]
+    return ref_conv1x1(y, m.proj_out) if isinstance(m.proj_out, torch.nn.Conv2d) else y
+
+
+def _randomize(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+    return module
+
+
+@pytest.mark.parametrize('size,filt', [((7, 9), (7, 5)), ((9, 6), (5, 3)), ((5, 5), (9, 4))])
+def test_global_local_filter_equals_formula(size, filt):
+    m = _randomize(GlobalLocalFilter(8, *filt)).double()
+    x = torch.randn(2, 8, *size, dtype=torch.float64)
+    out = m(x)
+    assert out.dtype == torch.float64 or out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_glf(m, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('order', [1, 2, 3, 4, 5])
+@pytest.mark.parametrize('mixer', ['dwconv', 'gf'])
+def test_gnconv_equals_formula(order, mixer):
+    dim = 2 ** order
+    m = _randomize(GnConv(dim, order=order, scale=1 / 3, mixer=mixer, kernel_size=5, filter_size=(4, 3))).double()
+    x = torch.randn(2, dim, 7, 5, dtype=torch.float64)
+    torch.testing.assert_close(m(x), ref_gnconv(m, x), rtol=1e-6, atol=1e-6)
+    # channel split d_k = C / 2**(n-1-k), smallest first
+    assert m.dims == [dim // 2 ** (order - 1 - k) for k in range(order)]
+
+
+def test_gnconv_in_out_widths_without_projection():
+    m = GnConv(16, order=2, in_dim=24, out_dim=32)
+    assert m(torch.randn(1, 24, 9, 9)).shape == (1, 32, 9, 9)
+    m = _randomize(GnConv(16, order=3, proj_out=False)).double()
+    x = torch.randn(1, 16, 6, 7, dtype=torch.float64)
+    torch.testing.assert_close(m(x), ref_gnconv(m, x))
+    with pytest.raises(ValueError, match='divisible'):
+        GnConv(20, order=4)
+    with pytest.raises(ValueError, match='proj_out'):
+        GnConv(16, order=2, out_dim=8, proj_out=False)
+
+
+def test_horblock_equals_formula():
+    blk = _randomize(HorBlock(8, order=2, scale=1 / 3)).double().eval()
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    y = x + blk.gamma1.view(1, -1, 1, 1) * ref_gnconv(blk.gnconv, ref_ln_cf(x, blk.norm1.weight, blk.norm1.bias))
+    t = y.permute(0, 2, 3, 1)
+    t = F.layer_norm(t, (8,), blk.norm2.weight, blk.norm2.bias, eps=1e-6)
+    t = F.gelu(t @ blk.pwconv1.weight.t() + blk.pwconv1.bias) @ blk.pwconv2.weight.t() + blk.pwconv2.bias
+    expected = y + (blk.gamma2 * t).permute(0, 3, 1, 2)
+    torch.testing.assert_close(blk(x), expected, rtol=1e-6, atol=1e-6)
+    assert HorBlock(8, layer_scale_init_value=0, order=2).gamma1 is None
+
+
+def test_dft_filter_equals_fft_filter():
+    m = _randomize(GlobalLocalFilter(8, 6, 4))
+    x = torch.randn(2, 8, 11, 9)
+    ref = m(x)
+    m.use_dft = True
+    torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- whole model
+def test_drop_path_rates_and_init():
+    model = timm.create_model('hornet_tiny_gf', drop_path_rate=0.24, head_init_scale=0.5)
+    rates = [getattr(b.drop_path, 'drop_prob', 0.) for s in model.stages for b in s]
+    assert len(rates) == 25
+    assert isinstance(model.stages[0][0].drop_path, torch.nn.Identity)
+    assert rates[0] == 0 and abs(rates[-1] - 0.24) < 1e-7 and abs(rates[12] - 0.12) < 1e-6
+    assert model.stages[0][0].gamma1[0].item() == pytest.approx(1e-6)
+    assert model.head.weight.std().item() == pytest.approx(0.01, rel=0.1)  # 0.02 * 0.5
+    assert model.stages[2][0].gnconv.dwconv.complex_weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert float(model.head.bias.abs().max()) == 0
+
+
+@pytest.mark.parametrize('hw', [(97, 131), (288, 160), (64, 64)])
+def test_gf_model_any_input_size(hw):
+    model = small(num_classes=7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *hw))
+    assert out.shape == (1, 7) and torch.isfinite(out).all()
+
+
+def test_features_only_and_intermediates():
+    fm = small('hornet_small_gf', features_only=True)
+    assert fm.feature_info.reduction() == [4, 8, 16, 32]
+    assert fm.feature_info.channels() == [16, 32, 64, 128]
+    feats = fm(torch.randn(2, 3, 64, 96))
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 128, 2, 3)]
+    fm2 = small(features_only=True, out_indices=(1, 2))
+    assert [f.shape[1] for f in fm2(torch.randn(1, 3, 64, 64))] == [32, 64]
+    model = small().eval()
+    x = torch.randn(1, 3, 64, 64)
+    final, inter = model.forward_intermediates(x)
+    assert len(inter) == 4
+    torch.testing.assert_close(final, model.forward_features(x))
+    torch.testing.assert_close(model.forward_head(final), model(x))
+    assert model.forward_head(final, pre_logits=True).shape == (1, 128)
+
+
+def test_reset_classifier():
+    model = small(num_classes=10)
+    model.reset_classifier(5)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+    assert model.get_classifier().__class__.__name__ == 'Identity'
+
+
+def test_grad_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    a = small(drop_path_rate=0.2, layer_scale_init_value=1.0)
+    b = small(drop_path_rate=0.2, layer_scale_init_value=1.0)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 48, 48)
+    for m in (a, b):
+        torch.manual_seed(1)
+        m(x).square().mean().backward()
+    grads_a = {n: p.grad for n, p in a.named_parameters()}
+    for n, p in b.named_parameters():
+        torch.testing.assert_close(p.grad, grads_a[n], rtol=1e-5, atol=1e-7)
+    assert sum(p.grad.abs().sum().item() for p in a.parameters()) > 0
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.bfloat16, 1.5e-2), (torch.float16, 3e-3)])
+def test_autocast_cpu_finite_and_close(dtype, tol):
+    model = timm.create_model('hornet_tiny_gf', depths=(1, 1, 2, 1), base_dim=32, num_classes=10,
+                              layer_scale_init_value=1.0).eval()
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast('cpu', dtype=dtype):
+            out = model(x)
+    assert torch.isfinite(out).all()
+    rel = ((out.float() - ref).norm() / ref.norm()).item()
+    assert rel < tol
+    # the global filter itself runs in float32 even under autocast: bit-identical to fp32
+    glf = model.stages[2][0].gnconv.dwconv
+    z = torch.randn(1, glf.complex_weight.shape[0], 6, 7)
+    with torch.no_grad():
+        plain = glf.global_filter(z)
+        with torch.autocast('cpu', dtype=dtype):
+            auto = glf.global_filter(z)
+    assert auto.dtype == torch.float32 and torch.equal(auto, plain)
+
+
+def test_layer_decay_grouping_matches_spec():
+    with torch.device('meta'):
+        model = timm.create_model('hornet_base_gf')
+    from timm.optim import param_groups_layer_decay
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.9)
+    by_param = {}
+    for g in groups:
+        for p in g['params']:
+            by_param[id(p)] = (g['lr_scale'], g['weight_decay'])
+    for name, p in model.named_parameters():
+        lid = models.layer_id(name)
+        lr_scale, wd = by_param[id(p)]
+        assert lr_scale == pytest.approx(0.9 ** (13 - lid)), name
+        assert wd == (0.0 if p.ndim <= 1 else 0.05), name
+    assert len({g['lr_scale'] for g in groups}) == 14
+    assert models.layer_id('downsample_layers.0.0.weight') == 0
+    assert models.layer_id('stages.0.1.gamma1') == 1
+    assert models.layer_id('downsample_layers.1.1.weight') == 2
+    assert models.layer_id('stages.2.0.norm1.weight') == 3
+    assert models.layer_id('stages.2.17.pwconv1.weight') == 11
+    assert models.layer_id('downsample_layers.3.0.bias') == 12
+    assert models.layer_id('head.weight') == 13
+
+
+# ---------------------------------------------------------------- checkpoints
+def _to_mmpretrain(sd):
+    out = {}
+    for k, v in sd.items():
+        if k.startswith('head.'):
+            out['head.fc.' + k[5:]] = v
+            continue
+        k = 'backbone.norm3.' + k[5:] if k.startswith('norm.') else 'backbone.' + k
+        k = k.replace('.gnconv.pws.', '.gnconv.projs.')
+        k = k.replace('.gamma1', '.gamma1.weight').replace('.gamma2', '.gamma2.weight')
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize('fmt', ['model', 'module', 'bare', 'ddp_prefix', 'mmpretrain'])
+def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
+    src = small(num_classes=1000)
+    sd = src.state_dict()
+    obj = {'model': {'model': sd, 'epoch': 3}, 'module': {'module': sd}, 'bare': sd,
+           'ddp_prefix': {'model': {'module.' + k: v for k, v in sd.items()}},
+           'mmpretrain': {'meta': {}, 'state_dict': _to_mmpretrain(sd)}}[fmt]
+    path = tmp_path / 'ckpt.pth'
+    torch.save(obj, path)
+    model = small(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(x), src.eval()(x))
+
+
+def test_mmpretrain_key_mapping():
+    sd = small().state_dict()
+    mapped = _from_mmpretrain(_to_mmpretrain(sd))
+    assert list(mapped) == list(sd)
+    assert 'backbone.stages.3.0.gnconv.projs.3.weight' in _to_mmpretrain(sd)
+
+
+def test_gf_filter_resize_and_head_drop(tmp_path):
+    src = small(num_classes=1000)
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'model': src.state_dict()}, path)
+    model = small(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10,
+                  gf_sizes=(None, None, (24, 13), (12, 7)))
+    w_src = src.stages[2][0].gnconv.dwconv.complex_weight.detach()
+    w_new = model.stages[2][0].gnconv.dwconv.complex_weight.detach()
+    assert w_new.shape[1:3] == (24, 13)
+    expected = torch.stack([ref_bilinear_align_corners(w_src[..., r].double(), (24, 13)) for r in range(2)], -1)
+    torch.testing.assert_close(w_new.double(), expected, rtol=1e-5, atol=1e-6)
+    # corners of an align_corners resize are the source corners exactly
+    assert torch.equal(w_new[:, 0, 0], w_src[:, 0, 0]) and torch.equal(w_new[:, -1, -1], w_src[:, -1, -1])
+    assert model.head.weight.shape == (10, 128)
+    assert torch.equal(model.stages[0][0].pwconv1.weight, src.stages[0][0].pwconv1.weight)
+
+
+def test_checkpoint_filter_fn_direct_and_mismatch_error():
+    src = small(num_classes=1000)
+    model = small(num_classes=1000)
+    out = models.checkpoint_filter_fn({'model': src.state_dict()}, model)
+    model.load_state_dict(out, strict=True)
+    bad = dict(src.state_dict())
+    bad.pop('stages.1.0.norm1.weight')
+    bad['stages.0.0.extra'] = torch.zeros(1)
+    bad['downsample_layers.1.1.weight'] = torch.zeros(32, 16, 3, 3)
+    with pytest.raises(CheckpointMismatchError) as err:
+        models.checkpoint_filter_fn(bad, model)
+    msg = str(err.value)
+    assert 'missing keys (1): stages.1.0.norm1.weight' in msg
+    assert 'unexpected keys (1): stages.0.0.extra' in msg
+    assert 'shape mismatches (1): downsample_layers.1.1.weight (32, 16, 3, 3) vs model (32, 16, 2, 2)' in msg
+    # a 7x7 checkpoint does not fit a GF model: every GF key is listed
+    with pytest.raises(CheckpointMismatchError, match='missing keys'):
+        models.checkpoint_filter_fn(small('hornet_tiny_7x7').state_dict(), model)
+
+
+# ---------------------------------------------------------------- FLOPs
+PUBLISHED_GFLOPS = {
+    'hornet_tiny_7x7': 3.98, 'hornet_tiny_gf': 3.91, 'hornet_small_7x7': 8.83, 'hornet_small_gf': 8.73,
+    'hornet_base_7x7': 15.58, 'hornet_base_gf': 15.46, 'hornet_large_7x7': 34.82, 'hornet_large_gf': 34.64,
+    'hornet_large_gf_img384': 101.81,
+}
+
+
+@pytest.mark.parametrize('name', list(PUBLISHED_GFLOPS))
+def test_flops_reproduce_model_zoo_table(name):
+    r = calc_flops.analyse(name)
+    assert round(r['gflops'], 2) == PUBLISHED_GFLOPS[name]
+    assert r['params'] == LAYOUT[name]['num_params']
+
+
+def test_flops_formula_small_model():
+    """conv/linear multiply-adds and the FFT term against hand-computed values."""
+    model = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16, num_classes=10)
+    f = calc_flops.count_flops(model, (64, 64))
+    # stage 2: 4x4 map, gf over D/2 = (8+16+32+64)/2 = 60 channels; stage 3: 2x2 map, 248/2 = 124.
+    # each transform's input (B, a, b, c) costs a*b*c*ceil(log2(a*b)); irfft2 input is (B, C, H, W//2+1)
+    fft = (60 * 4 * 4 * math.ceil(math.log2(60 * 4)) + 60 * 4 * 3 * math.ceil(math.log2(60 * 4))
+           + 124 * 2 * 2 * math.ceil(math.log2(124 * 2)) + 124 * 2 * 2 * math.ceil(math.log2(124 * 2)))
+    assert fft == 21376
+    assert f['fft'] == fft
+    ln = 5 * (16 * 16 * 16 + 8 * 8 * 32 + 4 * 4 * 64 + 2 * 2 * 128 + 128)
+    assert f['layernorm'] == ln
+    assert f['total'] == f['conv_linear'] + fft + ln
+    # multiply-adds from each layer's shapes: conv = out elements * in/groups * kh * kw, linear = out * in
+    macs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(
+        o.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, torch.nn.Conv2d) else o.numel() * m.in_features))
+        for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert f['conv_linear'] == sum(macs)
