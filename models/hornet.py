@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg_value, register_model
 from timm.models._features import feature_take_indices
 
 __all__ = [
@@ -591,6 +591,14 @@ def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.
 
 
 def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs) -> HorNet:
+    if pretrained:
+        overlay = kwargs.get('pretrained_cfg_overlay') or {}
+        if not any(overlay.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')) \
+                and not kwargs.get('pretrained_cfg'):
+            origin = get_pretrained_cfg_value(variant, 'origin_url') or 'the HorNet model zoo'
+            raise ValueError(
+                f'{variant}: weights are never downloaded implicitly. Download the released checkpoint '
+                f'({origin}) and pass pretrained_cfg_overlay=dict(file=PATH).')
     model_args = dict(HORNET_ARCHS[arch or variant[len('hornet_'):]])
     model_args.update(kwargs)
     return build_model_with_cfg(
@@ -613,18 +621,20 @@ def _cfg(url: str = '', **kwargs) -> Dict:
     }
 
 
+_ZOO = 'https://cloud.tsinghua.edu.cn/f/{}/?dl=1'  # the release's links (origin_url); never fetched
 default_cfgs = generate_default_cfgs({
-    'hornet_tiny_7x7.in1k': _cfg(),
-    'hornet_tiny_gf.in1k': _cfg(),
-    'hornet_small_7x7.in1k': _cfg(),
-    'hornet_small_gf.in1k': _cfg(),
-    'hornet_base_7x7.in1k': _cfg(),
-    'hornet_base_gf.in1k': _cfg(),
+    'hornet_tiny_7x7.in1k': _cfg(origin_url=_ZOO.format('1ca970586c6043709a3f')),
+    'hornet_tiny_gf.in1k': _cfg(origin_url=_ZOO.format('511faad0bde94dfcaa54')),
+    'hornet_small_7x7.in1k': _cfg(origin_url=_ZOO.format('46422799db2941f7b684')),
+    'hornet_small_gf.in1k': _cfg(origin_url=_ZOO.format('8405c984bf084d2ba85a')),
+    'hornet_base_7x7.in1k': _cfg(origin_url=_ZOO.format('5c86cb3d655d4c17a959')),
+    'hornet_base_gf.in1k': _cfg(origin_url=_ZOO.format('6c84935e63b547f383fb')),
     'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
     # HorNet-L: pre-trained on ImageNet-22K; the released files carry a 1000-class head
-    'hornet_large_7x7.in22k_ft_in1k': _cfg(),
-    'hornet_large_gf.in22k_ft_in1k': _cfg(),
-    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'hornet_large_7x7.in22k_ft_in1k': _cfg(origin_url=_ZOO.format('a76f7ce114ad4e9c8ffb')),
+    'hornet_large_gf.in22k_ft_in1k': _cfg(origin_url=_ZOO.format('12c99a79e77341e59681')),
+    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(
+        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, origin_url=_ZOO.format('9253bd0d50c84ab1b71e')),
 })
 
 

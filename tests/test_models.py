@@ -420,3 +420,14 @@ def test_flops_formula_small_model():
     for h in hooks:
         h.remove()
     assert f['conv_linear'] == sum(macs)
+
+
+def test_default_cfgs_and_no_implicit_download():
+    for name in LAYOUT:
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        assert cfg['input_size'] == ((3, 384, 384) if name.endswith('img384') else (3, 224, 224))
+        assert cfg['crop_pct'] == (1.0 if name.endswith('img384') else 0.875)
+        assert cfg['num_classes'] == 1000 and cfg['classifier'] == 'head'
+        assert cfg['first_conv'] == 'downsample_layers.0.0' and cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
+    with pytest.raises(ValueError, match=r'pretrained_cfg_overlay=dict\(file=PATH\)'):
+        timm.create_model('hornet_tiny_gf', pretrained=True)
