@@ -1,0 +1,269 @@
+"""Export a HorNet variant to ONNX or a ``torch.export`` program, and verify the export.
+
+Every variant exports, GF included. For ONNX the global filter is computed with real DFT matrix
+products (``models.set_dft_filter``) instead of ``torch.fft``: plain MatMul nodes that any ONNX
+runtime can execute, numerically equal to the FFT path. ``torch.export`` traces ``torch.fft``
+directly, so that format keeps the FFT (``--gf_filter`` overrides both choices).
+
+After exporting, the file is loaded again (onnxruntime for ONNX, ``torch.export.load`` for
+``torch_export``) and run against the eager model on random inputs; the max absolute and relative
+differences are printed and the script exits with status 1 if they exceed the tolerance.
+
+Examples::
+
+    python export.py --model hornet_tiny_gf --checkpoint hornet_tiny_gf.pth \\
+        --input_size 224 --format onnx --dynamic_batch --output hornet_tiny_gf.onnx
+    python export.py --model hornet_tiny_7x7 --input_size 224 --format torch_export \\
+        --output hornet_tiny_7x7.pt2
+    # a small random-weight model (any timm kwarg of the variant, values as Python literals)
+    python export.py --model hornet_tiny_gf --model_kwargs depths=1,1,1,1 base_dim=16 \\
+        --input_size 64 --format onnx --output small.onnx
+"""
+import argparse
+import ast
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import timm
+
+import models
+
+_logger = logging.getLogger(__name__)
+
+# ONNX protobuf files cannot exceed 2 GiB; above this size the weights go to a side file.
+_ONNX_INLINE_LIMIT = 1800 * 2 ** 20
+
+
+def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """Parse ``key=value`` strings into timm model kwargs.
+
+    Values are Python literals (``depths=1,1,1,1`` -> ``(1, 1, 1, 1)``, ``base_dim=16`` -> ``16``,
+    ``gf_sizes="[None,None,(14,8),(7,4)]"``); anything that is not a literal stays a string.
+    """
+    kwargs = {}
+    for item in items or ():
+        key, sep, value = item.partition('=')
+        if not sep or not key:
+            raise ValueError(f'--model_kwargs expects key=value, got {item!r}')
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def load_checkpoint_file(path: str, key: str = 'auto') -> Dict[str, torch.Tensor]:
+    """Read a checkpoint file and return the model state dict inside it.
+
+    Args:
+        path: ``.pth`` file: a training checkpoint, a released/mmpretrain file or a bare state dict.
+        key: Entry to take (e.g. ``model_ema``); ``auto`` picks ``model``/``module``/``state_dict``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    # training checkpoints store their argparse namespace next to the weights
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f'checkpoint {path!r} holds a {type(ckpt).__name__}, expected a dict')
+    if key != 'auto':
+        if not isinstance(ckpt.get(key), dict):
+            found = ', '.join(k for k, v in ckpt.items() if isinstance(v, dict)) or 'none'
+            raise KeyError(f'checkpoint {path!r} has no state dict under {key!r} (dict entries: {found})')
+        ckpt = ckpt[key]
+    return models.unwrap_checkpoint(ckpt)
+
+
+def _checkpoint_num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+    for k in ('head.weight', 'head.fc.weight'):
+        if k in state_dict:
+            return int(state_dict[k].shape[0])
+    return None
+
+
+def create_model(
+        name: str,
+        checkpoint: Optional[str] = None,
+        checkpoint_key: str = 'auto',
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> nn.Module:
+    """Build ``name`` in eval mode, with weights from ``checkpoint`` if given.
+
+    The class count follows the checkpoint's classifier unless ``num_classes`` is given, in which
+    case the two must agree: a deployed model must never carry a freshly initialised head.
+    """
+    valid = timm.list_models('hornet_*')
+    if name not in valid:
+        raise ValueError(f'unknown model {name!r}; valid names: {", ".join(valid)}')
+    kwargs = dict(model_kwargs or {})
+    state_dict = None
+    if checkpoint:
+        state_dict = load_checkpoint_file(checkpoint, checkpoint_key)
+        ckpt_classes = _checkpoint_num_classes(state_dict)
+        if ckpt_classes is None:
+            raise models.CheckpointMismatchError(f'checkpoint {checkpoint!r} has no classifier (head.weight)')
+        if num_classes is not None and num_classes != ckpt_classes:
+            raise models.CheckpointMismatchError(
+                f'--num_classes {num_classes} but checkpoint {checkpoint!r} has {ckpt_classes} classes')
+        num_classes = ckpt_classes
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    model = timm.create_model(name, **kwargs)
+    if state_dict is not None:
+        model.load_state_dict(models.checkpoint_filter_fn(state_dict, model), strict=True)
+    return model.eval()
+
+
+def has_global_filter(model: nn.Module) -> bool:
+    return any(isinstance(m, models.GlobalLocalFilter) for m in model.modules())
+
+
+def export_onnx(
+        model: nn.Module, example: torch.Tensor, output: str, dynamic_batch: bool,
+        opset: Optional[int] = None,
+) -> None:
+    """Export with torch's dynamo-based ONNX exporter (needs ``onnxscript``)."""
+    dynamic_shapes = ({0: torch.export.Dim('batch', min=1)},) if dynamic_batch else None
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(
+            model, (example,), output, input_names=['input'], output_names=['logits'],
+            dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False,
+            external_data=n_bytes > _ONNX_INLINE_LIMIT)
+
+
+def export_program(model: nn.Module, example: torch.Tensor, output: str, dynamic_batch: bool) -> None:
+    """Export with ``torch.export`` and save the program (``.pt2``)."""
+    dynamic_shapes = ({0: torch.export.Dim('batch', min=1)},) if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    torch.export.save(program, output)
+
+
+def load_runner(path: str, fmt: str):
+    """A callable ``np.ndarray -> np.ndarray`` running the exported file at ``path``."""
+    if fmt == 'onnx':
+        import onnxruntime as ort
+        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x})[0]
+    program = torch.export.load(path).module()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return program(torch.from_numpy(x)).numpy()
+    return run
+
+
+def compare(reference: np.ndarray, output: np.ndarray) -> Dict[str, float]:
+    """Max absolute difference, and the same relative to the largest reference magnitude."""
+    if reference.shape != output.shape:
+        raise ValueError(f'exported output shape {output.shape} != eager {reference.shape}')
+    max_abs = float(np.abs(reference - output).max())
+    scale = float(np.abs(reference).max())
+    return dict(max_abs=max_abs, max_rel=max_abs / scale if scale > 0 else max_abs)
+
+
+def verify(
+        model: nn.Module, path: str, fmt: str, input_size: int, batch_sizes: Sequence[int],
+        rtol: float, atol: float, seed: int = 0,
+) -> List[Dict[str, float]]:
+    """Run the exported file and the eager model on random inputs; one result per batch size.
+
+    Each result has ``batch``, ``max_abs``, ``max_rel`` and ``ok`` (``max_abs <= atol + rtol *
+    max|eager|``).
+    """
+    run = load_runner(path, fmt)
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for b in batch_sizes:
+        x = torch.randn(b, 3, input_size, input_size, generator=gen)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        diff = compare(ref, run(x.numpy()))
+        scale = float(np.abs(ref).max())
+        results.append(dict(batch=b, **diff, ok=diff['max_abs'] <= atol + rtol * scale))
+    return results
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        'HorNet export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', required=True, help='variant name, e.g. hornet_tiny_gf')
+    parser.add_argument('--checkpoint', default='', help='weights (.pth); random weights if omitted')
+    parser.add_argument('--checkpoint_key', default='auto',
+                        help='checkpoint entry to load, e.g. model_ema (default: model/module/state_dict)')
+    parser.add_argument('--num_classes', type=int, default=None,
+                        help='classifier size without a checkpoint (default: the variant\'s 1000)')
+    parser.add_argument('--input_size', type=int, default=None,
+                        help='square input size (default: the variant\'s pretrained_cfg size)')
+    parser.add_argument('--format', choices=('onnx', 'torch_export'), required=True)
+    parser.add_argument('--dynamic_batch', action='store_true', help='export with a variable batch dimension')
+    parser.add_argument('--output', required=True, help='output file (.onnx or .pt2)')
+    parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
+    parser.add_argument('--gf_filter', choices=('auto', 'dft', 'fft'), default='auto',
+                        help='GF filter form: dft (matrix products) or fft; auto = dft for onnx, fft '
+                             'for torch_export')
+    parser.add_argument('--model_kwargs', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='extra timm.create_model kwargs as Python literals, e.g. '
+                             'depths=1,1,1,1 base_dim=16')
+    parser.add_argument('--rtol', type=float, default=1e-4, help='allowed difference relative to max|eager|')
+    parser.add_argument('--atol', type=float, default=1e-5, help='allowed absolute difference on top of rtol')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random verification inputs')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Export and verify; returns the exit status (0 ok, 1 verification failed, 2 usage error)."""
+    args = get_args_parser().parse_args(argv)
+    if args.format == 'torch_export' and not args.output.endswith('.pt2'):
+        print(f'error: torch_export output must end in .pt2 (torch.export.load needs it), got {args.output!r}',
+              file=sys.stderr)
+        return 2
+    try:
+        model = create_model(args.model, args.checkpoint or None, args.checkpoint_key, args.num_classes,
+                             parse_model_kwargs(args.model_kwargs))
+    except (ValueError, KeyError, FileNotFoundError, models.CheckpointMismatchError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
+    gf = has_global_filter(model)
+    use_dft = gf and (args.gf_filter == 'dft' or (args.gf_filter == 'auto' and args.format == 'onnx'))
+    models.set_dft_filter(model, use_dft)
+
+    # torch.export specialises a dynamic dimension traced at size 1, so trace dynamic exports at 2
+    example = torch.randn(2 if args.dynamic_batch else 1, 3, input_size, input_size)
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    mixer = ('GF filter as DFT matmuls' if use_dft else 'GF filter as torch.fft') if gf else '7x7 dwconv'
+    print(f'Exporting {args.model} ({mixer}) at {input_size}x{input_size} to {args.format}: {args.output}')
+    with torch.no_grad():
+        if args.format == 'onnx':
+            export_onnx(model, example, args.output, args.dynamic_batch, args.opset)
+        else:
+            export_program(model, example, args.output, args.dynamic_batch)
+
+    batches = (1, 3) if args.dynamic_batch else (1,)
+    # eager reference: the FFT path, so the check also covers DFT == FFT
+    models.set_dft_filter(model, False)
+    results = verify(model, args.output, args.format, input_size, batches, args.rtol, args.atol, args.seed)
+    for r in results:
+        print(f'verify batch {r["batch"]}: max abs diff {r["max_abs"]:.3e}, max rel diff {r["max_rel"]:.3e} '
+              f'({"ok" if r["ok"] else "FAILED"}; rtol {args.rtol:g}, atol {args.atol:g})')
+    if not all(r['ok'] for r in results):
+        print('error: exported model differs from the eager model beyond tolerance', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
