@@ -1,0 +1,148 @@
+"""One epoch of training, and evaluation (top-1 / top-5 / loss)."""
+import contextlib
+import logging
+import math
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.distributed as dist
+from timm.data import Mixup
+from timm.utils import ModelEmaV3, accuracy
+
+import utils
+from optim_factory import Schedules
+
+logger = logging.getLogger('hornet')
+
+
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+    """``torch.amp.autocast`` for ``amp_dtype`` (fp16 / bf16), or a no-op for fp32."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.amp.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def train_one_epoch(
+        model: torch.nn.Module,
+        criterion: torch.nn.Module,
+        data_loader: Iterable,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        epoch: int,
+        loss_scaler: utils.LossScaler,
+        max_norm: Optional[float] = None,
+        model_ema: Optional[ModelEmaV3] = None,
+        mixup_fn: Optional[Mixup] = None,
+        log_writer: Optional[utils.TensorboardLogger] = None,
+        schedules: Optional[Schedules] = None,
+        start_steps: int = 0,
+        update_freq: int = 1,
+        amp_dtype: Optional[torch.dtype] = None,
+        print_freq: int = 10,
+        num_batches: Optional[int] = None,
+) -> Dict[str, float]:
+    """Train for one epoch; returns the epoch averages (``loss``, ``lr``, ``grad_norm`` ...).
+
+    The optimizer steps every ``update_freq`` batches (gradient accumulation, loss divided by
+    ``update_freq``); ``schedules`` sets lr and weight decay before each step from the global
+    step ``start_steps + step``. A trailing partial accumulation is dropped so every step sees
+    the same number of samples.
+
+    Raises:
+        utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step; nothing is saved).
+    """
+    model.train(True)
+    metric_logger = utils.MetricLogger()
+    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    header = f'Epoch: [{epoch}]'
+    num_batches = num_batches if num_batches is not None else len(data_loader)
+    num_batches -= num_batches % update_freq
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+
+    for data_iter_step, (samples, targets) in enumerate(
+            metric_logger.log_every(data_loader, print_freq, header, total=num_batches)):
+        if data_iter_step >= num_batches:
+            break
+        step = data_iter_step // update_freq
+        last_micro = (data_iter_step + 1) % update_freq == 0
+        if data_iter_step % update_freq == 0 and schedules is not None:
+            schedules.step(start_steps + step)
+
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+
+        # DDP: skip the gradient all-reduce on micro-batches that do not step
+        sync = contextlib.nullcontext() if last_micro or not hasattr(model, 'no_sync') else model.no_sync()
+        with sync:
+            with autocast(device, amp_dtype):
+                output = model(samples)
+                loss = criterion(output, targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise utils.NonFiniteLossError(
+                    f'loss is {loss_value} at epoch {epoch}, step {data_iter_step} (batch) / '
+                    f'{start_steps + step} (optimizer step); training stopped, the last good '
+                    'checkpoint in the output dir is untouched')
+            grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=max_norm,
+                                    parameters=parameters, update_grad=last_micro)
+        if last_micro:
+            optimizer.zero_grad(set_to_none=True)
+            if model_ema is not None:
+                model_ema.update(model)
+
+        if mixup_fn is None:
+            class_acc = (output.argmax(-1) == targets).float().mean().item()
+        else:
+            class_acc = None
+        lr = max(g['lr'] for g in optimizer.param_groups)
+        wd = max(g['weight_decay'] for g in optimizer.param_groups)
+        metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, weight_decay=wd)
+        if last_micro:
+            metric_logger.update(grad_norm=grad_norm)
+        if log_writer is not None and last_micro:
+            log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=start_steps + step)
+            log_writer.update(head='opt', lr=lr, weight_decay=wd, grad_norm=grad_norm, step=start_steps + step)
+
+    metric_logger.synchronize_between_processes()
+    logger.info(f'Averaged stats: {metric_logger}')
+    return {k: meter.global_avg for k, meter in metric_logger.meters.items()}
+
+
+@torch.no_grad()
+def evaluate(data_loader: Iterable, model: torch.nn.Module, device: torch.device,
+             amp_dtype: Optional[torch.dtype] = None, distributed: bool = False,
+             header: str = 'Test:', print_freq: int = 10) -> Dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``data_loader``.
+
+    With ``distributed``, each rank holds a disjoint shard and the sums are all-reduced, so the
+    numbers are exact over the whole set.
+    """
+    criterion = torch.nn.CrossEntropyLoss(reduction='sum')
+    model.eval()
+    metric_logger = utils.MetricLogger()
+    totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
+    for images, target in metric_logger.log_every(data_loader, print_freq, header):
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            output = model(images)
+        output = output.float()
+        n = images.shape[0]
+        acc1, acc5 = accuracy(output, target, topk=(1, min(5, output.shape[1])))
+        loss_sum = criterion(output, target)
+        totals += torch.tensor([loss_sum.item(), acc1.item() * n / 100, acc5.item() * n / 100, n],
+                               dtype=torch.float64)
+        metric_logger.update(loss=loss_sum.item() / n, acc1=acc1.item(), acc5=acc5.item())
+    if distributed and utils.is_dist_avail_and_initialized():
+        reduced = totals.to(utils.reduce_device())
+        dist.all_reduce(reduced)
+        totals = reduced.cpu()
+    count = max(totals[3].item(), 1.0)
+    stats = dict(loss=totals[0].item() / count, acc1=100 * totals[1].item() / count,
+                 acc5=100 * totals[2].item() / count, count=int(totals[3].item()))
+    logger.info(f'* Acc@1 {stats["acc1"]:.3f} Acc@5 {stats["acc5"]:.3f} loss {stats["loss"]:.3f} '
+                f'({stats["count"]} images)')
+    return stats

@@ -1,0 +1,41 @@
+"""Two CPU processes (gloo) through ``torch.distributed.launch`` and ``torchrun``: the training
+loss falls, both ranks end with identical weights, and distributed evaluation prints Acc@1
+over the whole validation set."""
+import json
+import os
+import re
+import socket
+
+import pytest
+import torch
+
+from test_train_common import make_image_folder, run_cli, tiny_argv
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('launcher', ['launch', 'torchrun'])
+def test_two_process_training(launcher, tmp_path):
+    data = make_image_folder(str(tmp_path / 'data'), train_per_class=16, val_per_class=7)
+    out = str(tmp_path / 'out')
+    port = str(_free_port())
+    if launcher == 'launch':  # passes --local-rank=N to every process
+        cmd = ['-m', 'torch.distributed.launch', '--nproc_per_node=2', f'--master_port={port}']
+    else:  # environment variables only
+        cmd = ['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
+    res = run_cli(tiny_argv(data, out, epochs=3, batch_size=4, lr=3e-3), launcher=cmd)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert 'batch 8 (4 x 1 accumulation x 2 processes), 6 steps per epoch' in res.stdout
+    with open(os.path.join(out, 'log.txt')) as f:
+        log = [json.loads(line) for line in f]
+    losses = [r['train_loss'] for r in log]
+    assert len(losses) == 3 and losses[2] < losses[0] - 0.05, losses
+    assert 'parameters on 2 ranks: max |difference| from rank 0 = 0\n' in res.stdout
+    accs = re.findall(r'\* Acc@1 ([\d.]+) Acc@5 ([\d.]+) loss [\d.]+ \((\d+) images\)', res.stdout)
+    assert len(accs) == 3 and all(n == '21' for _, _, n in accs)  # 21 val images, each once
+    assert float(accs[-1][0]) == pytest.approx(log[-1]['test_acc1'])
+    assert torch.load(os.path.join(out, 'checkpoint-2.pth'), weights_only=True)['epoch'] == 2

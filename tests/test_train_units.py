@@ -1,0 +1,183 @@
+"""Unit tests of the training pieces: layer-decay groups, schedules, EMA, mixup, gradient
+accumulation, bf16 autocast, fine-tuning with head maps and GF filter resizing."""
+import copy
+import math
+
+import pytest
+import timm
+import torch
+from timm.utils import ModelEmaV3
+
+import main as train_main
+from test_train_common import one_thread  # noqa: F401  (autouse fixture)
+import models
+import utils
+from engine import train_one_epoch
+from optim_factory import Schedules, create_optimizer, param_groups_layer_decay
+
+
+def _tiny(name='hornet_tiny_gf', **kw):
+    torch.manual_seed(0)
+    return timm.create_model(name, depths=(1, 1, 1, 1), base_dim=16, num_classes=3, **kw)
+
+
+def _args(**kw):
+    args = train_main.parse_args(['--device', 'cpu'])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def _batches(n, bs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, 3, 32, 32, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n)]
+
+
+def test_layer_decay_groups_follow_spec():
+    """Full HorNet-T: 14 groups, lr scale decay**(13-id), ids from models.layer_id, and no
+    weight decay exactly on 1-D parameters."""
+    with torch.device('meta'):
+        model = timm.create_model('hornet_tiny_gf')
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.7)
+    assert sorted({g['layer_id'] for g in groups}) == list(range(14))
+    for g in groups:
+        assert g['lr_scale'] == pytest.approx(0.7 ** (13 - g['layer_id']))
+        for name, p in zip(g['names'], g['params']):
+            assert models.layer_id(name) == g['layer_id']
+            assert g['weight_decay'] == (0.0 if p.ndim == 1 else 0.05), name
+    by_name = {n: g for g in groups for n in g['names']}
+    assert by_name['downsample_layers.0.0.weight']['layer_id'] == 0
+    assert by_name['stages.2.17.gnconv.proj_in.weight']['layer_id'] == 11
+    assert by_name['stages.2.4.gamma1']['layer_id'] == 5 and by_name['stages.2.4.gamma1']['weight_decay'] == 0
+    assert by_name['downsample_layers.3.1.weight']['layer_id'] == 12
+    assert by_name['head.weight']['lr_scale'] == 1.0
+    n_params = sum(p.numel() for g in groups for p in g['params'])
+    assert n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_schedule_warmup_cosine_and_weight_decay():
+    """lr rises linearly over the warmup, follows a cosine to min_lr, scaled per group;
+    weight decay follows its own cosine and stays 0 on no-decay groups."""
+    model = _tiny()
+    args = _args(lr=1e-3, min_lr=1e-5, epochs=10, warmup_epochs=2, weight_decay=0.05,
+                 weight_decay_end=0.5, layer_decay=0.5)
+    opt = create_optimizer(args, model)
+    s = Schedules(opt, args, steps_per_epoch=5)
+    assert (s.total_steps, s.warmup_steps) == (50, 10)
+    s.step(5)
+    top = [g for g in opt.param_groups if g['layer_id'] == 13][0]
+    stem = [g for g in opt.param_groups if g['layer_id'] == 0][0]
+    assert top['lr'] == pytest.approx(0.5e-3) and stem['lr'] == pytest.approx(0.5e-3 * 0.5 ** 13)
+    s.step(10)
+    assert top['lr'] == pytest.approx(1e-3)
+    s.step(30)  # half way through the cosine part
+    assert top['lr'] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+    wd = 0.5 + 0.5 * (0.05 - 0.5) * (1 + math.cos(math.pi * 30 / 50))
+    assert all(g['weight_decay'] == (pytest.approx(wd) if g['use_wd'] else 0.0) for g in opt.param_groups)
+    s.step(50)
+    assert top['lr'] == pytest.approx(1e-5)
+    args.warmup_steps = 3
+    assert Schedules(opt, args, steps_per_epoch=5).warmup_steps == 3
+
+
+def test_ema_update_math():
+    """After one optimizer step, EMA = d * previous + (1 - d) * new weights."""
+    model = _tiny()
+    ema = ModelEmaV3(model, decay=0.9)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    args = _args(lr=1e-2, warmup_epochs=0, epochs=1)
+    opt = create_optimizer(args, model)
+    train_one_epoch(model, torch.nn.CrossEntropyLoss(), _batches(1, 4), opt, torch.device('cpu'), 0,
+                    utils.LossScaler('cpu'), model_ema=ema, schedules=Schedules(opt, args, 1))
+    moved = 0
+    for k, v in model.state_dict().items():
+        expect = 0.9 * before[k] + 0.1 * v
+        torch.testing.assert_close(ema.module.state_dict()[k], expect, rtol=1e-6, atol=1e-7)
+        moved += int(not torch.equal(v, before[k]))
+    assert moved > 10
+
+
+def test_mixup_on_and_off():
+    """Mixup on: soft targets summing to 1 with SoftTargetCrossEntropy; off: label smoothing
+    or plain cross-entropy."""
+    args = _args(mixup=0.8, cutmix=1.0, smoothing=0.1)
+    mixup_fn, crit = train_main.build_training_parts(args, 3)
+    assert type(crit).__name__ == 'SoftTargetCrossEntropy'
+    x, y = _batches(1, 8)[0]
+    torch.manual_seed(1)
+    mx, my = mixup_fn(x.clone(), y.clone())
+    assert my.shape == (8, 3) and torch.allclose(my.sum(1), torch.ones(8))
+    assert my.max() < 1.0 and not torch.equal(mx, x)  # mixed images and labels
+    mixup_fn, crit = train_main.build_training_parts(_args(mixup=0, cutmix=0, smoothing=0.1), 3)
+    assert mixup_fn is None and type(crit).__name__ == 'LabelSmoothingCrossEntropy'
+    mixup_fn, crit = train_main.build_training_parts(_args(mixup=0, cutmix=0, smoothing=0), 3)
+    assert mixup_fn is None and isinstance(crit, torch.nn.CrossEntropyLoss)
+    # a training epoch with mixup gives a finite, soft-target loss
+    model = _tiny()
+    args = _args(mixup=0.8, cutmix=1.0, smoothing=0.1, warmup_epochs=0, epochs=1)
+    mixup_fn, crit = train_main.build_training_parts(args, 3)
+    opt = create_optimizer(args, model)
+    stats = train_one_epoch(model, crit, _batches(2, 8), opt, torch.device('cpu'), 0, utils.LossScaler('cpu'),
+                            mixup_fn=mixup_fn, schedules=Schedules(opt, args, 2))
+    assert math.isfinite(stats['loss']) and 0.5 < stats['loss'] < 3.0 and 'class_acc' not in stats
+
+
+def test_update_freq_equals_larger_batch():
+    """Two micro-batches of 4 with --update_freq 2 give the same weights as batches of 8."""
+    big = _batches(3, 8)
+    small = [(x[i:i + 4], y[i:i + 4]) for x, y in big for i in (0, 4)]
+    results = []
+    for batches, freq in ((big, 1), (small, 2)):
+        model = _tiny('hornet_tiny_7x7')
+        args = _args(lr=1e-3, warmup_epochs=0, epochs=1, clip_grad=1.0)
+        opt = create_optimizer(args, model)
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), batches, opt, torch.device('cpu'), 0,
+                        utils.LossScaler('cpu'), max_norm=args.clip_grad,
+                        schedules=Schedules(opt, args, 3), update_freq=freq)
+        results.append(model.state_dict())
+    diff = max((results[0][k] - results[1][k]).abs().max().item() for k in results[0])
+    init = _tiny('hornet_tiny_7x7').state_dict()
+    moved = max((results[0][k] - init[k]).abs().max().item() for k in init)
+    assert diff < 1e-5 and moved > 2e-3  # Adam moves ~lr per step; fp32 summation order differs
+
+
+def test_bf16_autocast_step_on_cpu():
+    """--use_amp true --amp_dtype bf16: autocast runs the model in bfloat16 on CPU, no grad
+    scaler, fp32 master weights move and the loss is finite."""
+    args = _args(use_amp=True, amp_dtype='bf16', warmup_epochs=0, epochs=1, lr=1e-3)
+    dtype = train_main.amp_dtype_of(args)
+    assert dtype == torch.bfloat16
+    model = _tiny('hornet_tiny_7x7')
+    seen = []
+    model.head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    init = copy.deepcopy(model.state_dict())
+    opt = create_optimizer(args, model)
+    scaler = utils.LossScaler('cpu', enabled=dtype == torch.float16)
+    stats = train_one_epoch(model, torch.nn.CrossEntropyLoss(), _batches(2, 4), opt, torch.device('cpu'), 0,
+                            scaler, schedules=Schedules(opt, args, 2), amp_dtype=dtype)
+    assert seen == [torch.bfloat16, torch.bfloat16] and scaler.state_dict() == {}
+    assert math.isfinite(stats['loss']) and model.head.weight.dtype == torch.float32
+    assert (model.head.weight - init['head.weight']).abs().max() > 1e-4
+
+
+def test_finetune_head_map_and_gf_resize(tmp_path):
+    """--finetune: a 5-class head maps to 3 classes row by row with --head_map; GF filters
+    resize to an img384 model; a mismatched head is dropped without a map."""
+    src = _tiny()
+    src.reset_classifier(5)
+    torch.save({'model': src.state_dict()}, tmp_path / 'src.pth')
+    (tmp_path / 'map.txt').write_text('4\n0\n2  # comment\n')
+    args = _args(finetune=str(tmp_path / 'src.pth'), head_map=str(tmp_path / 'map.txt'),
+                 model='hornet_base_gf_img384', depths=[1, 1, 1, 1], base_dim=16, nb_classes=3)
+    model = train_main.build_model(args)
+    train_main.load_finetune(args, model)
+    torch.testing.assert_close(model.head.weight, src.head.weight[[4, 0, 2]])
+    cw = model.stages[2][0].gnconv.dwconv.complex_weight
+    assert cw.shape[1:3] == (24, 13)
+    torch.testing.assert_close(cw, models.resize_complex_weight(src.stages[2][0].gnconv.dwconv.complex_weight, (24, 13)))
+    args.head_map = ''
+    fresh = train_main.build_model(args)
+    head_before = fresh.head.weight.clone()
+    train_main.load_finetune(args, fresh)
+    assert torch.equal(fresh.head.weight, head_before)
+    torch.testing.assert_close(fresh.norm.weight, src.norm.weight)

@@ -1,0 +1,461 @@
+"""Training utilities: distributed setup, progress logging, loss scaling, checkpoint I/O, loggers.
+
+Everything here is plumbing for ``main.py`` and ``engine.py``; nothing here knows about HorNet.
+"""
+import argparse
+import datetime
+import glob
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict, deque
+from typing import Any, Dict, Iterable, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger('hornet')
+
+
+class TrainingError(RuntimeError):
+    """An error the user can fix (bad data, bad flag, bad checkpoint); ``main.py`` prints its
+    message and exits with a non-zero code instead of a traceback."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The training loss became NaN or infinite."""
+
+
+def str2bool(v: Any) -> bool:
+    """``argparse`` type for ``--flag true/false`` (also yes/no, 1/0)."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ('true', 't', 'yes', 'y', '1'):
+        return True
+    if s in ('false', 'f', 'no', 'n', '0'):
+        return False
+    raise argparse.ArgumentTypeError(f'expected true or false, got {v!r}')
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def is_dist_avail_and_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist_avail_and_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist_avail_and_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def reduce_device() -> torch.device:
+    """Where tensors must live for collectives: the current GPU under NCCL, else CPU."""
+    if is_dist_avail_and_initialized() and dist.get_backend() == 'nccl':
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def init_distributed_mode(args: argparse.Namespace) -> None:
+    """Set ``args.rank/world_size/gpu/distributed`` and join the process group if launched as one.
+
+    Sources, in order: torchrun / ``torch.distributed.launch`` (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``; ``--local-rank`` / ``--local_rank`` are also honoured), OpenMPI on ITP
+    (``--dist_on_itp``), SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, with
+    ``MASTER_ADDR``/``MASTER_PORT`` set by the launcher). With none of them: a single process.
+    NCCL is used on CUDA, gloo otherwise.
+    """
+    env = os.environ
+    if args.dist_on_itp:
+        args.rank = int(env['OMPI_COMM_WORLD_RANK'])
+        args.world_size = int(env['OMPI_COMM_WORLD_SIZE'])
+        args.gpu = int(env['OMPI_COMM_WORLD_LOCAL_RANK'])
+        env.setdefault('RANK', str(args.rank))
+        env.setdefault('WORLD_SIZE', str(args.world_size))
+        env.setdefault('LOCAL_RANK', str(args.gpu))
+    elif 'RANK' in env and 'WORLD_SIZE' in env:
+        args.rank = int(env['RANK'])
+        args.world_size = int(env['WORLD_SIZE'])
+        args.gpu = int(env.get('LOCAL_RANK', max(getattr(args, 'local_rank', -1), 0)))
+    elif 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', '1')) > 1:
+        args.rank = int(env['SLURM_PROCID'])
+        args.world_size = int(env['SLURM_NTASKS'])
+        args.gpu = int(env.get('SLURM_LOCALID', 0))
+        env.setdefault('RANK', str(args.rank))
+        env.setdefault('WORLD_SIZE', str(args.world_size))
+        env.setdefault('LOCAL_RANK', str(args.gpu))
+    else:
+        args.rank, args.world_size, args.gpu, args.distributed = 0, 1, 0, False
+        return
+
+    args.distributed = True
+    use_cuda = str(args.device).startswith('cuda') and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(args.gpu)
+        args.device = f'cuda:{args.gpu}'
+    args.dist_backend = 'nccl' if use_cuda else 'gloo'
+    if args.dist_url == 'env://':
+        env.setdefault('MASTER_ADDR', '127.0.0.1')
+        env.setdefault('MASTER_PORT', '29500')
+    dist.init_process_group(backend=args.dist_backend, init_method=args.dist_url,
+                            world_size=args.world_size, rank=args.rank)
+    dist.barrier()
+
+
+@torch.no_grad()
+def max_param_divergence(model: torch.nn.Module) -> float:
+    """Largest absolute difference between this rank's parameters and rank 0's (0 when all
+    ranks agree, as DDP guarantees; anything else means the replicas drifted apart)."""
+    if not is_dist_avail_and_initialized():
+        return 0.0
+    diff = torch.zeros((), dtype=torch.float64, device=reduce_device())
+    for p in model.parameters():
+        ref = p.detach().clone().to(reduce_device())
+        dist.broadcast(ref, src=0)
+        diff = torch.maximum(diff, (ref.double() - p.detach().to(reduce_device()).double()).abs().max())
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff.item())
+
+
+def setup_logging() -> None:
+    """Progress to stdout on rank 0 only; warnings of every rank to stdout, errors to stderr."""
+    root = logging.getLogger('hornet')
+    root.handlers.clear()
+    root.setLevel(logging.INFO if is_main_process() else logging.WARNING)
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.ERROR)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.ERROR)
+    for h in (out, err):
+        h.setFormatter(logging.Formatter('%(message)s'))
+        root.addHandler(h)
+    root.propagate = False
+
+
+def seed_for(*keys: int) -> int:
+    """A well-mixed 32-bit seed from integers such as (seed, rank, epoch)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- progress
+
+class SmoothedValue:
+    """Running statistics of a scalar: windowed median/average plus the global average."""
+
+    def __init__(self, window_size: int = 20, fmt: str = '{median:.4f} ({global_avg:.4f})'):
+        self.deque: deque = deque(maxlen=window_size)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    def synchronize_between_processes(self) -> None:
+        """Sum count and total over ranks (the window stays local)."""
+        if not is_dist_avail_and_initialized():
+            return
+        t = torch.tensor([self.count, self.total], dtype=torch.float64, device=reduce_device())
+        dist.all_reduce(t)
+        self.count, self.total = int(t[0].item()), float(t[1].item())
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.deque)) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return float(np.mean(self.deque)) if self.deque else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def max(self) -> float:
+        return max(self.deque) if self.deque else 0.0
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg,
+                               max=self.max, value=self.value)
+
+
+class MetricLogger:
+    """Named :class:`SmoothedValue` meters and a progress iterator that logs with an ETA."""
+
+    def __init__(self, delimiter: str = '  '):
+        self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, **kwargs: float) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.meters[k].update(float(v))
+
+    def add_meter(self, name: str, meter: SmoothedValue) -> None:
+        self.meters[name] = meter
+
+    def synchronize_between_processes(self) -> None:
+        for meter in self.meters.values():
+            meter.synchronize_between_processes()
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f'{name}: {meter}' for name, meter in self.meters.items())
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = '',
+                  total: Optional[int] = None) -> Iterator:
+        """Yield from ``iterable``, logging progress, ETA and timings every ``print_freq`` items."""
+        total = len(iterable) if total is None else total
+        width = len(str(total))
+        start = end = time.time()
+        iter_time, data_time = SmoothedValue(fmt='{avg:.4f}'), SmoothedValue(fmt='{avg:.4f}')
+        for i, obj in enumerate(iterable):
+            data_time.update(time.time() - end)
+            yield obj
+            iter_time.update(time.time() - end)
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                logger.info(self.delimiter.join([
+                    f'{header} [{i:>{width}}/{total}]', f'eta: {eta}', str(self),
+                    f'time: {iter_time}', f'data: {data_time}']))
+            end = time.time()
+        took = datetime.timedelta(seconds=int(time.time() - start))
+        logger.info(f'{header} total time: {took} ({(time.time() - start) / max(total, 1):.4f} s / it)')
+
+
+# ----------------------------------------------------------------------------- loss scaling
+
+class LossScaler:
+    """Backward + optimizer step with optional fp16 gradient scaling and gradient clipping.
+
+    ``torch.amp.GradScaler`` is only enabled for fp16; for fp32 and bf16 it is a pass-through,
+    so one code path serves all precisions.
+    """
+    state_dict_key = 'scaler'
+
+    def __init__(self, device_type: str = 'cuda', enabled: bool = False):
+        self._scaler = torch.amp.GradScaler(device_type, enabled=enabled)
+
+    def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 clip_grad: Optional[float] = None, parameters: Optional[Iterable] = None,
+                 update_grad: bool = True) -> Optional[float]:
+        """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm."""
+        self._scaler.scale(loss).backward()
+        if not update_grad:
+            return None
+        self._scaler.unscale_(optimizer)
+        params = [p for p in parameters if p.grad is not None]
+        if clip_grad is not None and clip_grad > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        else:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+        self._scaler.step(optimizer)
+        self._scaler.update()
+        return float(norm)
+
+    def state_dict(self) -> Dict:
+        return self._scaler.state_dict()
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        if state_dict:
+            self._scaler.load_state_dict(state_dict)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+_CKPT_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
+
+
+def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """``vars(args)`` reduced to types that ``torch.load(weights_only=True)`` accepts."""
+    def plain(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return str(v)
+    return {k: plain(v) for k, v in vars(args).items()}
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves a
+    truncated file under ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pth', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint_file(path: str) -> Dict:
+    """``torch.load`` with ``weights_only=True``; older files that pickled an
+    ``argparse.Namespace`` as ``args`` are accepted too."""
+    if not os.path.isfile(path):
+        raise TrainingError(f'checkpoint not found: {path}')
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or holds arbitrary objects
+        raise TrainingError(f'cannot load checkpoint {path}: {e}') from e
+    if not isinstance(ckpt, dict):
+        raise TrainingError(f'checkpoint {path} holds a {type(ckpt).__name__}, expected a dict')
+    return ckpt
+
+
+def list_epoch_checkpoints(output_dir: str) -> List[str]:
+    """``checkpoint-N.pth`` files in ``output_dir``, newest epoch first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(output_dir), 'checkpoint-*.pth')):
+        m = _CKPT_RE.match(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def find_latest_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest ``checkpoint-N.pth`` in ``output_dir`` that loads completely, or None."""
+    for path in list_epoch_checkpoints(output_dir):
+        try:
+            ckpt = load_checkpoint_file(path)
+        except TrainingError as e:
+            logger.warning(f'skipping unreadable checkpoint: {e}')
+            continue
+        if 'model' in ckpt and 'epoch' in ckpt:
+            return path
+    return None
+
+
+def save_on_master(obj: Any, path: str) -> None:
+    if is_main_process():
+        atomic_save(obj, path)
+
+
+def prune_checkpoints(output_dir: str, keep: int) -> None:
+    """Keep only the ``keep`` newest ``checkpoint-N.pth`` files (best/ema files are never pruned)."""
+    if not is_main_process() or keep <= 0:
+        return
+    for path in list_epoch_checkpoints(output_dir)[keep:]:
+        os.remove(path)
+
+
+# ----------------------------------------------------------------------------- loggers
+
+class TensorboardLogger:
+    """Scalars to TensorBoard event files via tensorboardX."""
+
+    def __init__(self, log_dir: str):
+        from tensorboardX import SummaryWriter
+        self.writer = SummaryWriter(logdir=log_dir)
+        self.step = 0
+
+    def set_step(self, step: Optional[int] = None) -> None:
+        self.step = self.step + 1 if step is None else step
+
+    def update(self, head: str = 'scalar', step: Optional[int] = None, **kwargs: float) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            if isinstance(v, torch.Tensor):
+                v = v.item()
+            self.writer.add_scalar(f'{head}/{k}', float(v), self.step if step is None else step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+
+class WandbLogger:
+    """Weights & Biases run, only created with ``--enable_wandb true``."""
+
+    def __init__(self, args: argparse.Namespace):
+        try:
+            import wandb
+        except ImportError as e:
+            raise TrainingError('--enable_wandb true needs the wandb package: pip install wandb') from e
+        self._wandb = wandb
+        if wandb.run is None:
+            wandb.init(project=args.project, name=args.exp_name or None, config=plain_args(args))
+        self.ckpt = args.wandb_ckpt
+
+    def log_epoch(self, stats: Dict[str, Any]) -> None:
+        self._wandb.log({k: v for k, v in stats.items() if isinstance(v, (int, float))})
+
+    def log_checkpoints(self, output_dir: str) -> None:
+        if not self.ckpt:
+            return
+        art = self._wandb.Artifact(f'{self._wandb.run.id}_model', type='model')
+        art.add_dir(output_dir)
+        self._wandb.log_artifact(art, aliases=['latest'])
+
+    def finish(self) -> None:
+        self._wandb.finish()
+
+
+def trim_log(output_dir: str, start_epoch: int) -> None:
+    """Keep only ``log.txt`` lines of epochs before ``start_epoch`` (later ones are about to be
+    trained again after a resume, and a line cut short by a kill is dropped)."""
+    path = os.path.join(output_dir, 'log.txt')
+    if not is_main_process() or not os.path.isfile(path):
+        return
+    kept = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                if int(json.loads(line)['epoch']) < start_epoch:
+                    kept.append(line if line.endswith('\n') else line + '\n')
+            except (ValueError, KeyError, TypeError):
+                continue
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.writelines(kept)
+    os.replace(path + '.tmp', path)
+
+
+def append_log(output_dir: str, stats: Dict[str, Any]) -> None:
+    """One JSON line per epoch in ``output_dir/log.txt``."""
+    if not is_main_process():
+        return
+    with open(os.path.join(output_dir, 'log.txt'), 'a', encoding='utf-8') as f:
+        f.write(json.dumps(stats) + '\n')
