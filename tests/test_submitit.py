@@ -1,0 +1,206 @@
+"""run_with_submitit.py: local 2-task CPU training, preemption + requeue, the SLURM sbatch script."""
+import json
+import os
+import re
+import signal
+import stat
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import run_with_submitit as rws
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _image_folder(root, train_per_class, val_per_class=4, classes=2, size=16):
+    """ImageNet-layout folder; the class is the dominant colour channel."""
+    rng = np.random.default_rng(0)
+    for split, n in (('train', train_per_class), ('val', val_per_class)):
+        for c in range(classes):
+            folder = os.path.join(root, split, f'class_{c}')
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
+                img[..., c] += np.uint8(150)
+                Image.fromarray(img).save(os.path.join(folder, f'{i:03d}.png'))
+    return root
+
+
+def _tiny_argv(data, job_dir, epochs):
+    return ['--cluster', 'local', '--nodes', '1', '--ngpus', '2', '--device', 'cpu', '--timeout', '20',
+            '--model', 'hornet_tiny_7x7', '--depths', '1', '1', '1', '1', '--base_dim', '16',
+            '--input_size', '32', '--nb_classes', '2', '--data_path', data, '--batch_size', '4',
+            '--epochs', str(epochs), '--warmup_epochs', '0', '--num_workers', '0', '--mixup', '0',
+            '--cutmix', '0', '--aa', 'none', '--reprob', '0', '--color_jitter', '0', '--smoothing', '0',
+            '--print_freq', '100', '--job_dir', job_dir]
+
+
+@pytest.fixture
+def job_env(monkeypatch):
+    # the tasks unpickle run_with_submitit.Trainer by module name; one thread each on 2 cores
+    monkeypatch.setenv('PYTHONPATH', ROOT)
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
+        monkeypatch.delenv(k, raising=False)
+
+
+def _log_epochs(job_dir):
+    path = os.path.join(job_dir, 'log.txt')
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)['epoch'] for line in f if line.strip()]
+
+
+def _task_log(job, task):
+    with open(os.path.join(job.paths.folder, f'{job.job_id}_{task}_log.out')) as f:
+        return f.read()
+
+
+def test_local_two_tasks_one_epoch(tmp_path, job_env):
+    data = _image_folder(str(tmp_path / 'data'), train_per_class=16)
+    job_dir = str(tmp_path / 'job')
+    job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=1)))
+    try:
+        results = job.results()  # one per task; raises if a task failed
+    finally:
+        job.cancel()  # no-op once finished; never leave tasks running after a failure
+    assert sorted(r['rank'] for r in results) == [0, 1]
+    assert [r['world_size'] for r in results] == [2, 2]
+    assert results[0]['rank_param_max_diff'] == 0.0  # DDP kept both replicas identical
+    assert os.path.isfile(os.path.join(job_dir, 'checkpoint-0.pth'))
+    assert _log_epochs(job_dir) == [0]
+    for task in (0, 1):  # rank and world size came from submitit's JobEnvironment
+        assert f'[submitit] task {task}/2 (local rank {task})' in _task_log(job, task)
+
+
+def _rank0_pid(controller_pid):
+    """The task process with submitit global rank 0 under the local job controller."""
+    children = []
+    for tid in os.listdir(f'/proc/{controller_pid}/task'):
+        with open(f'/proc/{controller_pid}/task/{tid}/children') as f:
+            children += [int(p) for p in f.read().split()]
+    for pid in children:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+            env = dict(kv.split(b'=', 1) for kv in f.read().split(b'\0') if b'=' in kv)
+        if env.get(b'SUBMITIT_LOCAL_GLOBALID') == b'0':
+            return pid
+    raise AssertionError(f'no rank-0 task under controller {controller_pid}')
+
+
+def test_preemption_requeues_and_resumes(tmp_path, job_env):
+    data = _image_folder(str(tmp_path / 'data'), train_per_class=32)
+    job_dir = str(tmp_path / 'job')
+    epochs = 5
+    job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=epochs)))
+    try:
+        deadline = time.time() + 150
+        while not _log_epochs(job_dir):
+            assert time.time() < deadline and job.state == 'RUNNING', 'epoch 0 never finished'
+            time.sleep(0.05)
+        # what SLURM does on preemption: USR2 to the job; submitit's handler on rank 0 calls
+        # Trainer.checkpoint() and requeues the job (locally: the controller restarts all tasks)
+        os.kill(_rank0_pid(int(job.job_id)), signal.SIGUSR2)
+        results = job.results()
+    finally:
+        job.cancel()
+    assert [r['world_size'] for r in results] == [2, 2]
+
+    log0 = _task_log(job, 0)
+    assert 'this job is preempted' in log0 and 'Requeued job' in log0
+    assert log0.count('Starting with JobEnvironment') == 2  # the same job ran twice
+    resumed_from = int(re.search(r'will resume from \S*checkpoint-(\d+)\.pth', log0).group(1))
+    continued_at = int(re.search(r'continuing at epoch (\d+)', log0).group(1))
+    assert continued_at == resumed_from + 1 < epochs
+    # every epoch logged exactly once, in order: nothing lost, nothing repeated
+    assert _log_epochs(job_dir) == list(range(epochs))
+
+
+def _fake_slurm(bin_dir, capture):
+    os.makedirs(bin_dir)
+    scripts = {
+        'sbatch': f'#!/bin/sh\ncp "$1" "{capture}"\necho "Submitted batch job 4242"\n',
+        'srun': '#!/bin/sh\nexit 1\n',
+    }
+    for name, text in scripts.items():
+        path = os.path.join(bin_dir, name)
+        with open(path, 'w') as f:
+            f.write(text)
+        os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+
+
+def test_slurm_sbatch_script(tmp_path, monkeypatch, capsys):
+    capture = tmp_path / 'captured.sh'
+    _fake_slurm(str(tmp_path / 'bin'), capture)
+    monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+    job_dir = str(tmp_path / 'logs' / 'x')
+    # the original TRAINING.md command; no --cluster: submitit picks SLURM because srun exists
+    argv = ['--nodes', '4', '--ngpus', '8', '--model', 'hornet_tiny_7x7', '--drop_path', '0.2',
+            '--clip_grad', '100', '--batch_size', '128', '--lr', '4e-3', '--update_freq', '1',
+            '--model_ema', 'true', '--model_ema_eval', 'true', '--data_path', '/path/to/imagenet-1k',
+            '--job_dir', job_dir, '--partition', 'gpu_long', '--use_volta32', '--comment', 'deadline']
+    assert rws.main(argv) == 0
+    assert 'Submitted job 4242' in capsys.readouterr().out
+    script = capture.read_text()
+    sbatch = dict(re.findall(r'^#SBATCH --([\w-]+)=(.*)$', script, re.M))
+    assert sbatch['nodes'] == '4' and sbatch['gpus-per-node'] == '8' and sbatch['ntasks-per-node'] == '8'
+    assert sbatch['time'] == '4320' and sbatch['partition'] == 'gpu_long'
+    assert sbatch['constraint'] == 'volta32gb' and sbatch['comment'] == 'deadline'
+    assert sbatch['cpus-per-task'] == '10' and sbatch['mem'] == '320GB' and sbatch['signal'] == 'USR2@120'
+    assert sbatch['output'] == f'{job_dir}/%j_0_log.out'
+    assert re.search(rf'^srun .*--output {re.escape(job_dir)}/%j_%t_log.out .*submitit.core._submit', script, re.M)
+
+    # the pickled trainer got the main.py flags, with outputs in the job folder
+    from submitit.core.utils import DelayedSubmission
+    trainer = DelayedSubmission.load(os.path.join(job_dir, '4242_submitted.pkl')).function
+    a = trainer.args
+    assert (a.model, a.drop_path, a.clip_grad, a.batch_size, a.model_ema) == ('hornet_tiny_7x7', 0.2, 100, 128, True)
+    assert a.output_dir == job_dir and a.log_dir is None  # main.py's log_dir defaults to output_dir
+
+
+def test_clear_errors(tmp_path, monkeypatch, capsys):
+    base = ['--model', 'hornet_tiny_7x7', '--job_dir', str(tmp_path / 'job')]
+    monkeypatch.setenv('PATH', str(tmp_path))  # no sbatch/srun
+    assert rws.main(base + ['--cluster', 'slurm']) == 2
+    assert 'SLURM is not available' in capsys.readouterr().err
+    assert rws.main(base + ['--cluster', 'local', '--nodes', '2']) == 2
+    assert 'use --nodes 1' in capsys.readouterr().err
+    (tmp_path / 'file').write_text('')
+    assert rws.main(['--cluster', 'local', '--nodes', '1', '--job_dir', str(tmp_path / 'file' / 'job')]) == 2
+    assert 'cannot create or write' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        rws.main(base + ['--no_such_flag', '1'])
+    assert e.value.code == 2 and 'unrecognized arguments: --no_such_flag' in capsys.readouterr().err
+
+
+def _write_log(path, epochs, tail=''):
+    with open(path, 'w') as f:
+        f.writelines(json.dumps({'epoch': e, 'train_loss': 1.0 / (e + 1)}) + '\n' for e in epochs)
+        f.write(tail)
+
+
+def test_checkpoint_picks_logged_epoch_and_trims_log(tmp_path):
+    import torch
+    out = tmp_path / 'out'
+    out.mkdir()
+    for e in (1, 2, 3):
+        torch.save({'model': {}, 'epoch': e}, out / f'checkpoint-{e}.pth')
+    log = out / 'log.txt'
+    # signal between checkpoint-3 and its log line: resume from 2 and train epoch 3 again
+    _write_log(log, [0, 1, 2])
+    assert rws.resume_point(str(out)) == str(out / 'checkpoint-2.pth')
+    assert _log_epochs(str(out)) == [0, 1, 2]
+    # a log ahead of the checkpoints (and a line cut short): later lines are dropped
+    os.remove(out / 'checkpoint-3.pth')
+    _write_log(log, [0, 1, 2, 3], tail='{"epoch": 4, "train_lo')
+    assert rws.resume_point(str(out)) == str(out / 'checkpoint-2.pth')
+    assert _log_epochs(str(out)) == [0, 1, 2]
+
+    # Trainer.checkpoint(): the requeued trainer resumes there, even over a --resume given at launch
+    args = rws.parse_args(['--output_dir', str(out), '--resume', '/elsewhere/released.pth', '--auto_resume', 'false'])
+    requeued = rws.Trainer(args).checkpoint().function
+    assert requeued.args.resume == str(out / 'checkpoint-2.pth') and requeued.args.auto_resume is True
+    assert args.resume == '/elsewhere/released.pth'  # the running trainer's args are untouched
