@@ -21,9 +21,7 @@ replaced by the job id.
 """
 import argparse
 import copy
-import json
 import os
-import re
 import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -31,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import submitit
 
 import main as trainer_main
+import utils
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -92,10 +91,11 @@ class Trainer:
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 when the job is preempted or times out: the requeued job
-        resumes from the newest epoch checkpoint in the output folder (see :func:`resume_point`)."""
+        resumes from the newest complete epoch checkpoint in the output folder; main.py then trims
+        log.txt back to that epoch, so no epoch is lost or logged twice."""
         args = copy.deepcopy(self.args)
         args.auto_resume = True
-        latest = resume_point(args.output_dir) if args.output_dir else None
+        latest = utils.find_latest_checkpoint(args.output_dir) if args.output_dir else None
         if latest:
             args.resume = latest  # also overrides a --resume given at launch
         print(f'[submitit] requeuing job; will resume from {latest or "scratch"}', flush=True)
@@ -119,39 +119,6 @@ class Trainer:
         dist_env.export(set_cuda_visible_devices=False, overwrite=True)
         print(f'[submitit] task {dist_env.rank}/{dist_env.world_size} (local rank {dist_env.local_rank}) '
               f'on {job_env.hostname}, master {dist_env.master_addr}:{dist_env.master_port}', flush=True)
-
-
-def resume_point(output_dir: str) -> Optional[str]:
-    """The checkpoint a requeued job resumes from, with ``log.txt`` made consistent with it.
-
-    The signal can land between an epoch's checkpoint and its ``log.txt`` line, so this takes the
-    newest ``checkpoint-N.pth`` whose epoch is logged (that epoch is then trained again rather than
-    missing from the log), and drops log lines of later epochs (they will be trained again) and a
-    line cut short. Runs on rank 0 inside the signal handler, while this process writes nothing else.
-    """
-    import utils
-    paths = utils.list_epoch_checkpoints(output_dir)  # newest first
-    log_path = os.path.join(output_dir, 'log.txt')
-    if not paths or not os.path.isfile(log_path):
-        return paths[0] if paths else None
-    with open(log_path, encoding='utf-8') as f:
-        lines = f.readlines()
-    logged = []
-    for line in lines:
-        try:
-            logged.append((int(json.loads(line)['epoch']), line))
-        except (ValueError, KeyError, TypeError):
-            pass  # a line cut short by the signal
-    by_epoch = {int(re.search(r'checkpoint-(\d+)\.pth$', p).group(1)): p for p in paths}
-    usable = [e for e in by_epoch if e in {e for e, _ in logged}]
-    if not usable:
-        return paths[0]
-    epoch = max(usable)
-    kept = [line if line.endswith('\n') else line + '\n' for e, line in logged if e <= epoch]
-    if kept != lines:
-        with open(log_path, 'w', encoding='utf-8') as f:
-            f.writelines(kept)
-    return by_epoch[epoch]
 
 
 def _check_job_dir(job_dir: str) -> None:
