@@ -1,0 +1,110 @@
+"""Parameters and FLOPs of a detection config, counted as in the published table.
+
+    python object_detection/get_flops.py CONFIG [--shape 800 1280]
+
+Convention (that of the published COCO table, "FLOPs at 1280x800"): the detector's dummy forward —
+backbone, neck and RPN head on one ``3 x H x W`` image, then every RoI-head stage's box head on
+1000 RoIs and mask head on the first 100 — where one multiply-add of a convolution or linear layer
+is one FLOP and an ``rfft2``/``irfft2`` over an ``(N, C, H, W)`` tensor costs
+``N*C*H*W*ceil(log2(H*W))``; RoIAlign, NMS and element-wise work are not counted. Everything runs on
+the ``meta`` device, so nothing is allocated and HorNet-L takes seconds.
+"""
+import argparse
+import math
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # configs import ``models.mm_hornet`` and ``object_detection.horfpn``
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.model import revert_sync_batchnorm  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+aten = torch.ops.aten
+_FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
+NUM_ROIS, NUM_MASK_ROIS = 1000, 100
+
+
+def _fft_flops(x_shape: Sequence[int], *args, out_shape: Optional[Sequence[int]] = None, **kwargs) -> int:
+    # the real-valued side (input of rfft2, output of irfft2) is the larger one
+    shape = out_shape if out_shape is not None and math.prod(out_shape) > math.prod(x_shape) else x_shape
+    *lead, h, w = shape
+    return math.prod(lead) * h * w * math.ceil(math.log2(h * w))
+
+
+def build_detector(cfg: Config) -> nn.Module:
+    """Build the config's detector without loading pre-trained weights (SyncBN -> BN)."""
+    from mmdet.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.model.backbone.pop('pretrained', None)
+    return revert_sync_batchnorm(MODELS.build(cfg.model))
+
+
+def _dummy_forward(model: nn.Module, x: torch.Tensor) -> None:
+    feats = model.extract_feat(x)
+    if getattr(model, 'rpn_head', None) is not None:
+        model.rpn_head(feats)
+    roi_head = getattr(model, 'roi_head', None)
+    if roi_head is None:
+        return
+    out_ch = feats[0].shape[1]
+    bbox_heads = roi_head.bbox_head if isinstance(roi_head.bbox_head, nn.ModuleList) else [roi_head.bbox_head]
+    for head in bbox_heads:
+        size = head.roi_feat_size
+        head(torch.zeros(NUM_ROIS, out_ch, *size, device=x.device))
+    if getattr(roi_head, 'with_mask', False):
+        mask_heads = roi_head.mask_head if isinstance(roi_head.mask_head, nn.ModuleList) else [roi_head.mask_head]
+        roi_size = roi_head.mask_roi_extractor[0].roi_layers[0].output_size \
+            if isinstance(roi_head.mask_roi_extractor, nn.ModuleList) \
+            else roi_head.mask_roi_extractor.roi_layers[0].output_size
+        roi_size = (roi_size, roi_size) if isinstance(roi_size, int) else tuple(roi_size)
+        for head in mask_heads:
+            head(torch.zeros(NUM_MASK_ROIS, out_ch, *roi_size, device=x.device))
+
+
+def count_flops(model: nn.Module, shape: Sequence[int] = (800, 1280)) -> Dict[str, float]:
+    """FLOPs of the dummy forward of one ``3 x H x W`` image, parameter count and backbone share."""
+    params = sum(p.numel() for p in model.parameters())
+    params_backbone = sum(p.numel() for p in model.backbone.parameters())
+    model = model.to('meta').eval()
+    x = torch.zeros(1, 3, *shape, device='meta')
+    counter = FlopCounterMode(display=False, custom_mapping={op: _fft_flops for op in _FFT_OPS})
+    with counter, torch.no_grad():
+        _dummy_forward(model, x)
+    by_op = counter.get_flop_counts()['Global']
+    fft = sum(v for k, v in by_op.items() if k in _FFT_OPS)
+    macs = (counter.get_total_flops() - fft) // 2  # torch counts a multiply-add as 2 FLOPs
+    return dict(flops=macs + fft, fft_flops=fft, params=params, params_backbone=params_backbone)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    parser = argparse.ArgumentParser(description='Parameters and FLOPs of a detection config')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--shape', type=int, nargs='+', default=[800, 1280],
+                        help='input H W (one value: square); default 800 1280 as in the paper')
+    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
+                        help='override config entries')
+    args = parser.parse_args(argv)
+    if len(args.shape) not in (1, 2):
+        parser.error('--shape takes H W or a single size')
+    shape = tuple(args.shape) * (3 - len(args.shape))
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    result = count_flops(build_detector(cfg), shape)
+    print(f'Config: {args.config}')
+    print(f'Input shape: 3x{shape[0]}x{shape[1]}')
+    print(f"Params: {result['params'] / 1e6:.2f} M (backbone {result['params_backbone'] / 1e6:.2f} M)")
+    print(f"FLOPs: {result['flops'] / 1e9:.1f} G (FFT {result['fft_flops'] / 1e9:.2f} G)")
+    return result
+
+
+if __name__ == '__main__':
+    main()
