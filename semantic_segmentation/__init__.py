@@ -1,0 +1,1 @@
+"""ADE20K semantic segmentation with HorNet backbones (mmsegmentation 1.x)."""

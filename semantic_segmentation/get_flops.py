@@ -1,0 +1,95 @@
+"""Parameters and FLOPs of a segmentation config (backbone + decode head, as published).
+
+    python semantic_segmentation/get_flops.py CONFIG [--shape H W]
+
+The default input is ``crop x 4 crop`` (512x2048, 640x2560 for HorNet-L), as in the published table.
+
+Counting convention (that of the published ADE20K table): one multiply-add of a convolution or
+linear layer is one FLOP, an ``rfft2``/``irfft2`` over an ``(N, C, H, W)`` tensor costs
+``N*C*H*W*ceil(log2(H*W))``, other element-wise work is not counted; the auxiliary head (training
+only) is left out of the FLOPs but kept in the parameter count. The model runs on the ``meta``
+device, so nothing is allocated and even HorNet-L takes seconds.
+"""
+import argparse
+import math
+import os.path as osp
+import sys
+from typing import Dict, List, Optional, Sequence
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
+
+import torch  # noqa: E402
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.model import revert_sync_batchnorm  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+aten = torch.ops.aten
+_FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
+
+
+def _fft_flops(x_shape: Sequence[int], *args, out_shape: Optional[Sequence[int]] = None, **kwargs) -> int:
+    # the real-valued side (input of rfft2, output of irfft2) is the larger one
+    shape = out_shape if out_shape is not None and math.prod(out_shape) > math.prod(x_shape) else x_shape
+    *lead, h, w = shape
+    return math.prod(lead) * h * w * math.ceil(math.log2(h * w))
+
+
+def build_segmentor(cfg: Config) -> torch.nn.Module:
+    """Build the config's segmentor without pre-trained weights and without the auxiliary head."""
+    from mmseg.registry import MODELS
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg.model.pretrained = None
+    cfg.model.backbone.pop('init_cfg', None)
+    return revert_sync_batchnorm(MODELS.build(cfg.model))
+
+
+def count_flops(model: torch.nn.Module, shape: Sequence[int] = (512, 2048)) -> Dict[str, float]:
+    """FLOPs of one ``3 x H x W`` image through backbone and decode head, and parameter counts.
+
+    Returns a dict with ``flops`` and ``fft_flops`` (counts), ``params`` (whole model) and
+    ``params_aux`` (the auxiliary head's share).
+    """
+    params = sum(p.numel() for p in model.parameters())
+    aux = getattr(model, 'auxiliary_head', None)
+    params_aux = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
+    model = model.to('meta').eval()
+    x = torch.zeros(1, 3, *shape, device='meta')
+    counter = FlopCounterMode(display=False, custom_mapping={op: _fft_flops for op in _FFT_OPS})
+    with counter, torch.no_grad():
+        model(x, mode='tensor')  # backbone + decode head, no auxiliary head
+    by_op = counter.get_flop_counts()['Global']
+    fft = sum(v for k, v in by_op.items() if k in _FFT_OPS)
+    macs = (counter.get_total_flops() - fft) // 2  # torch counts a multiply-add as 2 FLOPs
+    return dict(flops=macs + fft, fft_flops=fft, params=params, params_aux=params_aux)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    parser = argparse.ArgumentParser(description='Parameters and FLOPs of a segmentation config')
+    parser.add_argument('config', help='config file')
+    parser.add_argument('--shape', type=int, nargs='+', default=None,
+                        help='input H W (one value: square); default crop x 4*crop (512 2048)')
+    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
+                        help='override config entries')
+    args = parser.parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.shape is None:
+        crop = cfg.get('crop_size', (512, 512))[0]
+        shape = (crop, 4 * crop)
+    elif len(args.shape) in (1, 2):
+        shape = tuple(args.shape) * (3 - len(args.shape))
+    else:
+        parser.error('--shape takes H W or a single size')
+    result = count_flops(build_segmentor(cfg), shape)
+    print(f'config: {args.config}\ninput: 3x{shape[0]}x{shape[1]}\n'
+          f'FLOPs: {result["flops"] / 1e9:.1f} G (FFT {result["fft_flops"] / 1e9:.2f} G)\n'
+          f'params: {result["params"] / 1e6:.2f} M (auxiliary head {result["params_aux"] / 1e6:.2f} M)')
+    return result
+
+
+if __name__ == '__main__':
+    main()
