@@ -9,6 +9,10 @@ mmdet's, mmseg's — resolves them too):
 * ``OPTIM_WRAPPER_CONSTRUCTORS``: ``'HorNetLayerDecayOptimizerConstructor'`` ->
   :class:`HorNetLayerDecayOptimizerConstructor`, layer-wise / stage-wise lr decay.
 
+It also holds :class:`GnConvModule`, the gnConv output layer that HorFPN uses in place of a 3x3
+``ConvModule`` (detection neck ``object_detection/horfpn.py`` and segmentation head
+``semantic_segmentation/mmseg_custom/horfpn_head.py``).
+
 Usage in an mmdet / mmseg config::
 
     custom_imports = dict(imports=['models.mm_hornet'], allow_failed_imports=False)
@@ -29,6 +33,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
 from timm.layers import LayerNorm2d
 from torch.utils.checkpoint import checkpoint
 
@@ -38,6 +44,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import CheckpointLoader
 
+from .hornet import GnConv
 from .hornet import (
     HORNET_ARCHS, HorNet, check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight,
     unwrap_checkpoint,
@@ -294,3 +301,42 @@ class HorNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
             _logger.debug('lr group %s: scale %.4g, %d params', key, groups[key]['lr_scale'],
                           len(groups[key]['params']))
             params.append(groups[key])
+
+
+class GnConvModule(nn.Module):
+    """gnConv in place of a ``ConvModule``'s 3x3 conv, then its optional norm and activation.
+
+    This is HorFPN's output layer: order 2, gate scale 1, with the output projection, on the
+    FPN width.
+
+    Args:
+        in_channels: Input width (an extra pyramid level on the backbone output may differ).
+        out_channels: Output width; the gnConv recursion runs at this width.
+        order: gnConv order.
+        mixer: ``'dwconv'`` (depthwise ``kernel_size`` conv) or ``'gf'`` (GlobalLocalFilter).
+        kernel_size: Kernel of the ``'dwconv'`` mixer.
+        filter_size: ``(h, w)`` of the ``'gf'`` filter; resized to each feature map at run time.
+        stride: 2 for extra pyramid levels: the output is subsampled like FPN's
+            ``max_pool2d(1, stride=2)``.
+        norm_cfg: mmcv norm config, or None for no norm.
+        act_cfg: mmcv activation config, or None for no activation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, order: int = 2, mixer: str = 'dwconv',
+                 kernel_size: int = 7, filter_size: Sequence[int] = (32, 17), stride: int = 1,
+                 norm_cfg: Optional[Dict] = None, act_cfg: Optional[Dict] = None):
+        super().__init__()
+        if mixer not in ('dwconv', 'gf'):
+            raise ValueError(f"gnConv mixer must be 'dwconv' or 'gf', got {mixer!r}")
+        self.gnconv = GnConv(out_channels, order=order, scale=1.0, mixer=mixer, kernel_size=kernel_size,
+                             filter_size=tuple(filter_size), in_dim=in_channels, out_dim=out_channels,
+                             proj_out=True)
+        self.stride = stride
+        self.norm = build_norm_layer(norm_cfg, out_channels)[1] if norm_cfg else nn.Identity()
+        self.act = build_activation_layer(dict(act_cfg)) if act_cfg else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gnconv(x)
+        if self.stride > 1:
+            x = F.max_pool2d(x, 1, stride=self.stride)
+        return self.act(self.norm(x))

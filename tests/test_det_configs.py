@@ -121,11 +121,12 @@ def test_mask_rcnn_config(name):
 
 
 def test_horfpn_forward_and_extra_levels():
-    from object_detection.horfpn import GnConvFPNLayer, HorFPN
+    from object_detection.horfpn import HorFPN
+    from models.mm_hornet import GnConvModule
     torch.manual_seed(0)
     neck = HorFPN([16, 32, 64, 128], 32, num_outs=5, mixer='gf', add_extra_convs='on_input',
                   norm_cfg=dict(type='GN', num_groups=4), act_cfg=dict(type='ReLU'))
-    assert len(neck.fpn_convs) == 5 and all(isinstance(m, GnConvFPNLayer) for m in neck.fpn_convs)
+    assert len(neck.fpn_convs) == 5 and all(isinstance(m, GnConvModule) for m in neck.fpn_convs)
     assert neck.fpn_convs[4].gnconv.proj_in.in_channels == 128 and neck.fpn_convs[4].stride == 2
     feats = [torch.randn(1, c, 32 // 2 ** i, 48 // 2 ** i) for i, c in enumerate([16, 32, 64, 128])]
     outs = neck(feats)

@@ -141,7 +141,7 @@ def test_tiny_configs_real_backbone(name, published_m, published_g):
 
 
 def test_horfpn_head_replaces_fpn_convs():
-    from semantic_segmentation.mmseg_custom import GnConvModule
+    from models.mm_hornet import GnConvModule
     heads = {}
     for mixer in ('7x7', 'gf'):
         cfg = load_config(f'upernet_horfpn_{mixer}_hornet_small_7x7_512_160k_ade20k.py')
@@ -157,7 +157,7 @@ def test_horfpn_head_replaces_fpn_convs():
             g = m.gnconv
             assert (g.order, g.scale, g.dims) == (2, 1.0, [c // 2, c])
             assert isinstance(g.proj_out, torch.nn.Conv2d) and g.proj_out.out_channels == c
-            assert isinstance(m.norm, torch.nn.modules.batchnorm._BatchNorm) and isinstance(m.activate, torch.nn.ReLU)
+            assert isinstance(m.norm, torch.nn.modules.batchnorm._BatchNorm) and isinstance(m.act, torch.nn.ReLU)
             if mixer == 'gf':
                 assert isinstance(g.dwconv, GlobalLocalFilter)
                 assert tuple(g.dwconv.complex_weight.shape) == (3 * c // 4, 32, 17, 2)

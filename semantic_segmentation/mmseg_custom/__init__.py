@@ -5,6 +5,6 @@ optimizer constructor (both from :mod:`models.mm_hornet`) and the :class:`HorFPN
 """
 import models.mm_hornet  # noqa: F401  (registers HorNet + the layer-decay constructor)
 
-from .horfpn_head import GnConvModule, HorFPNHead
+from .horfpn_head import HorFPNHead
 
-__all__ = ['GnConvModule', 'HorFPNHead']
+__all__ = ['HorFPNHead']

@@ -5,49 +5,15 @@ scale 1, with the output projection) whose spatial mixer is a depthwise 7x7 conv
 GlobalLocalFilter. In UperNet that is the ``fpn_convs`` of :class:`mmseg.models.UPerHead`;
 everything else (PPM, laterals, fusion bottleneck) is unchanged.
 """
-from typing import Dict, Optional, Sequence
+from typing import Sequence
 
-import torch
 import torch.nn as nn
-from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
-from models import GnConv
+from models.mm_hornet import GnConvModule
 
-__all__ = ['GnConvModule', 'HorFPNHead']
-
-
-class GnConvModule(nn.Module):
-    """Order-2 gnConv followed by the optional norm and activation of an mmcv ``ConvModule``.
-
-    Args:
-        channels: Input and output width.
-        mixer: ``'dwconv'`` (depthwise ``kernel_size`` conv) or ``'gf'`` (GlobalLocalFilter).
-        kernel_size: Kernel of the ``'dwconv'`` mixer.
-        filter_size: ``(h, w)`` of the ``'gf'`` filter; resized to each feature map at run time.
-        norm_cfg: mmcv norm config, or None for no norm.
-        act_cfg: mmcv activation config, or None for no activation.
-    """
-
-    def __init__(
-            self,
-            channels: int,
-            mixer: str = 'dwconv',
-            kernel_size: int = 7,
-            filter_size: Sequence[int] = (32, 17),
-            norm_cfg: Optional[Dict] = None,
-            act_cfg: Optional[Dict] = dict(type='ReLU'),
-    ):
-        super().__init__()
-        self.gnconv = GnConv(
-            channels, order=2, scale=1.0, mixer=mixer, kernel_size=kernel_size,
-            filter_size=tuple(filter_size), proj_out=True)
-        self.norm = build_norm_layer(norm_cfg, channels)[1] if norm_cfg is not None else nn.Identity()
-        self.activate = build_activation_layer(dict(act_cfg)) if act_cfg is not None else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.norm(self.gnconv(x)))
+__all__ = ['HorFPNHead']
 
 
 @MODELS.register_module()
@@ -74,6 +40,6 @@ class HorFPNHead(UPerHead):
             raise ValueError(f"gnconv_mixer must be 'dwconv' or 'gf', got {gnconv_mixer!r}")
         self.fpn_convs = nn.ModuleList(
             GnConvModule(
-                self.channels, mixer=gnconv_mixer, kernel_size=gnconv_kernel_size,
+                self.channels, self.channels, order=2, mixer=gnconv_mixer, kernel_size=gnconv_kernel_size,
                 filter_size=gnconv_filter_size, norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
             for _ in self.in_channels[:-1])
