@@ -17,7 +17,7 @@ Usage:
 """
 import argparse
 import math
-from typing import Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import timm
 import torch
@@ -42,10 +42,23 @@ def _fft_flops(x_shape: Sequence[int], *args, out_shape=None, **kwargs) -> int:
 _FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
 
 
-def count_flops(model: nn.Module, input_size: Sequence[int] = (224, 224), in_chans: int = 3) -> Dict[str, int]:
+def count_flops(
+        model: nn.Module,
+        input_size: Sequence[int] = (224, 224),
+        in_chans: int = 3,
+        forward: Optional[Callable[[nn.Module, torch.Tensor], Any]] = None,
+) -> Dict[str, int]:
     """FLOPs of one image through ``model`` (any device, ``meta`` included), split by kind.
 
-    Returns a dict with ``conv_linear`` (multiply-adds), ``fft``, ``layernorm`` and ``total``.
+    Args:
+        model: The network; put in eval mode.
+        input_size: ``(H, W)`` of the image.
+        in_chans: Image channels.
+        forward: ``forward(model, image)`` to count instead of ``model(image)`` (e.g. a detector's
+            dummy forward).
+
+    Returns:
+        A dict with ``conv_linear`` (multiply-adds), ``fft``, ``layernorm`` and ``total``.
     """
     ln_flops = []
 
@@ -58,7 +71,10 @@ def count_flops(model: nn.Module, input_size: Sequence[int] = (224, 224), in_cha
     counter = FlopCounterMode(display=False, custom_mapping={op: _fft_flops for op in _FFT_OPS})
     try:
         with counter, torch.no_grad():
-            model.eval()(x)
+            if forward is None:
+                model.eval()(x)
+            else:
+                forward(model.eval(), x)
     finally:
         for h in hooks:
             h.remove()

@@ -4,13 +4,12 @@
 
 Convention (that of the published COCO table, "FLOPs at 1280x800"): the detector's dummy forward —
 backbone, neck and RPN head on one ``3 x H x W`` image, then every RoI-head stage's box head on
-1000 RoIs and mask head on the first 100 — where one multiply-add of a convolution or linear layer
-is one FLOP and an ``rfft2``/``irfft2`` over an ``(N, C, H, W)`` tensor costs
-``N*C*H*W*ceil(log2(H*W))``; RoIAlign, NMS and element-wise work are not counted. Everything runs on
+1000 RoIs and mask head on the first 100 — counted by ``calc_flops.count_flops`` in the convention
+of the classification model zoo (one multiply-add is one FLOP; see ``calc_flops.py`` for the FFT and
+LayerNorm terms); RoIAlign and NMS are not counted. Everything runs on
 the ``meta`` device, so nothing is allocated and HorNet-L takes seconds.
 """
 import argparse
-import math
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -24,18 +23,10 @@ import torch.nn as nn  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.model import revert_sync_batchnorm  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-aten = torch.ops.aten
-_FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
+from calc_flops import count_flops as count_model_flops  # noqa: E402
+
 NUM_ROIS, NUM_MASK_ROIS = 1000, 100
-
-
-def _fft_flops(x_shape: Sequence[int], *args, out_shape: Optional[Sequence[int]] = None, **kwargs) -> int:
-    # the real-valued side (input of rfft2, output of irfft2) is the larger one
-    shape = out_shape if out_shape is not None and math.prod(out_shape) > math.prod(x_shape) else x_shape
-    *lead, h, w = shape
-    return math.prod(lead) * h * w * math.ceil(math.log2(h * w))
 
 
 def build_detector(cfg: Config) -> nn.Module:
@@ -73,15 +64,9 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (800, 1280)) -> Dict[st
     """FLOPs of the dummy forward of one ``3 x H x W`` image, parameter count and backbone share."""
     params = sum(p.numel() for p in model.parameters())
     params_backbone = sum(p.numel() for p in model.backbone.parameters())
-    model = model.to('meta').eval()
-    x = torch.zeros(1, 3, *shape, device='meta')
-    counter = FlopCounterMode(display=False, custom_mapping={op: _fft_flops for op in _FFT_OPS})
-    with counter, torch.no_grad():
-        _dummy_forward(model, x)
-    by_op = counter.get_flop_counts()['Global']
-    fft = sum(v for k, v in by_op.items() if k in _FFT_OPS)
-    macs = (counter.get_total_flops() - fft) // 2  # torch counts a multiply-add as 2 FLOPs
-    return dict(flops=macs + fft, fft_flops=fft, params=params, params_backbone=params_backbone)
+    model = model.to('meta')
+    counts = count_model_flops(model, shape, forward=_dummy_forward)
+    return dict(flops=counts['total'], fft_flops=counts['fft'], params=params, params_backbone=params_backbone)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:

@@ -4,14 +4,12 @@
 
 The default input is ``crop x 4 crop`` (512x2048, 640x2560 for HorNet-L), as in the published table.
 
-Counting convention (that of the published ADE20K table): one multiply-add of a convolution or
-linear layer is one FLOP, an ``rfft2``/``irfft2`` over an ``(N, C, H, W)`` tensor costs
-``N*C*H*W*ceil(log2(H*W))``, other element-wise work is not counted; the auxiliary head (training
-only) is left out of the FLOPs but kept in the parameter count. The model runs on the ``meta``
+Counting: ``calc_flops.count_flops``, the convention of the classification model zoo (one
+multiply-add is one FLOP; see ``calc_flops.py`` for the FFT and LayerNorm terms); the auxiliary
+head (training only) is left out of the FLOPs but kept in the parameter count. The model runs on the ``meta``
 device, so nothing is allocated and even HorNet-L takes seconds.
 """
 import argparse
-import math
 import os.path as osp
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -24,18 +22,8 @@ import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.model import revert_sync_batchnorm  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-aten = torch.ops.aten
-_FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
-
-
-def _fft_flops(x_shape: Sequence[int], *args, out_shape: Optional[Sequence[int]] = None, **kwargs) -> int:
-    # the real-valued side (input of rfft2, output of irfft2) is the larger one
-    shape = out_shape if out_shape is not None and math.prod(out_shape) > math.prod(x_shape) else x_shape
-    *lead, h, w = shape
-    return math.prod(lead) * h * w * math.ceil(math.log2(h * w))
-
+from calc_flops import count_flops as count_model_flops  # noqa: E402
 
 def build_segmentor(cfg: Config) -> torch.nn.Module:
     """Build the config's segmentor without pre-trained weights and without the auxiliary head."""
@@ -55,15 +43,10 @@ def count_flops(model: torch.nn.Module, shape: Sequence[int] = (512, 2048)) -> D
     params = sum(p.numel() for p in model.parameters())
     aux = getattr(model, 'auxiliary_head', None)
     params_aux = sum(p.numel() for p in aux.parameters()) if aux is not None else 0
-    model = model.to('meta').eval()
-    x = torch.zeros(1, 3, *shape, device='meta')
-    counter = FlopCounterMode(display=False, custom_mapping={op: _fft_flops for op in _FFT_OPS})
-    with counter, torch.no_grad():
-        model(x, mode='tensor')  # backbone + decode head, no auxiliary head
-    by_op = counter.get_flop_counts()['Global']
-    fft = sum(v for k, v in by_op.items() if k in _FFT_OPS)
-    macs = (counter.get_total_flops() - fft) // 2  # torch counts a multiply-add as 2 FLOPs
-    return dict(flops=macs + fft, fft_flops=fft, params=params, params_aux=params_aux)
+    model = model.to('meta')
+    # backbone + decode head, no auxiliary head
+    counts = count_model_flops(model, shape, forward=lambda m, x: m(x, mode='tensor'))
+    return dict(flops=counts['total'], fft_flops=counts['fft'], params=params, params_aux=params_aux)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
