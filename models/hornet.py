@@ -23,7 +23,8 @@ from timm.models._features import feature_take_indices
 
 __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
-    'layer_id', 'resize_complex_weight', 'set_dft_filter', 'CheckpointMismatchError',
+    'layer_id', 'resize_complex_weight', 'run_stage', 'set_dft_filter', 'CheckpointMismatchError',
+    'check_state_dict', 'unwrap_checkpoint',
 ]
 
 FilterSize = Tuple[int, int]
@@ -257,6 +258,18 @@ class HorBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
+def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,
+              grad_checkpointing: bool = False) -> torch.Tensor:
+    """One HorNet stage: its downsample layer, then its blocks (each recomputed in the backward
+    pass when ``grad_checkpointing``, which trades compute for activation memory)."""
+    x = downsample(x)
+    if grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return x
+    return blocks(x)
+
+
 # Variant definitions: plain data. ``gf_sizes[i]`` is the GF filter (h, w) of stage i, None = 7x7 dwconv.
 _GF_224 = (None, None, (14, 8), (7, 4))
 _GF_384 = (None, None, (24, 13), (12, 7))
@@ -410,12 +423,7 @@ class HorNet(nn.Module):
             self._init_trunc_normal(self.head)
 
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample_layers[i](x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            for block in self.stages[i]:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
-        return self.stages[i](x)
+        return run_stage(self.downsample_layers[i], self.stages[i], x, self.grad_checkpointing)
 
     def forward_intermediates(
             self,

@@ -36,7 +36,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from timm.layers import LayerNorm2d
-from torch.utils.checkpoint import checkpoint
 
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
@@ -44,10 +43,9 @@ from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.runner import CheckpointLoader
 
-from .hornet import GnConv
 from .hornet import (
-    HORNET_ARCHS, HorNet, check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight,
-    unwrap_checkpoint,
+    HORNET_ARCHS, GnConv, HorNet, check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight,
+    run_stage, unwrap_checkpoint,
 )
 
 __all__ = ['HorNetBackbone', 'HorNetLayerDecayOptimizerConstructor', 'load_hornet_backbone_checkpoint']
@@ -234,12 +232,7 @@ class HorNetBackbone(BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []
         for i in range(len(self.stages)):
-            x = self.downsample_layers[i](x)
-            if self.with_cp and x.requires_grad:
-                for block in self.stages[i]:
-                    x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = self.stages[i](x)
+            x = run_stage(self.downsample_layers[i], self.stages[i], x, self.with_cp)
             if i in self.out_indices:
                 outs.append(getattr(self, f'norm{i}')(x))
             if i >= max(self.out_indices):
