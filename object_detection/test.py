@@ -7,7 +7,6 @@ Multi-GPU: ``bash object_detection/dist_test.sh CONFIG CHECKPOINT 8``.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional
@@ -15,46 +14,31 @@ from typing import Dict, List, Optional
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``models.mm_hornet`` and ``object_detection.horfpn``
-# mmengine 0.10 checkpoints pickle its own objects (message hub, history buffers), which torch >= 2.6
-# refuses to unpickle by default; checkpoints given to these scripts are trusted, as in mmengine.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
-from mmengine.config import Config, DictAction  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from tools.mm_runner import (  # noqa: E402
+    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a HorNet detector (mmdet 3.x)')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', '--work_dir', help='where the evaluation log goes')
     parser.add_argument('--out', help='dump raw predictions to this pickle file')
     parser.add_argument('--metrics-out', help='write the metrics as JSON to this file')
     parser.add_argument('--show-dir', help='save visualised predictions under work-dir/show-dir')
-    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
-                        help='override config entries')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config file not found: {args.config}')
+    allow_mmengine_checkpoints()
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_config(args)
     cfg.load_from = args.checkpoint
     # the checkpoint holds every weight: skip the backbone's ImageNet initialisation
     cfg.model.backbone.pop('init_cfg', None)

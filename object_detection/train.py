@@ -6,7 +6,6 @@
 Multi-GPU: ``bash object_detection/dist_train.sh CONFIG 8`` (torchrun, ``--launcher pytorch``).
 """
 import argparse
-import os
 import os.path as osp
 import sys
 from typing import List, Optional
@@ -14,19 +13,18 @@ from typing import List, Optional
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``models.mm_hornet`` and ``object_detection.horfpn``
-# mmengine 0.10 checkpoints pickle its own objects (message hub, history buffers), which torch >= 2.6
-# refuses to unpickle by default; checkpoints given to these scripts are trusted, as in mmengine.
-os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from tools.mm_runner import (  # noqa: E402
+    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a HorNet detector (mmdet 3.x)')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', '--work_dir', help='where logs and checkpoints go '
-                        '(default: ./work_dirs/<config name>)')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by (total batch size / 16)')
@@ -34,28 +32,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='resume from this checkpoint, or from the latest one in work-dir '
                              'if no path is given')
     parser.add_argument('--load-from', help='initialise the whole detector from this checkpoint')
-    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. model.backbone.drop_path_rate=0.2')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher (torchrun: pytorch)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)  # torch.distributed.launch
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:
     """Load the config and apply the command-line overrides."""
-    if not osp.isfile(args.config):
-        raise SystemExit(f'config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_config(args)
     if args.amp and cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
@@ -76,6 +58,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    allow_mmengine_checkpoints()
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
     runner.train()

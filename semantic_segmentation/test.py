@@ -12,7 +12,6 @@ The 0.x flags ``--eval mIoU`` and ``--options`` are accepted. The last line prin
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Optional
@@ -21,9 +20,13 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from tools.mm_runner import (  # noqa: E402
+    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+)
 
 IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
 
@@ -32,33 +35,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate a HorNet segmentor (mmsegmentation 1.x)')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
-    parser.add_argument('--work-dir', '--work_dir', help='where the evaluation log goes')
     parser.add_argument('--aug-test', '--tta', dest='aug_test', action='store_true',
                         help='multi-scale + flip test (the config\'s tta_pipeline)')
     parser.add_argument('--eval', nargs='+', default=None, choices=IOU_METRICS,
                         help='metrics to compute (default: the config\'s, mIoU)')
     parser.add_argument('--out', help='directory for the predicted label maps (PNG, ADE20K label ids)')
     parser.add_argument('--show-dir', help='directory for painted predictions')
-    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. test_dataloader.dataset.data_root=...')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher (dist_test.sh uses pytorch)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:
     """Load the config and apply the command-line overrides."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_runner_config(args)
     cfg.load_from = args.checkpoint
     # weights come from the checkpoint: no download of the classification one
     cfg.model.pretrained = None
@@ -83,9 +71,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    # mmengine 0.10 checkpoints hold training state (message hub, numpy scalars) that torch >= 2.6's
-    # weights-only unpickler refuses; they are files a training run of this codebase wrote.
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    allow_mmengine_checkpoints()
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()

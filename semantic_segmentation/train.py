@@ -10,7 +10,6 @@ Flags of the original mmseg 0.x commands (``--options``, ``--seed``, ``--determi
 """
 import argparse
 import logging
-import os
 import os.path as osp
 import sys
 from typing import List, Optional
@@ -19,16 +18,18 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+
+from tools.mm_runner import (  # noqa: E402
+    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a HorNet segmentor (mmsegmentation 1.x)')
     parser.add_argument('config', help='config file')
-    parser.add_argument('--work-dir', '--work_dir', help='where logs and checkpoints go '
-                        '(default: ./work_dirs/<config name>)')
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume training: from the latest checkpoint in work-dir, or from the given path')
     parser.add_argument('--resume-from', '--resume_from', help='checkpoint to resume from (same as --resume PATH)')
@@ -37,15 +38,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (fp16 on GPU)')
     parser.add_argument('--seed', type=int, default=None, help='random seed')
     parser.add_argument('--deterministic', action='store_true', help='deterministic cuDNN algorithms')
-    parser.add_argument('--cfg-options', '--options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. model.backbone.drop_path_rate=0.3 '
-                             'train_dataloader.batch_size=4')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher (dist_train.sh uses pytorch)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(add_runner_args(parser), argv)
 
 
 def _pretrained_to_init_cfg(cfg: Config) -> None:
@@ -58,16 +51,8 @@ def _pretrained_to_init_cfg(cfg: Config) -> None:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Load the config and apply the command-line overrides."""
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_runner_config(args)
     _pretrained_to_init_cfg(cfg)
-
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
@@ -95,9 +80,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    # mmengine 0.10 checkpoints hold training state (message hub, numpy scalars) that torch >= 2.6's
-    # weights-only unpickler refuses; they are files a training run of this codebase wrote.
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    allow_mmengine_checkpoints()
     cfg = build_config(args)
     runner = Runner.from_cfg(cfg)
     runner.train()
