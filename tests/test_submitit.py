@@ -6,27 +6,12 @@ import signal
 import stat
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import run_with_submitit as rws
+from test_train_common import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _image_folder(root, train_per_class, val_per_class=4, classes=2, size=16):
-    """ImageNet-layout folder; the class is the dominant colour channel."""
-    rng = np.random.default_rng(0)
-    for split, n in (('train', train_per_class), ('val', val_per_class)):
-        for c in range(classes):
-            folder = os.path.join(root, split, f'class_{c}')
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
-                img[..., c] += np.uint8(150)
-                Image.fromarray(img).save(os.path.join(folder, f'{i:03d}.png'))
-    return root
 
 
 def _tiny_argv(data, job_dir, epochs):
@@ -61,7 +46,7 @@ def _task_log(job, task):
 
 
 def test_local_two_tasks_one_epoch(tmp_path, job_env):
-    data = _image_folder(str(tmp_path / 'data'), train_per_class=16)
+    data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=16, val_per_class=4)
     job_dir = str(tmp_path / 'job')
     job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=1)))
     try:
@@ -92,7 +77,7 @@ def _rank0_pid(controller_pid):
 
 
 def test_preemption_requeues_and_resumes(tmp_path, job_env):
-    data = _image_folder(str(tmp_path / 'data'), train_per_class=32)
+    data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=32, val_per_class=4)
     job_dir = str(tmp_path / 'job')
     epochs = 5
     job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=epochs)))

@@ -13,7 +13,22 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEED_README = os.path.join(os.path.dirname(ROOT), 'shared', 'seeds', '000_05c9a05b1b56cb63.txt')
+# The evaluation and training commands of the original release's README, character for character
+# (including its two shell slips: a backslash right after "--clip_grad 5", which glues the next
+# line to it, and a backslash followed by a space at the end of the --resume line).
+SEED_README_COMMANDS = (
+    'python -m torch.distributed.launch --nproc_per_node=8 main.py \\\n'
+    '--model hornet_tiny_7x7 --eval true --input_size 224 \\\n'
+    '--resume /path/to/checkpoint \\ \n'
+    '--data_path /path/to/imagenet-1k\n'
+    '\n'
+    'python -m torch.distributed.launch --nproc_per_node=8 main.py \\\n'
+    '--model hornet_tiny_7x7 --drop_path 0.2 --clip_grad 5\\\n'
+    '--batch_size 128 --lr 4e-3 --update_freq 4 \\\n'
+    '--model_ema true --model_ema_eval true \\\n'
+    '--data_path /path/to/imagenet-1k \\\n'
+    '--output_dir ./logs/hornet_tiny_7x7\n'
+)
 
 import datasets  # noqa: E402
 import main as train_main  # noqa: E402
@@ -89,8 +104,7 @@ def _commands_from(text: str) -> List[List[str]]:
 def test_seed_readme_commands_parse_and_build(tmp_path):
     """Both README commands, exactly as a shell would split them (including the glued
     ``5--batch_size`` and the stray ``' '`` word), parse and build their model and optimizer."""
-    with open(SEED_README, encoding='utf-8') as f:
-        cmds = _commands_from(f.read())
+    cmds = _commands_from(SEED_README_COMMANDS)
     assert len(cmds) == 2
     assert '5--batch_size' in cmds[1] and ' ' in cmds[0]  # the shell slips are really there
     parsed = [train_main.parse_args(c + ['--device', 'cpu']) for c in cmds]
