@@ -4,7 +4,9 @@ Compares, in one run and on the same weights:
 - ``literal``: the channels-first LayerNorm written as element-wise ops (mean, variance, sqrt,
   divide), as the original release computes it;
 - ``ours``: this repo's model (fused ``F.layer_norm`` on a permuted view, via timm's LayerNorm2d);
-- ``ours+bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)``.
+- ``ours+bf16``: the same under ``torch.autocast(dtype=torch.bfloat16)`` (with ``--bf16``, the
+  default on CUDA; on CPU, bf16 depthwise convolutions take a slow path and this mode runs ~10x
+  slower than fp32, so it is off there).
 
 Usage:
     python benchmarks/model_speed.py --models hornet_tiny_7x7 hornet_tiny_gf --batch_size 8 --input_size 224
@@ -63,19 +65,24 @@ def main() -> None:
     p.add_argument('--input_size', type=int, default=224)
     p.add_argument('--iters', type=int, default=5)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--bf16', default=None, action=argparse.BooleanOptionalAction,
+                   help='also time bf16 autocast (default: on CUDA only)')
     args = p.parse_args()
     dev = torch.device(args.device)
+    bf16 = args.bf16 if args.bf16 is not None else dev.type == 'cuda'
     print(f'device: {dev}  torch {torch.__version__}  threads {torch.get_num_threads()}  '
           f'batch {args.batch_size}  input {args.input_size}')
-    print('| model | mode | literal img/s | ours img/s | ours+bf16 img/s | ours / literal | bf16 / literal |')
-    print('|---|---|---|---|---|---|---|')
+    cols = ['literal img/s', 'ours img/s'] + (['ours+bf16 img/s'] if bf16 else []) + ['ours / literal'] \
+        + (['bf16 / literal'] if bf16 else [])
+    print('| model | mode | ' + ' | '.join(cols) + ' |')
+    print('|---' * (len(cols) + 2) + '|')
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=dev)
     for name in args.models:
         ours = timm.create_model(name).to(dev)
         lit = literal(ours)
         for mode in ('infer', 'train'):
             rates = []
-            for model, amp in ((lit, False), (ours, False), (ours, True)):
+            for model, amp in ((lit, False), (ours, False), (ours, True))[:3 if bf16 else 2]:
                 model.train(mode == 'train')
 
                 def step():
@@ -89,8 +96,8 @@ def main() -> None:
                         torch.cuda.synchronize()
 
                 rates.append(args.batch_size / bench(step, 1, args.iters))
-            print(f'| `{name}` | {mode} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[2]:.1f} | '
-                  f'{rates[1] / rates[0]:.2f}x | {rates[2] / rates[0]:.2f}x |')
+            cells = [f'{r:.1f}' for r in rates] + [f'{r / rates[0]:.2f}x' for r in rates[1:]]
+            print(f'| `{name}` | {mode} | ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':
