@@ -18,7 +18,7 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tools.mm_runner import (  # noqa: E402
-    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+    add_runner_args, allow_mmengine_checkpoints, apply_resume, enable_amp, load_runner_config, parse_runner_args,
 )
 
 
@@ -38,21 +38,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     """Load the config and apply the command-line overrides."""
     cfg = load_runner_config(args)
-    if args.amp and cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.amp:
+        enable_amp(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-    if args.load_from is not None:
-        cfg.load_from = args.load_from
+    apply_resume(cfg, args.resume, args.load_from)
     return cfg
 
 

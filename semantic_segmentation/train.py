@@ -9,7 +9,6 @@ Flags of the original mmseg 0.x commands (``--options``, ``--seed``, ``--determi
 ``--load-from``, ``--resume-from``, ``--no-validate``, ``model.pretrained=...``) still work.
 """
 import argparse
-import logging
 import os.path as osp
 import sys
 from typing import List, Optional
@@ -19,11 +18,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.logging import print_log  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from tools.mm_runner import (  # noqa: E402
-    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+    add_runner_args, allow_mmengine_checkpoints, apply_resume, enable_amp, load_runner_config, parse_runner_args,
 )
 
 
@@ -55,21 +53,8 @@ def build_config(args: argparse.Namespace) -> Config:
     _pretrained_to_init_cfg(cfg)
 
     if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
-            print_log('AMP is already enabled in the config', logger='current', level=logging.WARNING)
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-
-    resume_from = args.resume_from or (args.resume if args.resume not in (None, 'auto') else None)
-    if resume_from:
-        cfg.resume, cfg.load_from = True, resume_from
-    elif args.resume == 'auto':
-        cfg.resume = True
-    else:
-        cfg.resume = False
-        if args.load_from:
-            cfg.load_from = args.load_from
+        enable_amp(cfg)
+    apply_resume(cfg, args.resume_from or args.resume, args.load_from)
 
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None

@@ -50,3 +50,22 @@ def allow_mmengine_checkpoints() -> None:
     mmengine itself.
     """
     os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+
+
+def enable_amp(cfg: Config) -> None:
+    """``--amp``: mixed-precision training through mmengine's ``AmpOptimWrapper`` (dynamic loss scale)."""
+    if cfg.optim_wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def apply_resume(cfg: Config, resume: Optional[str], load_from: Optional[str]) -> None:
+    """``--resume`` (``'auto'``: the newest checkpoint in the work dir; else that checkpoint, with its
+    optimizer and iteration) or, when not resuming, ``--load-from`` (weights only)."""
+    if resume is not None:
+        cfg.resume = True
+        cfg.load_from = None if resume == 'auto' else resume
+    else:
+        cfg.resume = False
+        if load_from:
+            cfg.load_from = load_from
