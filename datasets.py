@@ -187,11 +187,18 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
                 transforms.Resize(args.input_size),
                 transforms.RandomCrop(args.input_size, padding=args.input_size // 8)])
         return t
-    crop_pct = args.crop_pct
-    if crop_pct is None:
-        crop_pct = 1.0 if (small or args.input_size >= 384) else 224 / 256
-    return create_transform(input_size=args.input_size, is_training=False, interpolation='bicubic',
-                            crop_pct=crop_pct, mean=mean, std=std)
+    # evaluation, as the original: from 384 px up the whole image is resized to a square (no crop,
+    # crop_pct ignored); below, the short side goes to size / crop_pct and the centre is cropped
+    size = args.input_size
+    bicubic = transforms.InterpolationMode.BICUBIC
+    if size >= 384:
+        resize = [transforms.Resize((size, size), interpolation=bicubic)]
+    else:
+        crop_pct = args.crop_pct
+        if crop_pct is None:
+            crop_pct = 1.0 if small else 224 / 256
+        resize = [transforms.Resize(int(size / crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
+    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
 
 def prepare_data(args: argparse.Namespace) -> None:
@@ -202,6 +209,9 @@ def prepare_data(args: argparse.Namespace) -> None:
 
 def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[Dataset, int]:
     """The train or eval data set named by ``--data_set`` and its number of classes.
+
+    ``image_folder`` takes its class count from the folder (``--nb_classes`` may be left out);
+    ``IMNET`` expects ``--nb_classes`` (default 1000) class folders.
 
     Raises:
         TrainingError: missing or empty folders (naming the expected folder), or a class count
@@ -235,10 +245,21 @@ def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[Dataset, in
         ds = _image_folder(root, transform, '--data_path' if is_train else '--eval_data_path')
     else:
         raise TrainingError(f'unknown --data_set {name!r}; choose one of {", ".join(DATA_SETS)}')
-    if len(ds.classes) != args.nb_classes:
-        raise TrainingError(f'{root} has {len(ds.classes)} class folders but --nb_classes is '
-                            f'{args.nb_classes}; pass --nb_classes {len(ds.classes)}')
-    return ds, args.nb_classes
+    found = len(ds.classes)
+    if name == 'image_folder':
+        if args.nb_classes is not None and found != args.nb_classes:
+            # main.py sets nb_classes from the training folder before the evaluation folder is read
+            raise TrainingError(
+                f'{root} has {found} class folders but --nb_classes is {args.nb_classes}; --data_set '
+                'image_folder takes the class count from --data_path: leave --nb_classes out' if is_train else
+                f'{root} has {found} class folders but the model has {args.nb_classes} classes (--nb_classes '
+                'or the --data_path class folders); the evaluation folder needs the same classes')
+        return ds, found
+    expected = 1000 if args.nb_classes is None else args.nb_classes
+    if found != expected:
+        raise TrainingError(f'{root} has {found} class folders but --nb_classes is {expected}; '
+                            f'pass --nb_classes {found}')
+    return ds, expected
 
 
 class ShardedEvalSampler(Sampler):

@@ -40,13 +40,22 @@ def train_one_epoch(
         amp_dtype: Optional[torch.dtype] = None,
         print_freq: int = 10,
         num_batches: Optional[int] = None,
+        clip_mode: str = 'micro',
 ) -> Dict[str, float]:
-    """Train for one epoch; returns the epoch averages (``loss``, ``lr``, ``grad_norm`` ...).
+    """Train for one epoch; returns the epoch averages (``loss``, ``class_acc``, ``lr``,
+    ``min_lr``, ``weight_decay``, ``grad_norm``), the original's names.
 
     The optimizer steps every ``update_freq`` batches (gradient accumulation, loss divided by
     ``update_freq``); ``schedules`` sets lr and weight decay before each step from the global
     step ``start_steps + step``. A trailing partial accumulation is dropped so every step sees
     the same number of samples.
+
+    Gradient clipping (``max_norm``): in fp32 with ``clip_mode='micro'`` (the original's
+    behaviour) the gradient accumulated so far is clipped after every micro-batch backward, and
+    only when ``max_norm > 0.1``; under DDP every micro-batch is then all-reduced first (no
+    ``no_sync``), so all ranks clip the same gradient. With ``clip_mode='step'``, and always with
+    autocast (``amp_dtype``), the full accumulated gradient is clipped once per optimizer step
+    (when ``max_norm > 0``).
 
     Raises:
         utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step; nothing is saved).
@@ -54,10 +63,17 @@ def train_one_epoch(
     model.train(True)
     metric_logger = utils.MetricLogger()
     metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{epoch}]'
     num_batches = num_batches if num_batches is not None else len(data_loader)
     num_batches -= num_batches % update_freq
     parameters = [p for p in model.parameters() if p.requires_grad]
+    if clip_mode not in ('micro', 'step'):
+        raise ValueError(f'clip_mode must be "micro" or "step", got {clip_mode!r}')
+    micro_clip_rule = amp_dtype is None and clip_mode == 'micro'
+    clip_each_micro = micro_clip_rule and max_norm is not None and max_norm > 0.1
+    # the original's fp32 path never clips when max_norm <= 0.1
+    step_clip = None if micro_clip_rule else max_norm
     optimizer.zero_grad(set_to_none=True)
 
     for data_iter_step, (samples, targets) in enumerate(
@@ -74,9 +90,10 @@ def train_one_epoch(
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
 
-        # DDP: skip the gradient all-reduce on micro-batches that do not step
-        sync = contextlib.nullcontext() if last_micro or not hasattr(model, 'no_sync') else model.no_sync()
-        with sync:
+        # DDP: skip the gradient all-reduce on micro-batches that do not step, unless each
+        # micro-batch's accumulated gradient is clipped (it must be the global one, as the original)
+        skip_sync = not last_micro and not clip_each_micro and hasattr(model, 'no_sync')
+        with model.no_sync() if skip_sync else contextlib.nullcontext():
             with autocast(device, amp_dtype):
                 output = model(samples)
                 loss = criterion(output, targets)
@@ -86,8 +103,16 @@ def train_one_epoch(
                     f'loss is {loss_value} at epoch {epoch}, step {data_iter_step} (batch) / '
                     f'{start_steps + step} (optimizer step); training stopped, the last good '
                     'checkpoint in the output dir is untouched')
-            grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=max_norm,
-                                    parameters=parameters, update_grad=last_micro)
+            if clip_each_micro:
+                (loss / update_freq).backward()
+                norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                grad_norm = None
+                if last_micro:
+                    optimizer.step()
+                    grad_norm = float(norm)  # norm before the last clip
+            else:
+                grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=step_clip,
+                                        parameters=parameters, update_grad=last_micro)
         if last_micro:
             optimizer.zero_grad(set_to_none=True)
             if model_ema is not None:
@@ -98,13 +123,17 @@ def train_one_epoch(
         else:
             class_acc = None
         lr = max(g['lr'] for g in optimizer.param_groups)
+        min_lr = min(g['lr'] for g in optimizer.param_groups)
         wd = max(g['weight_decay'] for g in optimizer.param_groups)
-        metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, weight_decay=wd)
+        metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, min_lr=min_lr, weight_decay=wd)
         if last_micro:
             metric_logger.update(grad_norm=grad_norm)
-        if log_writer is not None and last_micro:
-            log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=start_steps + step)
-            log_writer.update(head='opt', lr=lr, weight_decay=wd, grad_norm=grad_norm, step=start_steps + step)
+        if log_writer is not None:
+            # the original's tags and x axis: every micro-batch, counted from epoch start
+            it = start_steps * update_freq + data_iter_step
+            log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=it)
+            log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
+                              grad_norm=grad_norm if last_micro else None, step=it)
 
     metric_logger.synchronize_between_processes()
     logger.info(f'Averaged stats: {metric_logger}')

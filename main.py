@@ -22,6 +22,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
+import calc_flops
 import datasets
 import models
 import utils
@@ -30,6 +31,9 @@ from optim_factory import Schedules, create_optimizer
 from utils import TrainingError, str2bool
 
 logger = logging.getLogger('hornet')
+DEFAULT_NB_CLASSES = 1000
+# line i: the ImageNet-22K class index of ImageNet-1K class i (the original release's mapping)
+IN1K_TO_IN22K_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'in1k_to_in22k_map.txt')
 # DDP's bucket-layout hint for mkldnn 1x1-conv gradients on CPU: a speed note, not a problem
 warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')
 
@@ -42,7 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--update_freq', default=1, type=int, help='gradient accumulation steps')
 
     g = p.add_argument_group('model')
-    g.add_argument('--model', default='hornet_tiny_7x7', type=str, metavar='MODEL',
+    g.add_argument('--model', default='hornet_tiny_gf', type=str, metavar='MODEL',
                    help='one of: ' + ', '.join(sorted(timm.list_models('hornet_*'))))
     g.add_argument('--drop_path', type=float, default=0.0, metavar='PCT', help='stochastic depth rate')
     g.add_argument('--input_size', default=224, type=int, help='image size')
@@ -65,6 +69,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--opt_eps', default=1e-8, type=float, metavar='EPSILON')
     g.add_argument('--opt_betas', default=None, type=float, nargs='+', metavar='BETA')
     g.add_argument('--clip_grad', type=float, default=None, metavar='NORM', help='max gradient norm')
+    g.add_argument('--clip_grad_mode', default='micro', choices=('micro', 'step'),
+                   help='(new) fp32 with --update_freq > 1: "micro" (the original) clips the gradient '
+                        'accumulated so far after every micro-batch backward, and only when --clip_grad '
+                        '> 0.1; "step" clips once per optimizer step on the full accumulated gradient '
+                        '(when --clip_grad > 0). With --use_amp true both clip once per step')
     g.add_argument('--momentum', type=float, default=0.9, metavar='M')
     g.add_argument('--weight_decay', type=float, default=0.05)
     g.add_argument('--weight_decay_end', type=float, default=None,
@@ -102,12 +111,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--model_prefix', default='', type=str)
     g.add_argument('--head_map', default='', type=str,
                    help='(new) text file, one checkpoint class index per line and model class, used '
-                        'to map e.g. a 21841-class head to 1000 classes; "drop" starts the head fresh')
+                        'to map a checkpoint head to the model\'s classes; "drop" starts the head fresh. '
+                        'Default: a 21841-class head going to 1000 classes uses the shipped '
+                        'data/in1k_to_in22k_map.txt, as the original')
 
     g = p.add_argument_group('data')
     g.add_argument('--data_path', default='/datasets01/imagenet_full_size/061417/', type=str)
     g.add_argument('--eval_data_path', default=None, type=str)
-    g.add_argument('--nb_classes', default=1000, type=int)
+    g.add_argument('--nb_classes', default=None, type=int,
+                   help='number of classes (default: 1000; with --data_set image_folder: the number '
+                        'of class folders)')
     g.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
     g.add_argument('--data_set', default='IMNET', choices=datasets.DATA_SETS, type=str)
     g.add_argument('--num_workers', default=10, type=int)
@@ -181,7 +194,9 @@ def build_model(args: argparse.Namespace, num_classes: Optional[int] = None) -> 
     valid = sorted(timm.list_models('hornet_*'))
     if args.model not in valid:
         raise TrainingError(f'unknown --model {args.model!r}; valid models: {", ".join(valid)}')
-    kwargs = dict(num_classes=args.nb_classes if num_classes is None else num_classes,
+    if num_classes is None:
+        num_classes = DEFAULT_NB_CLASSES if args.nb_classes is None else args.nb_classes
+    kwargs = dict(num_classes=num_classes,
                   drop_path_rate=args.drop_path, layer_scale_init_value=args.layer_scale_init_value,
                   head_init_scale=args.head_init_scale)
     if args.depths is not None:
@@ -209,8 +224,8 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """Initialise ``model`` from ``--finetune`` (``--model_key``, ``--model_prefix``, ``--head_map``).
 
     GF filters are resized to the model; a head with another class count is dropped, or mapped
-    row by row with ``--head_map``. A 21841-class head going to 1000 classes needs a map (or
-    ``--head_map drop``), since dropping it silently would waste the pre-trained classifier.
+    row by row with ``--head_map``. A 21841-class head going to 1000 classes is mapped with the
+    shipped ImageNet-1K -> 22K index file (as the original) unless ``--head_map`` says otherwise.
     """
     ckpt = utils.load_checkpoint_file(args.finetune)
     state = None
@@ -226,23 +241,31 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module) -> None:
     head = model.get_classifier()
     if 'head.weight' in state and isinstance(head, torch.nn.Linear):
         ckpt_classes, n = state['head.weight'].shape[0], head.out_features
-        if args.head_map and args.head_map != 'drop':
-            rows = _read_head_map(args.head_map, n, ckpt_classes)
+        head_map = args.head_map
+        if not head_map and ckpt_classes == 21841 and n == 1000:
+            head_map = IN1K_TO_IN22K_MAP
+        if head_map and head_map != 'drop':
+            rows = _read_head_map(head_map, n, ckpt_classes)
             state['head.weight'] = state['head.weight'][rows]
             if 'head.bias' in state:
                 state['head.bias'] = state['head.bias'][rows]
-            logger.info(f'mapped the {ckpt_classes}-class head to {n} classes with {args.head_map}')
-        elif ckpt_classes != n:
-            if ckpt_classes == 21841 and n == 1000 and args.head_map != 'drop':
-                raise TrainingError(
-                    f'{args.finetune} has a 21841-class head but the model has 1000 classes: give '
-                    '--head_map FILE (1000 lines, the ImageNet-22K index of each ImageNet-1K class) '
-                    'or --head_map drop to train a new head')
+            logger.info(f'mapped the {ckpt_classes}-class head to {n} classes with {head_map}')
+        elif ckpt_classes != n or head_map == 'drop':
             logger.info(f'dropping the {ckpt_classes}-class head of {args.finetune} ({n} classes now)')
+            state.pop('head.weight')
+            state.pop('head.bias', None)
     state = models.checkpoint_filter_fn(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
         logger.info(f'fresh parameters: {", ".join(missing)}')
+
+
+def model_gflops(args: argparse.Namespace) -> float:
+    """GFLOPs of one ``--input_size`` image through the ``--model`` network (counted on the meta
+    device, so no memory is allocated); logged in log.txt as ``GFLOPs``, as the original."""
+    with torch.device('meta'):
+        model = build_model(args)
+    return calc_flops.count_flops(model, (args.input_size, args.input_size))['total'] / 1e9
 
 
 def build_training_parts(args: argparse.Namespace, num_classes: int) -> Tuple[Optional[Mixup], torch.nn.Module]:
@@ -369,7 +392,9 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f'model {args.model}: {n_parameters:,} parameters, {args.nb_classes} classes')
+    gflops = model_gflops(args)
+    logger.info(f'model {args.model}: {n_parameters:,} parameters, {args.nb_classes} classes, '
+                f'{gflops:.2f} GFLOPs at {args.input_size}x{args.input_size}')
 
     val_loader = None
     if dataset_val is not None:
@@ -385,7 +410,7 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
         stats = {f'test_{k}': v for k, v in evaluate(val_loader, model, device, amp_dtype, dist_eval).items()}
         if model_ema is not None and args.model_ema_eval:
             ema = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval, header='Test (EMA):')
-            stats.update({f'test_ema_{k}': v for k, v in ema.items()})
+            stats.update({f'test_{k}_ema': v for k, v in ema.items()})
         return stats
 
     if len(dataset_train) < args.batch_size * world_size:
@@ -442,7 +467,9 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
             model, criterion, train_loader, optimizer, device, epoch, loss_scaler, args.clip_grad,
             model_ema, mixup_fn, log_writer=log_writer, schedules=schedules,
             start_steps=epoch * steps_per_epoch, update_freq=args.update_freq, amp_dtype=amp_dtype,
-            print_freq=args.print_freq, num_batches=num_batches)
+            print_freq=args.print_freq, num_batches=num_batches, clip_mode=args.clip_grad_mode)
+        # log.txt keys and TensorBoard tags are the original's: train_*, test_*, test_*_ema,
+        # epoch, n_parameters, GFLOPs, max_accuracy, max_ema_accuracy
         stats = {f'train_{k}': v for k, v in train_stats.items()}
 
         if val_loader is not None:
@@ -456,7 +483,7 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
             if model_ema is not None and args.model_ema_eval:
                 ema_stats = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
                                      header='Test (EMA):')
-                stats.update({f'test_ema_{k}': v for k, v in ema_stats.items()})
+                stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if ema_stats['acc1'] > best['max_accuracy_ema']:
                     best['max_accuracy_ema'] = ema_stats['acc1']
                     if args.output_dir and args.save_ckpt:
@@ -464,12 +491,16 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
                                         model_ema, best)
                 logger.info(f'Max EMA accuracy: {best["max_accuracy_ema"]:.2f}%')
             if log_writer is not None:
-                log_writer.update(head='perf', step=epoch, **{k[5:]: v for k, v in stats.items()
-                                                             if k.startswith('test_')})
+                log_writer.update(head='perf', step=epoch, **{k: stats[k] for k in (
+                    'test_acc1', 'test_acc5', 'test_loss', 'test_acc1_ema') if k in stats})
 
         # log line first, then the checkpoint: a kill in between re-trains this epoch, and the
         # resumed run trims log.txt back to the checkpoint's epoch
-        stats.update(epoch=epoch, n_parameters=n_parameters, **best)
+        stats.update(epoch=epoch, n_parameters=n_parameters, GFLOPs=gflops)
+        if val_loader is not None:
+            stats['max_accuracy'] = best['max_accuracy']
+            if model_ema is not None and args.model_ema_eval:
+                stats['max_ema_accuracy'] = best['max_accuracy_ema']
         if args.output_dir:
             utils.append_log(args.output_dir, stats)
         if args.output_dir and args.save_ckpt and \

@@ -10,7 +10,7 @@ gloo with ``--device cpu``). On preemption or timeout SLURM signals the job, sub
 Examples::
 
     python run_with_submitit.py --nodes 4 --ngpus 8 --model hornet_tiny_7x7 --drop_path 0.2 \\
-        --clip_grad 5 --batch_size 32 --lr 4e-3 --update_freq 4 --model_ema true \\
+        --clip_grad 100 --batch_size 128 --lr 4e-3 --update_freq 1 --model_ema true \\
         --model_ema_eval true --data_path /path/to/imagenet-1k --job_dir ./logs/hornet_tiny_7x7
     # the same script on a workstation: 2 processes on CPU, waits for the result
     python run_with_submitit.py --cluster local --nodes 1 --ngpus 2 --device cpu ... --job_dir ./logs/x
@@ -45,11 +45,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--ngpus', default=8, type=int,
                    help='GPUs per node = tasks per node (with --device cpu: processes per node, no GPU asked)')
     g.add_argument('--nodes', default=2, type=int, help='number of nodes')
-    g.add_argument('--timeout', default=4320, type=int, help='job time limit in minutes')
+    g.add_argument('--timeout', default=72, type=int,
+                   help='job time limit in HOURS (default 72, as the original); sbatch --time = 60 x this')
     g.add_argument('--job_dir', default='', type=str,
                    help='job folder (default: ./logs/submitit/%%j; %%j is the job id)')
     g.add_argument('--partition', default='learnlab', type=str, help='SLURM partition')
-    g.add_argument('--use_volta32', action='store_true', help='ask for 32 GB V100s (constraint volta32gb)')
+    g.add_argument('--use_volta32', type=utils.str2bool, nargs='?', const=True, default=True,
+                   help='ask for 32 GB V100s (SLURM constraint volta32gb); on by default: '
+                        '"--use_volta32 false" or --no_volta32 turns it off')
+    g.add_argument('--no_volta32', dest='use_volta32', action='store_false',
+                   help='(new) no volta32gb constraint (same as --use_volta32 false)')
     g.add_argument('--comment', default='', type=str, help='SLURM comment, e.g. for priority requests')
     g.add_argument('--cluster', default=None, choices=('slurm', 'local', 'debug'),
                    help='(new) where to run: slurm, local (processes on this machine) or debug '
@@ -159,7 +164,7 @@ def build_executor(args: argparse.Namespace) -> submitit.Executor:
         gpus_per_node=args.ngpus if use_gpus else 0,
         cpus_per_task=args.cpus_per_task,
         mem_gb=args.mem_per_gpu * args.ngpus,
-        timeout_min=args.timeout,
+        timeout_min=60 * args.timeout,  # --timeout is in hours
         **slurm,
     )
     return executor

@@ -61,7 +61,7 @@ def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     assert code == 0
     acc = [line for line in out.splitlines() if line.startswith('* Acc@1')]
     assert len(acc) == 2 and f'Acc@1 {la[-1]["test_acc1"]:.3f}' in acc[0]
-    assert f'Acc@1 {la[-1]["test_ema_acc1"]:.3f}' in acc[1]
+    assert f'Acc@1 {la[-1]["test_acc1_ema"]:.3f}' in acc[1]
 
 
 def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
@@ -127,8 +127,7 @@ def test_bad_inputs_give_clear_errors(data, tmp_path, capsys):
     torch.save({'model': state}, tmp_path / 'in22k.pth')
     args = train_main.parse_args(tiny_argv(data, out, nb_classes=1000, finetune=str(tmp_path / 'in22k.pth')))
     model = train_main.build_model(args)
-    with pytest.raises(train_main.TrainingError, match='21841-class head.*--head_map'):
-        train_main.load_finetune(args, model)
+    train_main.load_finetune(args, model)  # mapped with the shipped data/in1k_to_in22k_map.txt
     args.head_map = 'drop'
     train_main.load_finetune(args, model)  # explicit: start the head fresh
     code, err = _run_err(tiny_argv(data, out, nb_classes=5), capsys)
