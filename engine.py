@@ -2,7 +2,7 @@
 import contextlib
 import logging
 import math
-from typing import Dict, Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -15,7 +15,7 @@ from optim_factory import Schedules
 logger = logging.getLogger('hornet')
 
 
-def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.amp.autocast`` for ``amp_dtype`` (fp16 / bf16), or a no-op for fp32."""
     if amp_dtype is None:
         return contextlib.nullcontext()
@@ -30,18 +30,18 @@ def train_one_epoch(
         device: torch.device,
         epoch: int,
         loss_scaler: utils.LossScaler,
-        max_norm: Optional[float] = None,
-        model_ema: Optional[ModelEmaV3] = None,
-        mixup_fn: Optional[Mixup] = None,
-        log_writer: Optional[utils.TensorboardLogger] = None,
-        schedules: Optional[Schedules] = None,
+        max_norm: float | None = None,
+        model_ema: ModelEmaV3 | None = None,
+        mixup_fn: Mixup | None = None,
+        log_writer: utils.TensorboardLogger | None = None,
+        schedules: Schedules | None = None,
         start_steps: int = 0,
         update_freq: int = 1,
-        amp_dtype: Optional[torch.dtype] = None,
+        amp_dtype: torch.dtype | None = None,
         print_freq: int = 10,
-        num_batches: Optional[int] = None,
+        num_batches: int | None = None,
         clip_mode: str = 'micro',
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Train for one epoch; returns the epoch averages (``loss``, ``class_acc``, ``lr``,
     ``min_lr``, ``weight_decay``, ``grad_norm``), the original's names.
 
@@ -142,8 +142,8 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(data_loader: Iterable, model: torch.nn.Module, device: torch.device,
-             amp_dtype: Optional[torch.dtype] = None, distributed: bool = False,
-             header: str = 'Test:', print_freq: int = 10) -> Dict[str, float]:
+             amp_dtype: torch.dtype | None = None, distributed: bool = False,
+             header: str = 'Test:', print_freq: int = 10) -> dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over ``data_loader``.
 
     With ``distributed``, each rank holds a disjoint shard and the sums are all-reduced, so the

@@ -24,7 +24,8 @@ import copy
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import submitit
 
@@ -69,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     repair = getattr(trainer_main, '_repair_argv', None)  # same shell-slip fixes as main.py
@@ -82,7 +83,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
 
-    def __call__(self) -> Dict[str, Any]:
+    def __call__(self) -> dict[str, Any]:
         if _REPO not in sys.path:  # the task may start elsewhere (and pickles this class by value)
             sys.path.insert(0, _REPO)
         import main as trainer
@@ -152,7 +153,7 @@ def build_executor(args: argparse.Namespace) -> submitit.Executor:
     executor = submitit.AutoExecutor(folder=args.job_dir, cluster=cluster,
                                      slurm_max_num_timeout=args.max_requeue)
     use_gpus = str(args.device).startswith('cuda')
-    slurm: Dict[str, Any] = dict(slurm_partition=args.partition, slurm_signal_delay_s=args.signal_delay)
+    slurm: dict[str, Any] = dict(slurm_partition=args.partition, slurm_signal_delay_s=args.signal_delay)
     if args.use_volta32:
         slurm['slurm_constraint'] = 'volta32gb'
     if args.comment:
@@ -185,7 +186,7 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     return executor.submit(Trainer(args))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Submit; for local and debug runs also wait for the result. Returns the exit status."""
     args = parse_args(argv)
     try:
@@ -199,7 +200,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if isinstance(job, submitit.SlurmJob):
         return 0
     try:  # on this machine: wait, so the command ends when training does
-        results: List[Dict[str, Any]] = job.results()
+        results: list[dict[str, Any]] = job.results()
     except Exception as e:  # a task failed: its traceback is in the task's log file
         print(f'error: job {job.job_id} failed ({type(e).__name__}); see {job.paths.stderr}:\n{e}', file=sys.stderr)
         return 1

@@ -7,9 +7,9 @@ import stat
 import time
 
 import pytest
+from test_train_common import make_image_folder
 
 import run_with_submitit as rws
-from test_train_common import make_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,13 +127,13 @@ def test_slurm_sbatch_script(tmp_path, monkeypatch, capsys):
     argv = ['--nodes', '4', '--ngpus', '8', '--model', 'hornet_tiny_7x7', '--drop_path', '0.2',
             '--clip_grad', '100', '--batch_size', '128', '--lr', '4e-3', '--update_freq', '1',
             '--model_ema', 'true', '--model_ema_eval', 'true', '--data_path', '/path/to/imagenet-1k',
-            '--job_dir', job_dir, '--partition', 'gpu_long', '--use_volta32', '--comment', 'deadline']
+            '--job_dir', job_dir, '--partition', 'gpu_long', '--comment', 'deadline']
     assert rws.main(argv) == 0
     assert 'Submitted job 4242' in capsys.readouterr().out
     script = capture.read_text()
     sbatch = dict(re.findall(r'^#SBATCH --([\w-]+)=(.*)$', script, re.M))
     assert sbatch['nodes'] == '4' and sbatch['gpus-per-node'] == '8' and sbatch['ntasks-per-node'] == '8'
-    assert sbatch['time'] == '4320' and sbatch['partition'] == 'gpu_long'
+    assert sbatch['time'] == '4320' and sbatch['partition'] == 'gpu_long'  # --timeout 72 (hours) by default
     assert sbatch['constraint'] == 'volta32gb' and sbatch['comment'] == 'deadline'
     assert sbatch['cpus-per-task'] == '10' and sbatch['mem'] == '320GB' and sbatch['signal'] == 'USR2@120'
     assert sbatch['output'] == f'{job_dir}/%j_0_log.out'
@@ -145,6 +145,26 @@ def test_slurm_sbatch_script(tmp_path, monkeypatch, capsys):
     a = trainer.args
     assert (a.model, a.drop_path, a.clip_grad, a.batch_size, a.model_ema) == ('hornet_tiny_7x7', 0.2, 100, 128, True)
     assert a.output_dir == job_dir and a.log_dir is None  # main.py's log_dir defaults to output_dir
+
+
+@pytest.mark.parametrize('flags, minutes, volta', [
+    ([], '4320', True),  # the original's defaults: 72 hours, volta32gb
+    (['--timeout', '72'], '4320', True),  # a copied --timeout 72 is 72 hours, not minutes
+    (['--timeout', '2', '--use_volta32'], '120', True),
+    (['--timeout', '1', '--no_volta32'], '60', False),
+    (['--use_volta32', 'false'], '4320', False),
+])
+def test_sbatch_time_is_hours_and_volta32_toggle(flags, minutes, volta, tmp_path, monkeypatch):
+    """--timeout is in hours: sbatch --time = 60 x hours (minutes); the volta32gb constraint is
+    on by default and --no_volta32 / --use_volta32 false turn it off."""
+    capture = tmp_path / 'captured.sh'
+    _fake_slurm(str(tmp_path / 'bin'), capture)
+    monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+    argv = ['--nodes', '1', '--ngpus', '8', '--model', 'hornet_tiny_7x7', '--job_dir', str(tmp_path / 'job')]
+    assert rws.main(argv + flags) == 0
+    sbatch = dict(re.findall(r'^#SBATCH --([\w-]+)=(.*)$', capture.read_text(), re.M))
+    assert sbatch['time'] == minutes
+    assert sbatch.get('constraint') == ('volta32gb' if volta else None)
 
 
 def test_clear_errors(tmp_path, monkeypatch, capsys):

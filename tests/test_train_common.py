@@ -1,11 +1,13 @@
 """Helpers shared by the training tests (tiny colour-coded ImageFolder data, tiny-model flags),
 plus tests of the parser and data-set plumbing."""
 import gzip
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -61,9 +63,9 @@ def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, va
     return root
 
 
-def tiny_argv(data: str, out: str, **overrides) -> List[str]:
+def tiny_argv(data: str, out: str, **overrides) -> list[str]:
     """Flags for a tiny, fast, deterministic CPU run on :func:`make_image_folder` data."""
-    flags: Dict[str, object] = dict(
+    flags: dict[str, object] = dict(
         model='hornet_tiny_gf', depths='1 1 1 1', base_dim=16, input_size=32, nb_classes=3,
         data_path=data, output_dir=out, device='cpu', batch_size=8, epochs=2, warmup_epochs=0,
         lr=2e-3, num_workers=0, mixup=0, cutmix=0, smoothing=0, aa='none', reprob=0, color_jitter=0,
@@ -89,7 +91,7 @@ def run_cli(argv: Sequence[str], launcher: Sequence[str] = (), timeout: int = 24
 
 # ----------------------------------------------------------------------------- parser
 
-def _commands_from(text: str) -> List[List[str]]:
+def _commands_from(text: str) -> list[list[str]]:
     """``main.py`` argument lists of the shell commands in ``text`` (bash line joining)."""
     joined = text.replace('\\\n', '')  # what the shell does with backslash-newline
     cmds = []
@@ -136,16 +138,16 @@ TRAINING_COMMANDS = {
            '--update_freq 2 --model_ema true --model_ema_eval true --aa rand-m15-mstd0.5-inc1',
     'L7_22k': '--model hornet_large_7x7 --drop_path 0.2 --clip_grad 5 --weight_decay 0.1 --batch_size 32 '
               '--lr 4e-3 --update_freq 2 --warmup_epochs 5 --epochs 90 --data_set image_folder '
-              '--nb_classes 21841 --disable_eval true',
+              '--disable_eval true',
     'LGF_22k': '--model hornet_large_gf --drop_path 0.2 --clip_grad 1 --weight_decay 0.1 --batch_size 32 '
                '--lr 4e-3 --update_freq 2 --warmup_epochs 5 --epochs 90 --data_set image_folder '
-               '--nb_classes 21841 --disable_eval true',
+               '--disable_eval true',
     'L7_384': '--model hornet_large_7x7 --drop_path 0.4 --clip_grad 1 --batch_size 16 --lr 5e-5 '
-              '--update_freq 2 --weight_decay 1e-8 --warmup_epochs 0 --input_size 384 --epochs 30 '
+              '--update_freq 1 --weight_decay 1e-8 --warmup_epochs 0 --input_size 384 --epochs 30 '
               '--model_ema true --model_ema_eval true --cutmix 0 --mixup 0 --layer_decay 0.7 '
               '--finetune in22k.pth',
     'LGF_384': '--model hornet_large_gf_img384 --drop_path 0.4 --clip_grad 1 --batch_size 16 --lr 5e-5 '
-               '--update_freq 2 --weight_decay 1e-8 --warmup_epochs 0 --input_size 384 --epochs 30 '
+               '--update_freq 1 --weight_decay 1e-8 --warmup_epochs 0 --input_size 384 --epochs 30 '
                '--model_ema true --model_ema_eval true --cutmix 0 --mixup 0 --layer_decay 0.7 '
                '--finetune in22k.pth',
 }
@@ -160,17 +162,77 @@ def test_training_commands_parse_and_build(name, tmp_path):
     args = train_main.parse_args(argv)
     with torch.device('meta'):
         model = train_main.build_model(args)
-    assert model.num_classes == args.nb_classes
+    # image_folder (22K) takes the class count from the folder at run time; the others have 1000
+    assert args.nb_classes is None and model.num_classes == 1000
     opt = train_main.create_optimizer(args, model)
     scales = {g['layer_id']: g['lr_scale'] for g in opt.param_groups}
     assert scales[0] == pytest.approx(args.layer_decay ** 13) and scales[13] == 1.0
-    mixup_fn, criterion = train_main.build_training_parts(args, args.nb_classes)
+    mixup_fn, criterion = train_main.build_training_parts(args, model.num_classes)
     assert (mixup_fn is None) == (args.mixup == 0 and args.cutmix == 0)
     t = datasets.build_transform(True, args)
     assert type(t.transforms[0]).__name__.startswith('RandomResizedCrop')
-    if '384' in name:
-        ev = datasets.build_transform(False, args)
-        assert ev.transforms[1].size in (384, (384, 384))
+    ev = datasets.build_transform(False, args)
+    if '384' in name:  # straight to 384 x 384, no crop
+        assert tuple(ev.transforms[0].size) == (384, 384) and type(ev.transforms[1]).__name__ == 'ToTensor'
+    else:  # short side 256, centre crop 224
+        assert ev.transforms[0].size == 256 and ev.transforms[1].size == (224, 224)
+
+
+def _training_md_commands():
+    """(script, argv) of every command in TRAINING.md's code blocks (bash line joining)."""
+    with open(os.path.join(ROOT, 'TRAINING.md')) as f:
+        text = f.read()
+    blocks = re.findall(r'^```\n(.*?)^```', text, re.S | re.M)
+    cmds = []
+    for block in blocks:
+        for line in block.replace('\\\n', '').splitlines():
+            words = shlex.split(line.split('#')[0]) if line.strip() else []
+            for script in ('main.py', 'run_with_submitit.py'):
+                if script in words and '<flags>' not in words and '...' not in words:
+                    cmds.append((script, words, words[words.index(script) + 1:]))
+    return cmds
+
+
+def test_training_md_commands_match_the_original_recipes():
+    """Every command in TRAINING.md parses, and its effective batch (batch x update_freq x
+    processes) is the original's: 4096 for ImageNet-1K/22K training, 512 for the 22K -> 1K
+    fine-tune at 384, whose other numbers are those of the reference recipe."""
+    import run_with_submitit as rws
+    cmds = _training_md_commands()
+    assert len(cmds) == 5
+    batches = {}
+    for script, words, argv in cmds:
+        if script == 'main.py':
+            args = train_main.parse_args(argv)
+            procs = next(int(w.split('=')[1]) for w in words if w.startswith('--nproc_per_node='))
+        else:
+            args = rws.parse_args(argv)
+            procs = args.nodes * args.ngpus
+        if not args.eval:
+            batches[args.model] = args.batch_size * args.update_freq * procs
+        if args.input_size == 384:
+            ft = args
+            ft_procs = procs
+    assert batches == {'hornet_tiny_7x7': 4096, 'hornet_small_gf': 4096, 'hornet_large_7x7': 4096,
+                       'hornet_large_gf_img384': 512}
+    # the reference's 22K -> 1K recipe: 4 x 8 GPUs, 16 x 1, lr 5e-5, 30 epochs, ...
+    assert (ft_procs, ft.batch_size, ft.update_freq, ft.lr, ft.epochs, ft.warmup_epochs) == (32, 16, 1, 5e-5, 30, 0)
+    assert (ft.weight_decay, ft.drop_path, ft.clip_grad, ft.layer_decay) == (1e-8, 0.4, 1.0, 0.7)
+    assert (ft.model_ema, ft.model_ema_eval, ft.mixup, ft.cutmix, ft.use_amp) == (True, True, 0, 0, False)
+    assert ft.head_map == '' and ft.finetune == './pretrained/hornet_large_gf_in22k.pth'
+    # the 22K pre-training takes its class count from the folder
+    l22k = [rws.parse_args(a) for s, _, a in cmds if '--data_set' in a]
+    assert len(l22k) == 1 and l22k[0].nb_classes is None and l22k[0].data_set == 'image_folder'
+
+
+def test_defaults_are_the_originals():
+    args = train_main.parse_args([])
+    assert args.model == 'hornet_tiny_gf' and args.nb_classes is None and args.clip_grad_mode == 'micro'
+    with torch.device('meta'):
+        assert train_main.build_model(args).num_classes == 1000
+    # the seed README's model zoo: HorNet-T (GF) 3.9 GFLOPs at 224, HorNet-T (7x7) 4.0
+    assert round(train_main.model_gflops(args), 1) == 3.9
+    assert round(train_main.model_gflops(train_main.parse_args(['--model', 'hornet_tiny_7x7'])), 1) == 4.0
 
 
 def test_local_rank_spellings():
@@ -223,3 +285,115 @@ def test_demo_export_from_csv(tmp_path):
     mtime = os.path.getmtime(os.path.join(root, 'demo_complete.json'))
     datasets.export_demo(root, str(src))  # cached: untouched
     assert os.path.getmtime(os.path.join(root, 'demo_complete.json')) == mtime
+
+
+# ----------------------------------------------------------------------------- evaluation transform
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalized(img: Image.Image) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
+def test_eval_transform_384_is_a_square_resize_and_224_a_center_crop():
+    """--input_size 384: a 500 x 300 image becomes a direct (384, 384) bicubic resize, normalised
+    (no crop, crop_pct ignored); --input_size 224: short side to int(224 / (224/256)) = 256, then
+    the centre 224 x 224."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(300, 500, 3)).astype(np.uint8))  # w 500, h 300
+    args = train_main.parse_args(['--input_size', '384'])
+    out = datasets.build_transform(False, args)(img)
+    assert out.shape == (3, 384, 384)
+    torch.testing.assert_close(out, _normalized(img.resize((384, 384), Image.BICUBIC)), atol=1e-5, rtol=0)
+    args.crop_pct = 0.5  # ignored at 384
+    torch.testing.assert_close(datasets.build_transform(False, args)(img), out, atol=0, rtol=0)
+
+    out = datasets.build_transform(False, train_main.parse_args(['--input_size', '224']))(img)
+    resized = img.resize((426, 256), Image.BICUBIC)  # 500 * 256 / 300 = 426.7
+    expect = _normalized(resized.crop((101, 16, 325, 240)))  # round((426 - 224) / 2), (256 - 224) / 2
+    assert out.shape == (3, 224, 224)
+    torch.testing.assert_close(out, expect, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- runs of main.py
+
+def test_image_folder_takes_class_count_from_folder(tmp_path, capsys):
+    """--data_set image_folder without --nb_classes trains a 4-class model (4 class folders); the
+    same count given explicitly works; a different one exits 2 with a message."""
+    data = make_image_folder(str(tmp_path / 'data'), classes=4, train_per_class=4, val_per_class=1)
+    flags = dict(data_set='image_folder', data_path=os.path.join(data, 'train'), disable_eval='true',
+                 epochs=1, nb_classes=None, batch_size=4)
+    out = str(tmp_path / 'out')
+    assert train_main.run(tiny_argv(data, out, **flags)) == 0
+    ckpt = torch.load(os.path.join(out, 'checkpoint-0.pth'), weights_only=True)
+    assert ckpt['model']['head.weight'].shape == (4, 128) and ckpt['args']['nb_classes'] == 4
+    with open(os.path.join(out, 'log.txt')) as f:
+        (line,) = [json.loads(x) for x in f]
+    assert 'max_accuracy' not in line and 'test_acc1' not in line  # no evaluation
+    assert set(line) == {'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay',
+                         'train_grad_norm', 'epoch', 'n_parameters', 'GFLOPs'}
+    capsys.readouterr()
+    flags['nb_classes'] = 5
+    assert train_main.run(tiny_argv(data, str(tmp_path / 'bad'), **flags)) == 2
+    err = capsys.readouterr().err
+    assert 'has 4 class folders but --nb_classes is 5' in err and 'leave --nb_classes out' in err
+
+
+def _tensorboard_scalars(folder: str) -> dict[str, list[tuple]]:
+    """tag -> [(step, value)] from the TFRecord event files in ``folder``."""
+    from tensorboardX.proto import event_pb2
+    out: dict[str, list[tuple]] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith('events.out.tfevents'):
+            continue
+        with open(os.path.join(folder, name), 'rb') as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            n = int.from_bytes(data[pos:pos + 8], 'little')
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+            pos += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+@pytest.mark.slow
+def test_log_keys_and_tensorboard_tags_are_the_originals(tmp_path):
+    """A 2-epoch run with EMA evaluation and layer decay: log.txt has the original's keys
+    (train_lr, train_min_lr, test_acc1_ema, max_ema_accuracy, GFLOPs ...) and TensorBoard the
+    original's tags (loss/loss, opt/min_lr, perf/test_acc1_ema ...), per micro-batch / epoch."""
+    data = make_image_folder(str(tmp_path / 'data'), classes=3, train_per_class=8, val_per_class=2)
+    out = str(tmp_path / 'out')
+    argv = tiny_argv(data, out, epochs=2, batch_size=4, update_freq=2, model_ema='true', model_ema_eval='true',
+                     layer_decay=0.5, clip_grad=1)
+    assert train_main.run(argv) == 0
+    with open(os.path.join(out, 'log.txt')) as f:
+        log = [json.loads(x) for x in f]
+    assert [r['epoch'] for r in log] == [0, 1]
+    assert set(log[0]) == {
+        'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay', 'train_grad_norm',
+        'test_acc1', 'test_acc5', 'test_loss', 'test_count', 'test_acc1_ema', 'test_acc5_ema', 'test_loss_ema',
+        'test_count_ema', 'epoch', 'n_parameters', 'GFLOPs', 'max_accuracy', 'max_ema_accuracy'}
+    for r in log:
+        # min_lr is the most decayed of the 14 layer groups: lr x 0.5 ** 13
+        assert r['train_min_lr'] == pytest.approx(r['train_lr'] * 0.5 ** 13, rel=1e-9)
+        assert r['test_count'] == r['test_count_ema'] == 6
+        assert r['max_accuracy'] == max(x['test_acc1'] for x in log[:r['epoch'] + 1])
+        assert r['max_ema_accuracy'] == max(x['test_acc1_ema'] for x in log[:r['epoch'] + 1])
+    args = train_main.parse_args(argv)
+    assert log[0]['GFLOPs'] == pytest.approx(train_main.model_gflops(args)) and log[0]['GFLOPs'] > 0
+    assert log[0]['n_parameters'] == sum(p.numel() for p in train_main.build_model(args, 3).parameters())
+
+    tb = _tensorboard_scalars(out)
+    assert set(tb) == {'loss/loss', 'loss/class_acc', 'opt/lr', 'opt/min_lr', 'opt/weight_decay', 'opt/grad_norm',
+                       'perf/test_acc1', 'perf/test_acc5', 'perf/test_loss', 'perf/test_acc1_ema'}
+    # 24 training images / batch 4 = 6 micro-batches (3 optimizer steps) per epoch
+    assert [s for s, _ in tb['loss/loss']] == list(range(12))
+    assert [s for s, _ in tb['opt/grad_norm']] == [1, 3, 5, 7, 9, 11]
+    assert [s for s, _ in tb['perf/test_acc1_ema']] == [0, 1]
+    assert [v for _, v in tb['perf/test_acc1']] == pytest.approx([r['test_acc1'] for r in log])
+    assert [v for _, v in tb['perf/test_acc1_ema']] == pytest.approx([r['test_acc1_ema'] for r in log])

@@ -2,14 +2,15 @@
 accumulation, bf16 autocast, fine-tuning with head maps and GF filter resizing."""
 import copy
 import math
+import os
 
 import pytest
 import timm
 import torch
+from test_train_common import one_thread  # noqa: F401  (autouse fixture)
 from timm.utils import ModelEmaV3
 
 import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
 import models
 import utils
 from engine import train_one_epoch
@@ -42,7 +43,7 @@ def test_layer_decay_groups_follow_spec():
     assert sorted({g['layer_id'] for g in groups}) == list(range(14))
     for g in groups:
         assert g['lr_scale'] == pytest.approx(0.7 ** (13 - g['layer_id']))
-        for name, p in zip(g['names'], g['params']):
+        for name, p in zip(g['names'], g['params'], strict=True):
             assert models.layer_id(name) == g['layer_id']
             assert g['weight_decay'] == (0.0 if p.ndim == 1 else 0.05), name
     by_name = {n: g for g in groups for n in g['names']}
@@ -123,7 +124,8 @@ def test_mixup_on_and_off():
 
 
 def test_update_freq_equals_larger_batch():
-    """Two micro-batches of 4 with --update_freq 2 give the same weights as batches of 8."""
+    """Two micro-batches of 4 with --update_freq 2 give the same weights as batches of 8 (with
+    --clip_grad_mode step; the default per-micro-batch fp32 clipping is tested below)."""
     big = _batches(3, 8)
     small = [(x[i:i + 4], y[i:i + 4]) for x, y in big for i in (0, 4)]
     results = []
@@ -133,7 +135,7 @@ def test_update_freq_equals_larger_batch():
         opt = create_optimizer(args, model)
         train_one_epoch(model, torch.nn.CrossEntropyLoss(), batches, opt, torch.device('cpu'), 0,
                         utils.LossScaler('cpu'), max_norm=args.clip_grad,
-                        schedules=Schedules(opt, args, 3), update_freq=freq)
+                        schedules=Schedules(opt, args, 3), update_freq=freq, clip_mode='step')
         results.append(model.state_dict())
     diff = max((results[0][k] - results[1][k]).abs().max().item() for k in results[0])
     init = _tiny('hornet_tiny_7x7').state_dict()
@@ -174,10 +176,157 @@ def test_finetune_head_map_and_gf_resize(tmp_path):
     torch.testing.assert_close(model.head.weight, src.head.weight[[4, 0, 2]])
     cw = model.stages[2][0].gnconv.dwconv.complex_weight
     assert cw.shape[1:3] == (24, 13)
-    torch.testing.assert_close(cw, models.resize_complex_weight(src.stages[2][0].gnconv.dwconv.complex_weight, (24, 13)))
+    src_cw = src.stages[2][0].gnconv.dwconv.complex_weight
+    torch.testing.assert_close(cw, models.resize_complex_weight(src_cw, (24, 13)))
     args.head_map = ''
     fresh = train_main.build_model(args)
     head_before = fresh.head.weight.clone()
     train_main.load_finetune(args, fresh)
     assert torch.equal(fresh.head.weight, head_before)
     torch.testing.assert_close(fresh.norm.weight, src.norm.weight)
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+
+def _clip_batches(rank=0, n=4, bs=4):
+    return _batches(n, bs, seed=100 + rank)
+
+
+def _sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _hand_loop(batches_per_rank, update_freq, max_norm, mode):
+    """The reference semantics, written out: per micro-batch, the gradient of loss / update_freq
+    (averaged over ranks, as DDP does) is added to the accumulator; 'micro' clips the accumulator
+    after every micro-batch (only when max_norm > 0.1), 'step' clips once before the step."""
+    model = _tiny('hornet_tiny_7x7')
+    opt = _sgd(model)
+    params = list(model.parameters())
+    ce = torch.nn.CrossEntropyLoss()
+    n_ranks = len(batches_per_rank)
+    for i in range(len(batches_per_rank[0])):
+        loss = sum(ce(model(batches[i][0]), batches[i][1]) / update_freq for batches in batches_per_rank) / n_ranks
+        loss.backward()
+        if mode == 'micro' and max_norm > 0.1:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if (i + 1) % update_freq == 0:
+            if mode == 'step':
+                torch.nn.utils.clip_grad_norm_(params, max_norm)
+            opt.step()
+            opt.zero_grad()
+    return model.state_dict()
+
+
+def _engine_run(batches, mode, max_norm, model=None):
+    model = model if model is not None else _tiny('hornet_tiny_7x7')
+    opt = _sgd(model)
+    train_one_epoch(model, torch.nn.CrossEntropyLoss(), batches, opt, torch.device('cpu'), 0,
+                    utils.LossScaler('cpu'), max_norm=max_norm, update_freq=2, clip_mode=mode)
+    return model
+
+
+def _max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_fp32_clipping_per_micro_batch_and_per_step():
+    """fp32, --update_freq 2 --clip_grad 1: the default ('micro') equals a hand-written loop that
+    clips the accumulated gradient after every micro-batch; --clip_grad_mode step equals one that
+    clips once per optimizer step; --clip_grad 0.1 does not clip in the default mode."""
+    batches = _clip_batches()
+    # the gradient of the first micro-batch is well above the clip norm, so clipping acts
+    model = _tiny('hornet_tiny_7x7')
+    (torch.nn.functional.cross_entropy(model(batches[0][0]), batches[0][1]) / 2).backward()
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item() > 2.0
+
+    micro = _engine_run(batches, 'micro', 1.0).state_dict()
+    step = _engine_run(batches, 'step', 1.0).state_dict()
+    assert _max_diff(micro, _hand_loop([batches], 2, 1.0, 'micro')) < 1e-6
+    assert _max_diff(step, _hand_loop([batches], 2, 1.0, 'step')) < 1e-6
+    assert _max_diff(micro, step) > 1e-3  # the two semantics really differ here
+    unclipped = _hand_loop([batches], 2, 0.1, 'micro')
+    assert _max_diff(_engine_run(batches, 'micro', 0.1).state_dict(), unclipped) < 1e-6
+    assert _max_diff(unclipped, micro) > 1e-3
+    # main.py passes --clip_grad_mode through (default: micro)
+    assert train_main.parse_args([]).clip_grad_mode == 'micro'
+    assert train_main.parse_args(['--clip_grad_mode', 'step']).clip_grad_mode == 'step'
+
+
+def _ddp_clip_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        for mode in ('micro', 'step'):
+            model = torch.nn.parallel.DistributedDataParallel(_tiny('hornet_tiny_7x7'))
+            _engine_run(_clip_batches(rank), mode, 1.0, model=model)
+            torch.save(model.module.state_dict(), f'{out_dir}/{mode}_{rank}.pth')
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fp32_clipping_two_processes(tmp_path):
+    """2 gloo processes (DDP), fp32 --update_freq 2 --clip_grad 1: the default clips the
+    all-reduced accumulated gradient after every micro-batch (the hand-written loop over both
+    ranks' data), --clip_grad_mode step once per step; both ranks end identical."""
+    import torch.multiprocessing as mp
+    mp.spawn(_ddp_clip_worker, args=(str(tmp_path / 'init'), str(tmp_path)), nprocs=2, join=True)
+    ranks = [_clip_batches(0), _clip_batches(1)]
+    for mode in ('micro', 'step'):
+        r0 = torch.load(tmp_path / f'{mode}_0.pth', weights_only=True)
+        r1 = torch.load(tmp_path / f'{mode}_1.pth', weights_only=True)
+        assert _max_diff(r0, r1) == 0.0
+        assert _max_diff(r0, _hand_loop(ranks, 2, 1.0, mode)) < 1e-6, mode
+    micro = torch.load(tmp_path / 'micro_0.pth', weights_only=True)
+    step = torch.load(tmp_path / 'step_0.pth', weights_only=True)
+    assert _max_diff(micro, step) > 1e-3
+    # the per-rank (unsynchronised) clipping would give other weights
+    assert _max_diff(micro, _hand_loop([ranks[0]], 2, 1.0, 'micro')) > 1e-3
+
+
+# ----------------------------------------------------------------------------- 22K -> 1K head
+
+MAP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'in1k_to_in22k_map.txt')
+
+
+def test_finetune_21841_head_uses_shipped_map(tmp_path):
+    """A 21841-class checkpoint fine-tuned into 1000 classes: head rows picked by the shipped
+    data/in1k_to_in22k_map.txt (the original release's mapping: 1000 lines, first 209, 213, 245,
+    last 10231, 10277, 10433); --head_map FILE overrides it, --head_map drop starts fresh."""
+    with open(MAP_FILE) as f:
+        rows = [int(line) for line in f]
+    assert len(rows) == 1000
+    assert rows[:3] == [209, 213, 245] and rows[-3:] == [10231, 10277, 10433]
+    assert train_main.IN1K_TO_IN22K_MAP == MAP_FILE
+
+    torch.manual_seed(0)
+    src = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16, num_classes=21841)
+    with torch.no_grad():
+        src.head.bias.copy_(torch.arange(21841, dtype=torch.float32))
+    torch.save({'model': src.state_dict()}, tmp_path / 'in22k.pth')
+    ckpt = torch.load(tmp_path / 'in22k.pth', weights_only=True)
+    assert ckpt['model']['head.weight'].shape == (21841, 128)
+
+    args = _args(finetune=str(tmp_path / 'in22k.pth'), model='hornet_tiny_gf', depths=[1, 1, 1, 1],
+                 base_dim=16, nb_classes=1000)
+    model = train_main.build_model(args)
+    train_main.load_finetune(args, model)
+    assert model.head.weight.shape == (1000, 128)
+    for i in (0, 1, 2, 500, 997, 998, 999):
+        assert torch.equal(model.head.weight[i], src.head.weight[rows[i]])
+        assert model.head.bias[i].item() == rows[i]
+    assert model.head.bias.tolist() == [float(r) for r in rows]
+    torch.testing.assert_close(model.norm.weight, src.norm.weight)
+
+    (tmp_path / 'mine.txt').write_text(''.join(f'{20000 + i}\n' for i in range(1000)))
+    args.head_map = str(tmp_path / 'mine.txt')
+    train_main.load_finetune(args, model)
+    assert model.head.bias.tolist() == [float(20000 + i) for i in range(1000)]
+
+    args.head_map = 'drop'
+    fresh = train_main.build_model(args)
+    before = fresh.head.weight.clone()
+    train_main.load_finetune(args, fresh)
+    assert torch.equal(fresh.head.weight, before) and fresh.head.bias.abs().max().item() == 0.0
