@@ -178,13 +178,18 @@ def test_training_commands_parse_and_build(name, tmp_path):
         assert ev.transforms[0].size == 256 and ev.transforms[1].size == (224, 224)
 
 
-def _training_md_commands():
-    """(script, argv) of every command in TRAINING.md's code blocks (bash line joining)."""
+def _training_md_sections() -> dict[str, str]:
+    """TRAINING.md's ``## `` sections: heading -> text."""
     with open(os.path.join(ROOT, 'TRAINING.md')) as f:
-        text = f.read()
-    blocks = re.findall(r'^```\n(.*?)^```', text, re.S | re.M)
+        parts = re.split(r'^## ', f.read(), flags=re.M)
+    return {p.split('\n', 1)[0].strip(): p for p in parts[1:]}
+
+
+def _md_commands(text: str) -> list[tuple]:
+    """(script, words, argv) of every main.py / run_with_submitit.py command in the code blocks
+    of ``text`` (bash line joining; placeholder commands with ``<flags>`` or ``...`` skipped)."""
     cmds = []
-    for block in blocks:
+    for block in re.findall(r'^```\n(.*?)^```', text, re.S | re.M):
         for line in block.replace('\\\n', '').splitlines():
             words = shlex.split(line.split('#')[0]) if line.strip() else []
             for script in ('main.py', 'run_with_submitit.py'):
@@ -193,36 +198,53 @@ def _training_md_commands():
     return cmds
 
 
-def test_training_md_commands_match_the_original_recipes():
-    """Every command in TRAINING.md parses, and its effective batch (batch x update_freq x
-    processes) is the original's: 4096 for ImageNet-1K/22K training, 512 for the 22K -> 1K
-    fine-tune at 384, whose other numbers are those of the reference recipe."""
+def _parse_md_command(script: str, words: list[str], argv: list[str]):
+    """(args, processes) of one documented command."""
     import run_with_submitit as rws
-    cmds = _training_md_commands()
-    assert len(cmds) == 5
-    batches = {}
-    for script, words, argv in cmds:
-        if script == 'main.py':
-            args = train_main.parse_args(argv)
-            procs = next(int(w.split('=')[1]) for w in words if w.startswith('--nproc_per_node='))
-        else:
-            args = rws.parse_args(argv)
-            procs = args.nodes * args.ngpus
-        if not args.eval:
-            batches[args.model] = args.batch_size * args.update_freq * procs
-        if args.input_size == 384:
-            ft = args
-            ft_procs = procs
-    assert batches == {'hornet_tiny_7x7': 4096, 'hornet_small_gf': 4096, 'hornet_large_7x7': 4096,
-                       'hornet_large_gf_img384': 512}
+    if script == 'main.py':
+        procs = next(int(w.split('=')[1]) for w in words if w.startswith('--nproc_per_node='))
+        return train_main.parse_args(argv), procs
+    args = rws.parse_args(argv)
+    return args, args.nodes * args.ngpus
+
+
+def test_training_md_commands_match_the_original_recipes():
+    """Every command in TRAINING.md parses; the recipe sections' effective batches (batch x
+    update_freq x processes) are the original's: 4096 for ImageNet-1K/22K training, 512 for the
+    22K -> 1K fine-tune at 384, whose other numbers are the reference recipe's; the 1K table has
+    the numbers of TRAINING_COMMANDS."""
+    sections = _training_md_sections()
+    for text in sections.values():
+        for cmd in _md_commands(text):
+            _parse_md_command(*cmd)
+    recipes = {}
+    for heading in ('ImageNet-1K from scratch (300 epochs, 4 nodes x 8 GPUs)',
+                    'HorNet-L: ImageNet-22K pre-training (90 epochs, 8 nodes x 8 GPUs)',
+                    'HorNet-L: ImageNet-22K -> 1K fine-tuning at 384 (30 epochs, 4 nodes x 8 GPUs)'):
+        for cmd in _md_commands(sections[heading]):
+            args, procs = _parse_md_command(*cmd)
+            recipes[args.model] = (args, procs, args.batch_size * args.update_freq * procs)
+    assert {k: v[2] for k, v in recipes.items()} == {
+        'hornet_tiny_7x7': 4096, 'hornet_small_gf': 4096, 'hornet_large_7x7': 4096, 'hornet_large_gf_img384': 512}
     # the reference's 22K -> 1K recipe: 4 x 8 GPUs, 16 x 1, lr 5e-5, 30 epochs, ...
+    ft, ft_procs, _ = recipes['hornet_large_gf_img384']
     assert (ft_procs, ft.batch_size, ft.update_freq, ft.lr, ft.epochs, ft.warmup_epochs) == (32, 16, 1, 5e-5, 30, 0)
-    assert (ft.weight_decay, ft.drop_path, ft.clip_grad, ft.layer_decay) == (1e-8, 0.4, 1.0, 0.7)
+    assert (ft.weight_decay, ft.drop_path, ft.clip_grad, ft.layer_decay, ft.input_size) == (1e-8, 0.4, 1.0, 0.7, 384)
     assert (ft.model_ema, ft.model_ema_eval, ft.mixup, ft.cutmix, ft.use_amp) == (True, True, 0, 0, False)
     assert ft.head_map == '' and ft.finetune == './pretrained/hornet_large_gf_in22k.pth'
     # the 22K pre-training takes its class count from the folder
-    l22k = [rws.parse_args(a) for s, _, a in cmds if '--data_set' in a]
-    assert len(l22k) == 1 and l22k[0].nb_classes is None and l22k[0].data_set == 'image_folder'
+    l22k = recipes['hornet_large_7x7'][0]
+    assert l22k.nb_classes is None and l22k.data_set == 'image_folder' and l22k.disable_eval
+    # the ImageNet-1K table rows are the TRAINING_COMMANDS (the original's numbers)
+    rows = re.findall(r'^\| HorNet-\S+ \(\S+\) \| `(\w+)` \| ([\d.]+) \| ([\d.]+) \| (\d+) \| (\d+) \| (.*) \|$',
+                      sections['ImageNet-1K from scratch (300 epochs, 4 nodes x 8 GPUs)'], re.M)
+    assert len(rows) == 6
+    for model, drop_path, clip, batch, freq, aa in rows:
+        cmd = next(c for c in TRAINING_COMMANDS.values() if f'--model {model} ' in c)
+        args = train_main.parse_args(shlex.split(cmd))
+        assert (args.drop_path, args.clip_grad, args.batch_size, args.update_freq) == (
+            float(drop_path), float(clip), int(batch), int(freq)), model
+        assert args.aa == (aa.strip('`') if aa.startswith('`') else 'rand-m9-mstd0.5-inc1'), model
 
 
 def test_defaults_are_the_originals():
