@@ -247,6 +247,7 @@ def test_training_md_commands_match_the_original_recipes():
         assert args.aa == (aa.strip('`') if aa.startswith('`') else 'rand-m9-mstd0.5-inc1'), model
 
 
+@pytest.mark.slow
 def test_defaults_are_the_originals():
     args = train_main.parse_args([])
     assert args.model == 'hornet_tiny_gf' and args.nb_classes is None and args.clip_grad_mode == 'micro'
