@@ -14,11 +14,15 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from test_train_common import (
+    ROOT,
+    make_image_folder,
+    one_thread,  # noqa: F401  (autouse fixture)
+    tiny_argv,
+)
 
 import datasets
 import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
-from test_train_common import ROOT, make_image_folder, tiny_argv
 from utils import TrainingError
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported; tests never download

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from test_train_common import ROOT, make_image_folder, tiny_argv
 
 
