@@ -374,13 +374,17 @@ def _timm_source(is_train: bool, args: argparse.Namespace) -> tuple[str, str, st
         if name.partition('/')[0].lower() == 'wds' and '://' not in root and not os.path.isdir(root):
             raise TrainingError(f'--data_set {name}: --data_path {root} must be the folder of the .tar shards')
         return root, split, flag
-    if not is_train and args.eval_data_path:
+    given = not is_train and bool(args.eval_data_path)
+    if given:
         root, flag = args.eval_data_path, '--eval_data_path'
     if not os.path.exists(root):
         raise TrainingError(f'{flag} {root} does not exist (--data_set folder reads a folder or a .tar file)')
+    if not is_train and not given and os.path.isfile(root):
+        raise TrainingError(f'--data_path {root} is the training tar; give --eval_data_path (a folder or .tar) '
+                            'or --disable_eval true')
     found = _folder_split(root, split)
-    if found is None and is_train:
-        found = root  # the class folders sit directly in --data_path
+    if found is None and (is_train or given):
+        found = root  # the class folders sit directly in the folder
     if found is None:
         raise TrainingError(f'--data_set folder: no {split} sub-folder or {split}.tar in {root}; give '
                             '--eval_data_path (a folder or .tar), --val_split NAME, or --disable_eval true')

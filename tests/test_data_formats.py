@@ -152,9 +152,22 @@ def test_tarred_folder_and_class_map(formats):
     assert sorted(_samples(tar_train)) == sorted(ref_train)
     assert sorted(_samples(tar_val)) == sorted(ref_val)
 
-    # a single .tar file as --data_path, evaluation on --eval_data_path
-    single, _ = datasets.build_dataset(True, _args('folder', os.path.join(formats['tar'], 'train.tar')))
-    assert sorted(_samples(single)) == sorted(ref_train)
+    # a single .tar file as --data_path (here a tar of per-class tars, as ImageNet's train tar),
+    # evaluation on --eval_data_path
+    inner = os.path.join(formats['base'], 'per_class')
+    os.makedirs(inner, exist_ok=True)
+    outer = os.path.join(formats['base'], 'ILSVRC_like_train.tar')
+    with tarfile.open(outer, 'w') as tf:
+        for c in sorted(os.listdir(os.path.join(formats['folder'], 'train'))):
+            with tarfile.open(os.path.join(inner, f'{c}.tar'), 'w') as ctf:
+                for f in sorted(os.listdir(os.path.join(formats['folder'], 'train', c))):
+                    ctf.add(os.path.join(formats['folder'], 'train', c, f), arcname=f)
+            tf.add(os.path.join(inner, f'{c}.tar'), arcname=f'{c}.tar')
+    single = _args('folder', outer, eval_data_path=os.path.join(formats['folder'], 'val'))
+    assert sorted(_samples(datasets.build_dataset(True, single)[0])) == sorted(ref_train)
+    assert sorted(_samples(datasets.build_dataset(False, single)[0])) == sorted(ref_val)
+    with pytest.raises(TrainingError, match='is the training tar; give --eval_data_path'):
+        datasets.build_dataset(False, _args('folder', outer))
 
     class_map = os.path.join(formats['base'], 'reversed.txt')
     with open(class_map, 'w') as f:
@@ -170,6 +183,18 @@ def test_tarred_folder_and_class_map(formats):
         datasets.build_dataset(True, _args('folder', formats['tar'], nb_classes=5))
     with pytest.raises(TrainingError, match='must be the folder of the .tar shards'):
         datasets.build_dataset(True, _args('wds/tiny', os.path.join(formats['base'], 'missing')))
+
+
+def test_webdataset_split_named_by_shards(formats):
+    """The documented brace form ``--train_split 'NAME-{0000..0003}.tar|COUNT'`` replaces
+    ``_info.json``: the training stream reports the count, evaluation reads every shard once."""
+    args = _args('wds/tiny', formats['wds'], train_split='tiny-train-{0000..0003}.tar|48',
+                 val_split='tiny-validation-{0000..0001}.tar|24')
+    train, n = datasets.build_dataset(True, args)
+    val, _ = datasets.build_dataset(False, args)
+    assert datasets.is_stream(train) and len(train) == N_TRAIN and n == CLASSES
+    folder_val, _ = datasets.build_dataset(False, _args('IMNET', formats['folder']))
+    assert sorted(_samples(val)) == sorted(_samples(folder_val))
 
 
 def test_hugging_face_package_and_ours_share_the_name(formats):
