@@ -39,7 +39,7 @@ from PIL import Image
 from timm.data import create_transform
 from timm.data.constants import (
     IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
 from utils import TrainingError
@@ -299,7 +299,7 @@ def data_set_name(value: str) -> str:
 
 def is_stream(dataset: Dataset) -> bool:
     """Iterable (streamed) data sets shard themselves by rank and loader worker."""
-    return isinstance(dataset, IterableDataset)
+    return isinstance(dataset, torch.utils.data.IterableDataset)
 
 
 @contextlib.contextmanager
@@ -449,14 +449,14 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace,
 
 
 def build_train_sampler(dataset: Dataset, world_size: int, rank: int, seed: int) -> Sampler | None:
-    """A per-epoch reshuffled :class:`DistributedSampler` for map-style data sets; None for
-    streams, which shard by rank and loader worker themselves."""
+    """A per-epoch reshuffled ``DistributedSampler`` for map-style data sets; None for streams,
+    which shard by rank and loader worker themselves."""
     if is_stream(dataset):
         return None
-    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
 
 
-def set_epoch(loader: DataLoader, epoch: int, seed: int, rank: int) -> None:
+def set_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int, rank: int) -> None:
     """Start ``epoch``: reseed the sampler's shuffle, or a stream's shard and sample shuffles.
 
     A WebDataset stream read without loader workers keeps its sample-shuffle generator across
