@@ -404,8 +404,9 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
 
     shares = 1 if datasets.is_stream(dataset_train) else world_size  # a stream's length is this process's share
     if len(dataset_train) < args.batch_size * shares:
-        raise TrainingError(f'the training set has {len(dataset_train)} images, fewer than one batch '
-                            f'({args.batch_size} x {shares} processes); lower --batch_size')
+        what = 'this process\'s share of the training set has' if shares < world_size else 'the training set has'
+        raise TrainingError(f'{what} {len(dataset_train)} images, fewer than one batch ({args.batch_size} x '
+                            f'{shares} processes); lower --batch_size')
     train_sampler = datasets.build_train_sampler(dataset_train, world_size, rank, args.seed)
     train_loader = _loader(dataset_train, train_sampler, args, args.batch_size, True, device)
     num_batches = len(train_loader)
