@@ -470,6 +470,9 @@ def set_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int, rank: 
     if hasattr(dataset, 'set_epoch'):
         dataset.set_epoch(epoch)
     reader = getattr(dataset, 'reader', None)
-    if loader.num_workers == 0 and type(reader).__name__ == 'ReaderWds':
+    if loader.num_workers > 0 or reader is None:
+        return
+    from timm.data.readers.reader_wds import ReaderWds  # webdataset itself is imported only if installed
+    if isinstance(reader, ReaderWds):
         reader.ds = None  # rebuilt lazily on the next iteration, with this seed
         reader.worker_seed = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])

@@ -193,6 +193,8 @@ def test_webdataset_split_named_by_shards(formats):
     train, n = datasets.build_dataset(True, args)
     val, _ = datasets.build_dataset(False, args)
     assert datasets.is_stream(train) and len(train) == N_TRAIN and n == CLASSES
+    image, label = next(iter(val))  # our eval transform: 16 px images resized to --input_size 32, normalised
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and image.min() < 0 and label in (0, 1, 2)
     folder_val, _ = datasets.build_dataset(False, _args('IMNET', formats['folder']))
     assert sorted(_samples(val)) == sorted(_samples(folder_val))
 
@@ -206,6 +208,8 @@ def test_hugging_face_package_and_ours_share_the_name(formats):
     assert sys.modules['datasets'] is ours and hasattr(ours, 'build_dataset')
     hf_val, n = datasets.build_dataset(False, _args(f'hfds/{formats["hf"]}', os.path.join(formats['base'], 'cache')))
     folder_val, _ = datasets.build_dataset(False, _args('IMNET', formats['folder']))
+    image, label = hf_val[0]
+    assert image.shape == (3, 32, 32) and image.min() < 0 and label == 0
     assert n == CLASSES and _samples(hf_val) == _samples(folder_val)
 
 
