@@ -325,7 +325,7 @@ def hugging_face_datasets() -> Iterator:
                 import datasets as hf  # Hugging Face's, now that this folder is off the path
             except ImportError:
                 raise TrainingError('hfds/ and hfids/ data sets need the Hugging Face datasets package: '
-                                    'pip install "datasets>=4"') from None
+                                    'pip install datasets') from None
             finally:
                 sys.path[:] = saved_path
             _hf_datasets = hf
@@ -371,8 +371,11 @@ def _timm_source(is_train: bool, args: argparse.Namespace) -> tuple[str, str, st
     split = args.train_split if is_train else args.val_split
     root, flag = args.data_path, '--data_path'
     if name != TIMM_FOLDER:
-        if name.partition('/')[0].lower() == 'wds' and '://' not in root and not os.path.isdir(root):
-            raise TrainingError(f'--data_set {name}: --data_path {root} must be the folder of the .tar shards')
+        if name.partition('/')[0].lower() == 'wds':
+            if importlib.util.find_spec('webdataset') is None:
+                raise TrainingError(f'--data_set {name} needs the webdataset package: pip install webdataset')
+            if '://' not in root and not os.path.isdir(root):
+                raise TrainingError(f'--data_set {name}: --data_path {root} must be the folder of the .tar shards')
         return root, split, flag
     given = not is_train and bool(args.eval_data_path)
     if given:
