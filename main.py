@@ -122,7 +122,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='number of classes (default: 1000; with --data_set image_folder: the number '
                         'of class folders)')
     g.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
-    g.add_argument('--data_set', default='IMNET', choices=datasets.DATA_SETS, type=str)
+    g.add_argument('--data_set', default='IMNET', type=datasets.data_set_name, metavar='NAME',
+                   help=f'{", ".join(datasets.DATA_SETS)}; or (new) a timm data set: "folder" (a folder or '
+                        '.tar), wds/NAME (WebDataset shards in --data_path), hfds/NAME or hfids/NAME (Hugging '
+                        'Face hub name or local folder; --data_path is the cache)')
+    g.add_argument('--train_split', default='train', help='(new) timm data sets: training split')
+    g.add_argument('--val_split', default='validation', help='(new) timm data sets: evaluation split')
+    g.add_argument('--class_map', default='', help='(new) timm data sets: .txt file, one class name per line')
+    g.add_argument('--train_num_samples', default=0, type=int,
+                   help='(new) streams: samples per epoch when the shards carry no _info.json (0: from it)')
+    g.add_argument('--val_num_samples', default=0, type=int, help='(new) streams: evaluation samples (0: from info)')
+    g.add_argument('--dataset_download', type=str2bool, default=False,
+                   help='(new) let timm download torch/ and hfids/ data sets')
     g.add_argument('--num_workers', default=10, type=int)
     g.add_argument('--pin_mem', type=str2bool, default=True)
 
@@ -398,12 +409,15 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
 
     val_loader = None
     if dataset_val is not None:
-        if args.distributed and args.dist_eval:
+        if datasets.is_stream(dataset_val):
+            val_sampler = None  # shards itself by rank and loader worker
+        elif args.distributed and args.dist_eval:
             val_sampler = datasets.ShardedEvalSampler(dataset_val, world_size, rank)
         else:
             val_sampler = torch.utils.data.SequentialSampler(dataset_val)
         val_loader = _loader(dataset_val, val_sampler, args, int(1.5 * args.batch_size), False, device)
-    dist_eval = args.distributed and args.dist_eval
+    # a stream is split over the ranks whatever --dist_eval says, so its counts are always summed
+    dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
 
     if args.eval:
         load_resume(args, model_without_ddp, model_ema=model_ema)
@@ -413,11 +427,12 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
             stats.update({f'test_{k}_ema': v for k, v in ema.items()})
         return stats
 
-    if len(dataset_train) < args.batch_size * world_size:
-        raise TrainingError(f'the training set has {len(dataset_train)} images, fewer than one batch '
-                            f'({args.batch_size} x {world_size} processes); lower --batch_size')
-    train_sampler = torch.utils.data.DistributedSampler(
-        dataset_train, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
+    shares = 1 if datasets.is_stream(dataset_train) else world_size  # a stream's length is this process's share
+    if len(dataset_train) < args.batch_size * shares:
+        what = 'this process\'s share of the training set has' if shares < world_size else 'the training set has'
+        raise TrainingError(f'{what} {len(dataset_train)} images, fewer than one batch ({args.batch_size} x '
+                            f'{shares} processes); lower --batch_size')
+    train_sampler = datasets.build_train_sampler(dataset_train, world_size, rank, args.seed)
     train_loader = _loader(dataset_train, train_sampler, args, args.batch_size, True, device)
     num_batches = len(train_loader)
     if args.max_batches_per_epoch > 0:
@@ -460,7 +475,7 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
     stats: Dict[str, float] = {}
     for epoch in range(args.start_epoch, last_epoch):
         epoch_start = time.time()
-        train_sampler.set_epoch(epoch)
+        datasets.set_epoch(train_loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
         utils.seed_everything(utils.seed_for(args.seed, rank, epoch))
         train_stats = train_one_epoch(
