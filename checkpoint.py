@@ -286,8 +286,28 @@ def _finite_or_none(v: Any) -> Any:
 def append_log(output_dir: str, stats: dict[str, Any]) -> None:
     """One strict-JSON line per epoch in ``output_dir/log.txt`` (non-finite numbers become null)."""
     line = json.dumps(_finite_or_none(stats), allow_nan=False)
-    with open(os.path.join(output_dir, LOG_NAME), 'a', encoding='utf-8') as f:
-        f.write(line + '\n')
+    path = os.path.join(output_dir, LOG_NAME)
+    try:
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(line + '\n')
+    except OSError as e:
+        raise OutputDirError(f'cannot write {path}: {e.strerror or e}; the checkpoints are intact, free space '
+                             'or fix the folder and rerun the same command to resume') from None
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it (removed again).
+
+    Raises:
+        OutputDirError: it cannot be created or written.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = _open_temp(folder, 'probe')
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f'cannot write to {flag} {folder}: {e.strerror or e}; choose a writable folder') from None
 
 
 def read_log(output_dir: str) -> list[dict[str, Any]]:
@@ -397,7 +417,8 @@ class ResumeState:
     start_epoch: int = 0
     max_accuracy: float = 0.0
     max_accuracy_ema: float = 0.0
-    checkpoint: dict[str, Any] | None = None  # the loaded file (for the caller's warnings)
+    training_state: bool = False  # optimizer, scaler and epoch were restored
+    checkpoint: dict[str, Any] | None = None  # the loaded file
 
     @property
     def best(self) -> dict[str, float]:
@@ -511,13 +532,15 @@ class CheckpointManager:
 def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
            loss_scaler: Any = None, model_ema: Any = None, load_training_state: bool = True,
            prepare_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-           current_args: dict[str, Any] | None = None) -> ResumeState:
+           current_args: dict[str, Any] | None = None, start_epoch: int = 0) -> ResumeState:
     """Load checkpoint ``path`` into ``model`` (strictly), its EMA, and with
     ``load_training_state`` the optimizer and loss scaler.
 
     ``prepare_state`` turns the file into the model's state dict (unwrapping, key checks).
-    Returns the epoch to continue at and the best accuracies so far; nothing is written into the
-    caller's arguments. A training checkpoint with non-finite weights is refused.
+    Returns the epoch to continue at (``start_epoch`` for a file without training state) and the
+    best accuracies so far; nothing is written into the caller's arguments. With
+    ``current_args`` a change of the effective batch (batch x accumulation x processes) is warned
+    about. A training checkpoint with non-finite weights is refused.
 
     Raises:
         CheckpointError: the file does not load or holds NaN/inf weights.
@@ -534,15 +557,16 @@ def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer |
             model_ema.module.load_state_dict(ckpt['model_ema'])
         else:
             model_ema.set(model)  # released checkpoints hold no EMA: start it at the weights
-    out = ResumeState(path=path, checkpoint=ckpt)
+    out = ResumeState(path=path, start_epoch=start_epoch, checkpoint=ckpt)
     if not load_training_state or optimizer is None or 'optimizer' not in ckpt or 'epoch' not in ckpt:
         return out
     optimizer.load_state_dict(ckpt['optimizer'])
     if loss_scaler is not None and ckpt.get('scaler'):
         loss_scaler.load_state_dict(ckpt['scaler'])
+    out.training_state = True
     out.start_epoch = int(ckpt['epoch']) + 1
     out.max_accuracy = float(ckpt.get('max_accuracy', 0.0))
-    out.max_accuracy_ema = float(ckpt.get('max_accuracy_ema', 0.0))
+    out.max_accuracy_ema = float(ckpt.get('max_accuracy_ema', ckpt.get('max_ema_accuracy', 0.0)))
     if current_args is not None and isinstance(ckpt.get('args'), dict):
         then, now = _effective_batch(ckpt['args']), _effective_batch(current_args)
         if then and now and then != now:
