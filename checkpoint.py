@@ -452,6 +452,7 @@ class CheckpointManager:
         self.keep = keep
         self.lock = RunLock(output_dir)
         self.last_saved: str | None = None  # the newest file this run wrote
+        self._created = False
 
     # -- start of a run
     def open(self, resume: str = '', auto_resume: bool = True, overwrite: bool = False) -> str:
@@ -462,6 +463,7 @@ class CheckpointManager:
         holds another run's checkpoints or log (``auto_resume`` false, or nothing loadable) is
         refused unless ``overwrite``, which removes those files first.
         """
+        self._created = not os.path.isdir(self.output_dir)
         try:
             os.makedirs(self.output_dir, exist_ok=True)
         except OSError as e:
@@ -506,7 +508,14 @@ class CheckpointManager:
         return resume
 
     def close(self) -> None:
+        """Release the lock; a folder this run created and left empty (it stopped at start-up) is
+        removed again."""
         self.lock.release()
+        if self._created:
+            try:
+                os.rmdir(self.output_dir)
+            except OSError:
+                pass  # not empty: the run's results
 
     # -- during a run
     def save(self, name: str, state: dict[str, Any]) -> str:
