@@ -14,6 +14,7 @@ import math
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -316,7 +317,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
     if utils.is_main_process():
         try:
             result = fn()
-        except TrainingError as e:
+        except (TrainingError, OSError) as e:
             if not utils.is_dist_avail_and_initialized():
                 raise
             message = str(e)
@@ -617,8 +618,10 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: parse, run, and turn user errors into a message and an exit code:
     2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes)."""
     args = parse_args(argv)
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous in (signal.SIG_DFL, None):  # keep a handler someone else installed (submitit, SLURM tools)
+    # keep a handler someone else installed (submitit, SLURM tools); signals need the main thread
+    own_sigterm = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    if own_sigterm:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(args)
@@ -632,8 +635,8 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
         logger.error('terminated (SIGTERM); rerun the same command to resume')
         return 143
     finally:
-        if previous in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, previous)
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

@@ -13,12 +13,16 @@ import sys
 
 import pytest
 import torch
+from test_train_common import (
+    ROOT,
+    make_image_folder,
+    one_thread,  # noqa: F401  (autouse fixture)
+    tiny_argv,
+)
 
 import checkpoint
 import export
 import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
-from test_train_common import ROOT, make_image_folder, tiny_argv
 
 EXPORT_ARGS = ['--model', 'hornet_tiny_gf', '--model_kwargs', 'depths=1,1,1,1', 'base_dim=16',
                '--input_size', '32', '--format', 'onnx']
@@ -96,12 +100,14 @@ def files(trained, tmp_path_factory):
 # {tmp} the case's folder, {<name>} the files above, {data} the image folder.
 CASES = [
     # item 8: bad checkpoint files, one line each
-    ('resume-empty', 'main', '--resume {empty}', 'empty', 2, 'cannot load checkpoint {empty}: the file is empty (0 bytes)'),
+    ('resume-empty', 'main', '--resume {empty}', 'empty', 2,
+     'cannot load checkpoint {empty}: the file is empty (0 bytes)'),
     ('resume-text', 'main', '--resume {text}', 'empty', 2,
      "cannot load checkpoint {text}: it is a text file (4 bytes, starts with '101')"),
     ('resume-truncated', 'main', '--resume {truncated}', 'empty', 2,
      'cannot load checkpoint {truncated}: the file is truncated or damaged'),
-    ('resume-missing', 'main', '--resume {tmp}/nope.pth', 'empty', 2, 'cannot load checkpoint {tmp}/nope.pth: no such file'),
+    ('resume-missing', 'main', '--resume {tmp}/nope.pth', 'empty', 2,
+     'cannot load checkpoint {tmp}/nope.pth: no such file'),
     ('resume-folder', 'main', '--resume {dir}', 'empty', 2, 'cannot load checkpoint {dir}: it is a directory'),
     ('resume-nan', 'main', '--resume {nan}', 'empty', 2, 'checkpoint {nan} has non-finite weights (1 of'),
     # malicious pickles: refused by every entry point that takes a checkpoint
@@ -112,8 +118,10 @@ CASES = [
      'it was not unpickled'),
     ('finetune-evil', 'main', '--finetune {evil_pickle}', 'empty', 2, 'cannot load checkpoint {evil_pickle}: it holds'),
     ('finetune-evil-zip', 'main', '--finetune {evil_zip}', 'empty', 2, 'cannot load checkpoint {evil_zip}: it holds'),
-    ('eval-evil', 'main', '--eval true --resume {evil_pickle}', 'used', 2, 'cannot load checkpoint {evil_pickle}: it holds'),
-    ('eval-evil-zip', 'main', '--eval true --resume {evil_zip}', 'used', 2, 'cannot load checkpoint {evil_zip}: it holds'),
+    ('eval-evil', 'main', '--eval true --resume {evil_pickle}', 'used', 2,
+     'cannot load checkpoint {evil_pickle}: it holds'),
+    ('eval-evil-zip', 'main', '--eval true --resume {evil_zip}', 'used', 2,
+     'cannot load checkpoint {evil_zip}: it holds'),
     ('export-evil', 'export', '--checkpoint {evil_pickle} --output {out}/m.onnx', 'none', 2,
      'cannot load checkpoint {evil_pickle}: it holds Python objects'),
     ('export-evil-zip', 'export', '--checkpoint {evil_zip} --output {out}/m.onnx', 'none', 2,
@@ -126,7 +134,8 @@ CASES = [
     ('eval-nan', 'main', '--eval true --resume {nan}', 'none', 2, 'checkpoint {nan} has non-finite weights'),
     ('eval-nothing', 'main', '--eval true', 'empty', 2,
      '--eval true needs weights to evaluate, but no --resume was given and --output_dir {out} holds no checkpoint'),
-    ('eval-no-dir', 'main', '--eval true', 'none', 2, 'no --resume was given and --output_dir {out} holds no checkpoint'),
+    ('eval-no-dir', 'main', '--eval true', 'none', 2,
+     'no --resume was given and --output_dir {out} holds no checkpoint'),
     # item 4: another run's results are never overwritten, a live run's folder never shared
     ('fresh-over-used', 'main', '--auto_resume false', 'used', 2,
      '--output_dir {out} already holds results of another run (checkpoint-1.pth, checkpoint-0.pth, '
