@@ -11,6 +11,7 @@ import datetime
 import functools
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -603,7 +604,14 @@ class Terminated(BaseException):
     """SIGTERM (e.g. ``kill``, or a launcher stopping its workers) outside submitit."""
 
 
+_SIGTERM_OWNER = [0]  # pid of the process whose run() installed the handler
+
+
 def _on_sigterm(signum, frame):
+    if os.getpid() != _SIGTERM_OWNER[0]:  # a forked DataLoader worker: die as before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
@@ -622,6 +630,7 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     own_sigterm = threading.current_thread() is threading.main_thread() and \
         signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
     if own_sigterm:
+        _SIGTERM_OWNER[0] = os.getpid()
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(args)

@@ -419,3 +419,18 @@ def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     assert sorted(n for n in os.listdir(out) if not n.startswith('events.')) == [
         'checkpoint-0.pth', 'checkpoint-best.pth', 'log.txt']
     assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+
+
+def test_log_txt_is_strict_json(tmp_path):
+    """Non-finite numbers (an fp16 run's skipped-step grad norm is inf) are written as null, and
+    trimming drops a line cut short by a kill and the epochs about to be trained again."""
+    checkpoint.append_log(str(tmp_path), {'epoch': 0, 'train_loss': 1.5, 'train_grad_norm': float('inf'),
+                                          'test_acc1': float('nan')})
+    checkpoint.append_log(str(tmp_path), {'epoch': 1, 'train_loss': 1.25})
+    with open(tmp_path / 'log.txt', 'a') as f:
+        f.write('{"epoch": 2, "train_lo')
+    text = (tmp_path / 'log.txt').read_text()
+    assert text.splitlines()[0] == '{"epoch": 0, "train_loss": 1.5, "train_grad_norm": null, "test_acc1": null}'
+    assert checkpoint.trim_log(str(tmp_path), 1) == 2
+    assert (tmp_path / 'log.txt').read_text() == text.splitlines()[0] + '\n'
+    assert os.listdir(tmp_path) == ['log.txt']
