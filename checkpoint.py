@@ -336,7 +336,9 @@ def trim_log(output_dir: str, start_epoch: int) -> int:
         return 0
     with open(path, encoding='utf-8', errors='replace') as f:
         lines = f.readlines()
-    kept = [json.dumps(r, allow_nan=False) + '\n' for r in read_log(output_dir) if r['epoch'] < start_epoch]
+    # re-encoded strictly: a bare NaN written by an older version becomes null
+    kept = [json.dumps(_finite_or_none(r), allow_nan=False) + '\n'
+            for r in read_log(output_dir) if r['epoch'] < start_epoch]
     if len(kept) != len(lines):
         _write_atomic(path, 'log', lambda f: f.write(''.join(kept).encode('utf-8')))
     return len(lines) - len(kept)

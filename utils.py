@@ -7,6 +7,7 @@ import argparse
 import datetime
 import logging
 import os
+import secrets
 import sys
 import time
 from collections import defaultdict, deque
@@ -316,7 +317,10 @@ class TensorboardLogger:
         # purge_step (the first step of a resumed run): TensorBoard drops the events a killed run
         # wrote from that step on, so re-trained steps are not shown twice
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step)
+        # a unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
+        # within the same second would overwrite the previous run's events
+        self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step,
+                                    filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
         self.step = 0 if purge_step is None else purge_step
 
     def set_step(self, step: Optional[int] = None) -> None:
