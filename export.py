@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import timm
 
+import checkpoint
 import models
 
 _logger = logging.getLogger(__name__)
@@ -59,25 +60,28 @@ def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
 
 
 def load_checkpoint_file(path: str, key: str = 'auto') -> Dict[str, torch.Tensor]:
-    """Read a checkpoint file and return the model state dict inside it.
+    """Read a checkpoint file (weights only, never unpickled) and return the model state dict in it.
 
     Args:
         path: ``.pth`` file: a training checkpoint, a released/mmpretrain file or a bare state dict.
         key: Entry to take (e.g. ``model_ema``); ``auto`` picks ``model``/``module``/``state_dict``.
+
+    Raises:
+        checkpoint.CheckpointError: the file is missing, empty, text, truncated or not weights only.
+        KeyError: ``key`` names no state dict in the file.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
-    # training checkpoints store their argparse namespace next to the weights
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f'checkpoint {path!r} holds a {type(ckpt).__name__}, expected a dict')
+    ckpt = checkpoint.load_file(path)
     if key != 'auto':
         if not isinstance(ckpt.get(key), dict):
             found = ', '.join(k for k, v in ckpt.items() if isinstance(v, dict)) or 'none'
             raise KeyError(f'checkpoint {path!r} has no state dict under {key!r} (dict entries: {found})')
         ckpt = ckpt[key]
-    return models.unwrap_checkpoint(ckpt)
+    state = models.unwrap_checkpoint(ckpt)
+    bad, total = checkpoint.non_finite_count(state)
+    if bad:
+        raise checkpoint.CheckpointError(f'checkpoint {path} has non-finite weights ({bad} of {total} values are '
+                                         'NaN or inf): the model diverged; use an earlier checkpoint')
+    return state
 
 
 def _checkpoint_num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
@@ -232,8 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         model = create_model(args.model, args.checkpoint or None, args.checkpoint_key, args.num_classes,
                              parse_model_kwargs(args.model_kwargs))
-    except (ValueError, KeyError, FileNotFoundError, models.CheckpointMismatchError) as e:
-        print(f'error: {e}', file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, models.CheckpointMismatchError, checkpoint.CheckpointError) as e:
+        print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
     input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
     gf = has_global_filter(model)

@@ -6,15 +6,19 @@ main.py ...`` or ``python -m torch.distributed.launch --nproc_per_node=N main.py
 TRAINING.md for the per-model recipes.
 """
 import argparse
+import contextlib
 import datetime
-import glob
+import functools
 import logging
+import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import timm
@@ -23,6 +27,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
 import calc_flops
+import checkpoint
 import datasets
 import models
 import utils
@@ -144,6 +149,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--seed', default=0, type=int)
     g.add_argument('--resume', default='', help='checkpoint to resume from (or evaluate)')
     g.add_argument('--auto_resume', type=str2bool, default=True)
+    g.add_argument('--overwrite', type=str2bool, default=False,
+                   help='(new) start over in an --output_dir that holds another run\'s checkpoints/log.txt, '
+                        'deleting them (without it such a run is refused)')
     g.add_argument('--save_ckpt', type=str2bool, default=True)
     g.add_argument('--save_ckpt_freq', default=1, type=int)
     g.add_argument('--save_ckpt_num', default=3, type=int)
@@ -238,7 +246,7 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module) -> None:
     row by row with ``--head_map``. A 21841-class head going to 1000 classes is mapped with the
     shipped ImageNet-1K -> 22K index file (as the original) unless ``--head_map`` says otherwise.
     """
-    ckpt = utils.load_checkpoint_file(args.finetune)
+    ckpt = checkpoint.load_file(args.finetune)
     state = None
     for key in args.model_key.split('|'):
         if key in ckpt and isinstance(ckpt[key], dict):
@@ -300,44 +308,114 @@ def amp_dtype_of(args: argparse.Namespace) -> Optional[torch.dtype]:
     return torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
 
 
-def load_resume(args: argparse.Namespace, model: torch.nn.Module, optimizer=None, loss_scaler=None,
-                model_ema: Optional[ModelEmaV3] = None) -> Dict[str, float]:
-    """Load ``--resume`` into the model (strictly), and unless ``--eval``, the optimizer, scaler,
-    EMA, epoch (``args.start_epoch``) and best accuracies. Returns the best accuracies."""
-    best = dict(max_accuracy=0.0, max_accuracy_ema=0.0)
-    if not args.resume:
-        return best
-    ckpt = utils.load_checkpoint_file(args.resume)
-    state = models.unwrap_checkpoint(ckpt)
-    if any(k.startswith('backbone.') for k in state):  # mmpretrain layout
-        state = models.checkpoint_filter_fn(state, model)
-    models.check_state_dict(state, model, what=f'checkpoint {args.resume}')
-    model.load_state_dict(state)
-    logger.info(f'resumed model weights from {args.resume}')
-    if model_ema is not None:
-        if isinstance(ckpt.get('model_ema'), dict):
-            model_ema.module.load_state_dict(ckpt['model_ema'])
-        else:
-            model_ema.set(model)  # released checkpoints hold no EMA: start it at the weights
-    if args.eval or optimizer is None or 'optimizer' not in ckpt or 'epoch' not in ckpt:
-        return best
-    optimizer.load_state_dict(ckpt['optimizer'])
-    if loss_scaler is not None and 'scaler' in ckpt:
-        loss_scaler.load_state_dict(ckpt['scaler'])
-    args.start_epoch = int(ckpt['epoch']) + 1
-    best['max_accuracy'] = float(ckpt.get('max_accuracy', 0.0))
-    best['max_accuracy_ema'] = float(ckpt.get('max_accuracy_ema', 0.0))
-    logger.info(f'resumed optimizer state; continuing at epoch {args.start_epoch}')
-    return best
+def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, optimizer=None, loss_scaler=None,
+                model_ema: Optional[ModelEmaV3] = None) -> checkpoint.ResumeState:
+    """Load checkpoint ``path`` into the model (strictly), and unless ``--eval``, the optimizer,
+    scaler and EMA. Returns the epoch to continue at and the best accuracies (``args`` is not
+    changed); a checkpoint without training state continues at ``--start_epoch``."""
+    def model_state(ckpt: Dict) -> Dict[str, torch.Tensor]:
+        state = models.unwrap_checkpoint(ckpt)
+        if any(k.startswith('backbone.') for k in state):  # mmpretrain layout
+            state = models.checkpoint_filter_fn(state, model)
+        models.check_state_dict(state, model, what=f'checkpoint {path}')
+        return state
+    state = checkpoint.resume(path, model, optimizer, loss_scaler, model_ema, load_training_state=not args.eval,
+                              prepare_state=model_state, current_args=utils.plain_args(args),
+                              start_epoch=args.start_epoch)
+    logger.info(f'resumed model weights from {path}')
+    if state.training_state:
+        logger.info(f'resumed optimizer state; continuing at epoch {state.start_epoch}')
+    return state
 
 
-def save_checkpoint(args: argparse.Namespace, name: str, epoch: int, model: torch.nn.Module,
-                    optimizer, loss_scaler, model_ema: Optional[ModelEmaV3], best: Dict[str, float]) -> None:
+def training_state(args: argparse.Namespace, epoch: int, model: torch.nn.Module, optimizer, loss_scaler,
+                   model_ema: Optional[ModelEmaV3], best: Dict[str, float]) -> Dict:
+    """What ``checkpoint-*.pth`` holds: everything a rerun needs to continue bit for bit."""
     ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                 scaler=loss_scaler.state_dict(), args=utils.plain_args(args), **best)
     if model_ema is not None:
         ckpt['model_ema'] = model_ema.module.state_dict()
-    utils.save_on_master(ckpt, os.path.join(args.output_dir, f'checkpoint-{name}.pth'))
+    return ckpt
+
+
+def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str], *state_args: Any) -> None:
+    """Write ``checkpoint-<name>.pth`` for each name, all holding :func:`training_state`."""
+    state = training_state(*state_args)
+    for name in names:
+        manager.save(name, state)
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 only; every rank gets its result, or raises its user error (so a
+    refused output dir or a failed save stops all ranks, not only rank 0)."""
+    result, message = None, None
+    if utils.is_main_process():
+        try:
+            result = fn()
+        except (TrainingError, OSError) as e:
+            if not utils.is_dist_avail_and_initialized():
+                raise
+            message = str(e)
+    if utils.is_dist_avail_and_initialized():
+        box = [result, message]
+        torch.distributed.broadcast_object_list(box, src=0)
+        result, message = box
+    if message is not None:
+        raise TrainingError(message)
+    return result
+
+
+def _require_finite(epoch: int, model: torch.nn.Module, stats: Optional[Dict[str, float]] = None,
+                    what: str = 'model') -> None:
+    """A diverged model is never logged, ranked or saved: stop with the last good checkpoint intact."""
+    bad, total = checkpoint.non_finite_count(model.state_dict())
+    if bad:
+        raise TrainingError(f'the {what} diverged at epoch {epoch}: {bad} of {total} weights are NaN or inf; '
+                            'nothing of this epoch was saved, the last good checkpoint in --output_dir is intact '
+                            '(lower --lr or set --clip_grad, then rerun)')
+    if stats is not None and not all(math.isfinite(v) for v in stats.values()):
+        raise TrainingError(f'evaluating the {what} at epoch {epoch} gave non-finite results ({stats}): its '
+                            'outputs are NaN or inf; nothing of this epoch was saved, the last good checkpoint '
+                            'in --output_dir is intact')
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """Flag values that cannot work, found at start-up instead of at the first save or batch."""
+    at_least = dict(batch_size=1, epochs=1, update_freq=1, print_freq=1, save_ckpt_freq=1, nb_classes=1,
+                    num_workers=0, save_ckpt_num=0, run_epochs=0, max_batches_per_epoch=0, start_epoch=0,
+                    warmup_epochs=0)
+    for name, low in at_least.items():
+        value = getattr(args, name, low)
+        if value is None or value < low:
+            raise TrainingError(f'--{name} must be >= {low}, got {value}')
+    in_range = dict(drop_path=(0.0, 1.0), smoothing=(0.0, 1.0), reprob=(0.0, 1.0), mixup_prob=(0.0, 1.0),
+                    hflip=(0.0, 1.0), model_ema_decay=(0.0, 1.0))
+    for name, (low, high) in in_range.items():
+        value = getattr(args, name, low)
+        if value is not None and not low <= value <= high:
+            raise TrainingError(f'--{name} must lie in [{low}, {high}], got {value}')
+    for name in ('lr', 'min_lr', 'weight_decay', 'mixup', 'cutmix', 'color_jitter'):
+        value = getattr(args, name, 0.0)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise TrainingError(f'--{name} must be a finite number >= 0, got {value}')
+    with torch.device('meta'):  # the network's total stride, without allocating it
+        stride = build_model(args).feature_info[-1]['reduction']
+    if args.input_size < stride:
+        raise TrainingError(f'--input_size {args.input_size} is too small for {args.model}: its stages '
+                            f'downsample {stride}x, so the input must be at least {stride} pixels')
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> str:
+    """``--eval true`` scores ``--resume``, else the newest checkpoint in ``--output_dir``."""
+    if args.resume:
+        return args.resume
+    found = checkpoint.find_latest(args.output_dir) if args.output_dir else None
+    if found is None:
+        where = f'--output_dir {args.output_dir} holds no checkpoint' if args.output_dir else 'no --output_dir'
+        raise TrainingError(f'--eval true needs weights to evaluate, but no --resume was given and {where}; '
+                            'pass --resume FILE')
+    logger.info(f'evaluating {found[0]} (epoch {found[1]}), the newest checkpoint in --output_dir')
+    return found[0]
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -365,18 +443,30 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
 
     Returns the final statistics (last epoch's train/test numbers, or the evaluation).
     """
+    with contextlib.ExitStack() as cleanup:  # releases the --output_dir lock however the run ends
+        return _main(args, cleanup)
+
+
+def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Dict[str, float]:
     utils.init_distributed_mode(args)
     utils.setup_logging()
     device = _check_device(args)
     rank, world_size = utils.get_rank(), utils.get_world_size()
     if args.model not in timm.list_models('hornet_*'):
         build_model(args)  # raises with the list of valid names
+    validate_args(args)
     utils.seed_everything(args.seed + rank)
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        if utils.is_main_process():  # temp files of a killed save
-            for tmp in glob.glob(os.path.join(glob.escape(args.output_dir), '.tmp-*.pth')):
-                os.remove(tmp)
+    resume_path, manager = '', None
+    if args.eval:
+        resume_path = _eval_checkpoint(args)
+    elif args.output_dir:
+        # lock the folder (a second live run is refused), clean temp files of killed saves and
+        # pick the newest checkpoint; refuses to start over another run's results
+        manager = checkpoint.CheckpointManager(args.output_dir, keep=args.save_ckpt_num)
+        cleanup.callback(manager.close)
+        resume_path = on_main(lambda: manager.open(args.resume, args.auto_resume, args.overwrite))
+    if not args.eval and args.log_dir:
+        on_main(lambda: checkpoint.check_writable(args.log_dir, '--log_dir'))
     amp_dtype = amp_dtype_of(args)
 
     if utils.is_main_process():
@@ -420,10 +510,14 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
     dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
 
     if args.eval:
-        load_resume(args, model_without_ddp, model_ema=model_ema)
-        stats = {f'test_{k}': v for k, v in evaluate(val_loader, model, device, amp_dtype, dist_eval).items()}
+        load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
+        result = evaluate(val_loader, model, device, amp_dtype, dist_eval)
+        _require_finite(0, model, result, what=f'checkpoint {resume_path}')
+        stats = {f'test_{k}': v for k, v in result.items()}
         if model_ema is not None and args.model_ema_eval:
-            ema = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval, header='Test (EMA):')
+            ema = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
+                           header='Test (EMA):')
+            _require_finite(0, model_ema.module, ema, what=f'EMA weights of {resume_path}')
             stats.update({f'test_{k}_ema': v for k, v in ema.items()})
         return stats
 
@@ -454,26 +548,27 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
     schedules = Schedules(optimizer, args, steps_per_epoch)
     mixup_fn, criterion = build_training_parts(args, args.nb_classes)
 
-    if args.auto_resume and not args.resume and args.output_dir:
-        args.resume = utils.find_latest_checkpoint(args.output_dir) or ''
-    best = load_resume(args, model_without_ddp, optimizer, loss_scaler, model_ema)
-    if args.output_dir:
-        utils.trim_log(args.output_dir, args.start_epoch)
+    resumed = checkpoint.ResumeState(start_epoch=args.start_epoch)
+    if resume_path:
+        resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema)
+    start_epoch, best = resumed.start_epoch, resumed.best
+    if manager is not None and utils.is_main_process():
+        checkpoint.trim_log(args.output_dir, start_epoch)
 
     log_writer = None
     wandb_logger = None
     if utils.is_main_process():
         tb_dir = args.log_dir or args.output_dir
-        if tb_dir:
-            log_writer = utils.TensorboardLogger(tb_dir)
+        if tb_dir:  # after a resume, drop the steps a stopped run logged past its checkpoint
+            log_writer = utils.TensorboardLogger(tb_dir, purge_step=start_epoch * steps_per_epoch or None)
         if args.enable_wandb:
             wandb_logger = utils.WandbLogger(args)
 
-    last_epoch = args.epochs if args.run_epochs <= 0 else min(args.epochs, args.start_epoch + args.run_epochs)
-    logger.info(f'training epochs {args.start_epoch}..{last_epoch - 1} of {args.epochs}')
+    last_epoch = args.epochs if args.run_epochs <= 0 else min(args.epochs, start_epoch + args.run_epochs)
+    logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
     start_time = time.time()
     stats: Dict[str, float] = {}
-    for epoch in range(args.start_epoch, last_epoch):
+    for epoch in range(start_epoch, last_epoch):
         epoch_start = time.time()
         datasets.set_epoch(train_loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
@@ -486,42 +581,48 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
         # log.txt keys and TensorBoard tags are the original's: train_*, test_*, test_*_ema,
         # epoch, n_parameters, GFLOPs, max_accuracy, max_ema_accuracy
         stats = {f'train_{k}': v for k, v in train_stats.items()}
+        _require_finite(epoch, model_without_ddp)
+        if model_ema is not None:
+            _require_finite(epoch, model_ema.module, what='EMA model')
+        to_save: List[str] = []  # written after the log line, best first (see below)
 
         if val_loader is not None:
             test_stats = evaluate(val_loader, model_without_ddp, device, amp_dtype, dist_eval)
+            _require_finite(epoch, model_without_ddp, test_stats)
             stats.update({f'test_{k}': v for k, v in test_stats.items()})
             if test_stats['acc1'] > best['max_accuracy']:
                 best['max_accuracy'] = test_stats['acc1']
-                if args.output_dir and args.save_ckpt:
-                    save_checkpoint(args, 'best', epoch, model_without_ddp, optimizer, loss_scaler, model_ema, best)
+                to_save.append('best')
             logger.info(f'Max accuracy: {best["max_accuracy"]:.2f}%')
             if model_ema is not None and args.model_ema_eval:
                 ema_stats = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
                                      header='Test (EMA):')
+                _require_finite(epoch, model_ema.module, ema_stats, what='EMA model')
                 stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if ema_stats['acc1'] > best['max_accuracy_ema']:
                     best['max_accuracy_ema'] = ema_stats['acc1']
-                    if args.output_dir and args.save_ckpt:
-                        save_checkpoint(args, 'best-ema', epoch, model_without_ddp, optimizer, loss_scaler,
-                                        model_ema, best)
+                    to_save.append('best-ema')
                 logger.info(f'Max EMA accuracy: {best["max_accuracy_ema"]:.2f}%')
             if log_writer is not None:
                 log_writer.update(head='perf', step=epoch, **{k: stats[k] for k in (
                     'test_acc1', 'test_acc5', 'test_loss', 'test_acc1_ema') if k in stats})
 
-        # log line first, then the checkpoint: a kill in between re-trains this epoch, and the
-        # resumed run trims log.txt back to the checkpoint's epoch
+        # log line first, then the checkpoints (best before the epoch file, all holding the full
+        # training state): a kill in between re-trains this epoch from the newest complete file,
+        # and the resumed run trims log.txt back to that file's epoch
         stats.update(epoch=epoch, n_parameters=n_parameters, GFLOPs=gflops)
         if val_loader is not None:
             stats['max_accuracy'] = best['max_accuracy']
             if model_ema is not None and args.model_ema_eval:
                 stats['max_ema_accuracy'] = best['max_accuracy_ema']
-        if args.output_dir:
-            utils.append_log(args.output_dir, stats)
-        if args.output_dir and args.save_ckpt and \
-                ((epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs):
-            save_checkpoint(args, str(epoch), epoch, model_without_ddp, optimizer, loss_scaler, model_ema, best)
-            utils.prune_checkpoints(args.output_dir, args.save_ckpt_num)
+        if manager is not None and utils.is_main_process():
+            checkpoint.append_log(args.output_dir, stats)
+        # a run stopping on --run_epochs always saves, so the rerun continues from here
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 in (args.epochs, last_epoch):
+            to_save.append(str(epoch))
+        if manager is not None and args.save_ckpt and to_save:
+            on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp, optimizer,
+                                      loss_scaler, model_ema, best))
         if log_writer is not None:
             log_writer.flush()
         if wandb_logger is not None:
@@ -545,6 +646,21 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
     return stats
 
 
+class Terminated(BaseException):
+    """SIGTERM (e.g. ``kill``, or a launcher stopping its workers) outside submitit."""
+
+
+_SIGTERM_OWNER = [0]  # pid of the process whose run() installed the handler
+
+
+def _on_sigterm(signum, frame):
+    if os.getpid() != _SIGTERM_OWNER[0]:  # a forked DataLoader worker: die as before
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    raise Terminated()
+
+
 def _user_message(e: BaseException) -> str:
     msg = str(e).strip()
     if 'Original Traceback' in msg:  # re-raised from a DataLoader worker: keep the last line
@@ -553,14 +669,29 @@ def _user_message(e: BaseException) -> str:
 
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry: parse, run, and turn user errors into a message and exit code 2."""
+    """Command-line entry: parse, run, and turn user errors into a message and an exit code:
+    2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes)."""
     args = parse_args(argv)
+    # keep a handler someone else installed (submitit, SLURM tools); signals need the main thread
+    own_sigterm = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    if own_sigterm:
+        _SIGTERM_OWNER[0] = os.getpid()
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(args)
     except (TrainingError, models.CheckpointMismatchError) as e:
         logger.error(f'error: {_user_message(e)}')
         return 2
+    except KeyboardInterrupt:
+        logger.error('interrupted; rerun the same command to resume')
+        return 130
+    except Terminated:
+        logger.error('terminated (SIGTERM); rerun the same command to resume')
+        return 143
     finally:
+        if own_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0

@@ -29,8 +29,8 @@ from typing import Any
 
 import submitit
 
+import checkpoint as ckpt_files
 import main as trainer_main
-import utils
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,7 +101,7 @@ class Trainer:
         log.txt back to that epoch, so no epoch is lost or logged twice."""
         args = copy.deepcopy(self.args)
         args.auto_resume = True
-        latest = utils.find_latest_checkpoint(args.output_dir) if args.output_dir else None
+        latest = ckpt_files.find_latest_checkpoint(args.output_dir) if args.output_dir else None
         if latest:
             args.resume = latest  # also overrides a --resume given at launch
         print(f'[submitit] requeuing job; will resume from {latest or "scratch"}', flush=True)

@@ -1,19 +1,17 @@
-"""Training utilities: distributed setup, progress logging, loss scaling, checkpoint I/O, loggers.
+"""Training utilities: distributed setup, progress logging, loss scaling, loggers (checkpoint files:
+``checkpoint.py``).
 
 Everything here is plumbing for ``main.py`` and ``engine.py``; nothing here knows about HorNet.
 """
 import argparse
 import datetime
-import glob
-import json
 import logging
 import os
-import re
+import secrets
 import sys
-import tempfile
 import time
 from collections import defaultdict, deque
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -297,9 +295,6 @@ class LossScaler:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-_CKPT_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
-
-
 def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
     """``vars(args)`` reduced to types that ``torch.load(weights_only=True)`` accepts."""
     def plain(v: Any) -> Any:
@@ -313,84 +308,20 @@ def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
     return {k: plain(v) for k, v in vars(args).items()}
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves a
-    truncated file under ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pth', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint_file(path: str) -> Dict:
-    """``torch.load`` with ``weights_only=True``; older files that pickled an
-    ``argparse.Namespace`` as ``args`` are accepted too."""
-    if not os.path.isfile(path):
-        raise TrainingError(f'checkpoint not found: {path}')
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or holds arbitrary objects
-        raise TrainingError(f'cannot load checkpoint {path}: {e}') from e
-    if not isinstance(ckpt, dict):
-        raise TrainingError(f'checkpoint {path} holds a {type(ckpt).__name__}, expected a dict')
-    return ckpt
-
-
-def list_epoch_checkpoints(output_dir: str) -> List[str]:
-    """``checkpoint-N.pth`` files in ``output_dir``, newest epoch first."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(output_dir), 'checkpoint-*.pth')):
-        m = _CKPT_RE.match(os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def find_latest_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest ``checkpoint-N.pth`` in ``output_dir`` that loads completely, or None."""
-    for path in list_epoch_checkpoints(output_dir):
-        try:
-            ckpt = load_checkpoint_file(path)
-        except TrainingError as e:
-            logger.warning(f'skipping unreadable checkpoint: {e}')
-            continue
-        if 'model' in ckpt and 'epoch' in ckpt:
-            return path
-    return None
-
-
-def save_on_master(obj: Any, path: str) -> None:
-    if is_main_process():
-        atomic_save(obj, path)
-
-
-def prune_checkpoints(output_dir: str, keep: int) -> None:
-    """Keep only the ``keep`` newest ``checkpoint-N.pth`` files (best/ema files are never pruned)."""
-    if not is_main_process() or keep <= 0:
-        return
-    for path in list_epoch_checkpoints(output_dir)[keep:]:
-        os.remove(path)
-
-
 # ----------------------------------------------------------------------------- loggers
 
 class TensorboardLogger:
     """Scalars to TensorBoard event files via tensorboardX."""
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: str, purge_step: Optional[int] = None):
+        # purge_step (the first step of a resumed run): TensorBoard drops the events a killed run
+        # wrote from that step on, so re-trained steps are not shown twice
         from tensorboardX import SummaryWriter
-        self.writer = SummaryWriter(logdir=log_dir)
-        self.step = 0
+        # a unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
+        # within the same second would overwrite the previous run's events
+        self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step,
+                                    filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
+        self.step = 0 if purge_step is None else purge_step
 
     def set_step(self, step: Optional[int] = None) -> None:
         self.step = self.step + 1 if step is None else step
@@ -433,29 +364,3 @@ class WandbLogger:
     def finish(self) -> None:
         self._wandb.finish()
 
-
-def trim_log(output_dir: str, start_epoch: int) -> None:
-    """Keep only ``log.txt`` lines of epochs before ``start_epoch`` (later ones are about to be
-    trained again after a resume, and a line cut short by a kill is dropped)."""
-    path = os.path.join(output_dir, 'log.txt')
-    if not is_main_process() or not os.path.isfile(path):
-        return
-    kept = []
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            try:
-                if int(json.loads(line)['epoch']) < start_epoch:
-                    kept.append(line if line.endswith('\n') else line + '\n')
-            except (ValueError, KeyError, TypeError):
-                continue
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.writelines(kept)
-    os.replace(path + '.tmp', path)
-
-
-def append_log(output_dir: str, stats: Dict[str, Any]) -> None:
-    """One JSON line per epoch in ``output_dir/log.txt``."""
-    if not is_main_process():
-        return
-    with open(os.path.join(output_dir, 'log.txt'), 'a', encoding='utf-8') as f:
-        f.write(json.dumps(stats) + '\n')

@@ -121,7 +121,8 @@ def test_bad_inputs_give_clear_errors(data, tmp_path, capsys):
     assert train_main.run(tiny_argv(data, str(tmp_path / 'w'), base_dim=8, epochs=1)) == 0
     os.replace(tmp_path / 'w' / 'checkpoint-0.pth', other)
     code, err = _run_err(tiny_argv(data, '', eval='true', resume=str(other)), capsys)
-    assert code == 2 and 'shape mismatches' in err and 'downsample_layers.0.0.weight (8, 3, 4, 4) vs model (16, 3, 4, 4)' in err
+    assert code == 2 and 'shape mismatches' in err
+    assert 'downsample_layers.0.0.weight (8, 3, 4, 4) vs model (16, 3, 4, 4)' in err
     # 21841 classes -> 1000 without a map
     state = train_main.build_model(train_main.parse_args(tiny_argv(data, '', nb_classes=21841))).state_dict()
     torch.save({'model': state}, tmp_path / 'in22k.pth')
@@ -172,16 +173,16 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(data, tmp_path, capsys, monk
 def test_checkpoint_files_atomic_prune_and_latest(tmp_path):
     """Saves are atomic (no temp file left), pruning keeps the newest N epoch files and never
     the best ones, and auto-resume skips a file that does not load completely."""
-    import utils
+    import checkpoint
     for epoch in range(4):
-        utils.atomic_save({'model': {'w': torch.full((3,), float(epoch))}, 'epoch': epoch},
-                          str(tmp_path / f'checkpoint-{epoch}.pth'))
-    utils.atomic_save({'model': {}, 'epoch': 1}, str(tmp_path / 'checkpoint-best.pth'))
+        checkpoint.atomic_save({'model': {'w': torch.full((3,), float(epoch))}, 'epoch': epoch},
+                               str(tmp_path / f'checkpoint-{epoch}.pth'))
+    checkpoint.atomic_save({'model': {}, 'epoch': 1}, str(tmp_path / 'checkpoint-best.pth'))
     assert sorted(os.listdir(tmp_path)) == ['checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-2.pth',
                                             'checkpoint-3.pth', 'checkpoint-best.pth']
     with open(tmp_path / 'checkpoint-3.pth', 'r+b') as f:  # as a non-atomic writer would leave it
         f.truncate(100)
-    assert utils.find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-2.pth')
-    utils.prune_checkpoints(str(tmp_path), keep=2)
+    assert checkpoint.find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-2.pth')
+    checkpoint.prune_checkpoints(str(tmp_path), keep=2)
     assert sorted(os.listdir(tmp_path)) == ['checkpoint-2.pth', 'checkpoint-3.pth', 'checkpoint-best.pth']
     assert _weights_only(str(tmp_path / 'checkpoint-2.pth'))['model']['w'].tolist() == [2.0, 2.0, 2.0]

@@ -1,0 +1,591 @@
+"""The files of a training run in ``--output_dir``: checkpoints, ``log.txt`` and the run lock.
+
+One home for everything that reads or writes them (modelled on timm's ``CheckpointSaver``, one
+object that owns a run's checkpoint folder):
+
+* writing is atomic: a temp file in the same folder, then ``os.replace``; a killed save leaves at
+  most a temp file with our prefix, removed by the next run that takes the folder's lock;
+* loading is weights-only (``torch.load(weights_only=True)``): a file is never unpickled, and a
+  file that is empty, text, truncated or holds Python objects gives one line saying so;
+* the newest *complete* checkpoint is what a rerun resumes from;
+* a lock held by the live process keeps a second run out of the folder (``fcntl.flock``: the
+  kernel releases it when the process dies, so a killed run never blocks the next one);
+* ``log.txt`` holds one strict-JSON line per epoch and is trimmed back on resume.
+
+The checkpoint *format* adapter (unwrapping ``model``/``module`` entries, mmpretrain keys, GF
+filter resizing) stays with the model: ``models.hornet.checkpoint_filter_fn``.
+"""
+import argparse
+import fcntl
+import glob
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import secrets
+import socket
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from utils import TrainingError
+
+logger = logging.getLogger('hornet')
+
+TMP_PREFIX = '.tmp-hornet-'  # our temp files; only these are ever cleaned up
+LOCK_NAME = '.hornet-run.lock'
+LOG_NAME = 'log.txt'
+BEST_NAMES = ('checkpoint-best.pth', 'checkpoint-best-ema.pth')
+_EPOCH_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be read or written; the message is one line that names the file."""
+
+
+class OutputDirError(TrainingError):
+    """``--output_dir`` cannot be used: not writable, in use by a live run, or holding another
+    run's results."""
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _open_temp(folder: str, kind: str) -> tuple[int, str]:
+    """A new file ``folder/.tmp-hornet-<kind>-<random>`` opened for writing. Created with mode
+    0666 so the umask decides the permissions (``mkstemp`` would force 0600)."""
+    while True:
+        path = os.path.join(folder, f'{TMP_PREFIX}{kind}-{secrets.token_hex(6)}')
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _write_atomic(path: str, kind: str, write: Callable[[Any], None]) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = _open_temp(folder, kind)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also Ctrl-C / SIGTERM mid-save: never leave the temp file behind
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    # torch.save reports a failed write (full disk, file size limit) as a RuntimeError from its
+    # zip writer ("enforce fail at inline_container.cc ... file write failed")
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and (
+        'inline_container' in str(e) or 'write failed' in str(e)))
+
+
+def _write_failure_reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    text = str(e)
+    if 'file write failed' in text or 'unexpected pos' in text:
+        return 'the file system refused the write (disk full or file size limit?)'
+    return text.strip().splitlines()[-1]
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` through a temp file in the same folder and a rename: a
+    crash or a failed write never leaves a partial file under ``path``, and an older file of the
+    same name stays intact.
+
+    Raises:
+        CheckpointError: the write failed (full disk, unwritable folder ...).
+    """
+    try:
+        _write_atomic(path, 'ckpt', lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as e:
+        if not _is_write_failure(e):
+            raise
+        raise CheckpointError(f'cannot save checkpoint {path}: {_write_failure_reason(e)}') from e
+
+
+def clean_temp_files(folder: str) -> list[str]:
+    """Remove temp files of killed saves (our prefix only; never call it while another live run
+    may write into ``folder``: hold its :class:`RunLock`). Returns the removed names."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + '*')):
+        if os.path.isfile(path):
+            os.remove(path)
+            removed.append(os.path.basename(path))
+    return removed
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _sniff(path: str) -> str | None:
+    """Why ``path`` cannot be a PyTorch checkpoint, judged from its first bytes (None: may be one)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':  # zip (torch >= 1.6) or legacy pickle
+        return None
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
+    if text.isprintable() or text.replace('\n', '').replace('\r', '').replace('\t', '').isprintable():
+        first = text.strip().splitlines()[0][:30] if text.strip() else ''
+        return f'it is a text file ({size} bytes, starts with {first!r}), not a PyTorch checkpoint'
+    return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
+
+
+def _load_failure_reason(e: BaseException) -> str:
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in text:
+        m = re.search(r'GLOBAL (\S+)', text)
+        what = f' (it asks for {m.group(1)})' if m else ''
+        return (f'it holds Python objects, not only weights{what}; it was not unpickled '
+                '(only tensors and plain containers are loaded)')
+    if isinstance(e, (zipfile.BadZipFile, EOFError)) or 'zip archive' in text or 'central directory' in text:
+        return 'the file is truncated or damaged (incomplete zip archive)'
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
+
+
+def load_file(path: str, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+
+    ``mmap`` maps the tensors instead of reading them (cheap: used to look at a file's epoch).
+    Older training checkpoints that pickled their ``argparse.Namespace`` are accepted.
+
+    Raises:
+        CheckpointError: ``cannot load checkpoint PATH: <reason>`` for a missing, empty, text,
+            truncated or non-weights (e.g. malicious) file, or one that does not hold a dict.
+    """
+    def fail(reason: str) -> CheckpointError:
+        return CheckpointError(f'cannot load checkpoint {path}: {reason}')
+    if not os.path.exists(path):
+        raise fail('no such file')
+    if os.path.isdir(path):
+        raise fail('it is a directory, not a file')
+    try:
+        reason = _sniff(path)
+    except OSError as e:
+        raise fail(e.strerror or str(e)) from None
+    if reason:
+        raise fail(reason)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # e.g. "Detected pickle protocol 4": the error says it all
+            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+    except Exception as e:  # noqa: BLE001  (any failure of a user-given file is reported, not raised)
+        if mmap and 'mmap' in str(e):  # legacy (non-zip) files cannot be mapped: read them
+            return load_file(path, mmap=False)
+        raise fail(_load_failure_reason(e)) from None
+    if not isinstance(ckpt, dict):
+        raise fail(f'it holds a {type(ckpt).__name__}, expected a dict of weights')
+    return ckpt
+
+
+def non_finite_count(state: dict[str, Any]) -> tuple[int, int]:
+    """(non-finite values, all values) over the floating-point tensors of a state dict."""
+    bad = total = 0
+    for v in state.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            total += v.numel()
+            bad += int((~torch.isfinite(v)).sum())
+    return bad, total
+
+
+# ----------------------------------------------------------------------------- finding
+
+def list_epoch_checkpoints(output_dir: str) -> list[str]:
+    """``checkpoint-N.pth`` files in ``output_dir``, newest epoch first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(output_dir), 'checkpoint-*.pth')):
+        m = _EPOCH_RE.match(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _complete_epoch(path: str) -> int | None:
+    """The epoch of a complete training checkpoint (model, optimizer, epoch), else None."""
+    try:
+        ckpt = load_file(path, mmap=True)
+    except CheckpointError as e:
+        logger.warning(f'skipping {e}')
+        return None
+    if isinstance(ckpt.get('model'), dict) and 'epoch' in ckpt and isinstance(ckpt['epoch'], int):
+        return ckpt['epoch']
+    return None
+
+
+def find_latest(output_dir: str) -> tuple[str, int] | None:
+    """The newest complete training checkpoint in ``output_dir`` as ``(path, epoch)``, or None.
+
+    Epoch files are tried newest first; a best file holds the same full training state and wins
+    when it is newer (a run killed between saving it and its epoch file, or a run saving every
+    few epochs). Files that do not load (truncated, foreign) are skipped with a warning.
+    """
+    if not output_dir or not os.path.isdir(output_dir):
+        return None
+    latest = None
+    for path in list_epoch_checkpoints(output_dir):
+        epoch = _complete_epoch(path)
+        if epoch is not None:
+            latest = (path, epoch)
+            break
+    for name in BEST_NAMES:
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            epoch = _complete_epoch(path)
+            if epoch is not None and (latest is None or epoch > latest[1]):
+                latest = (path, epoch)
+    return latest
+
+
+def find_latest_checkpoint(output_dir: str) -> str | None:
+    """Path of :func:`find_latest`, or None."""
+    found = find_latest(output_dir)
+    return found[0] if found else None
+
+
+def prune_checkpoints(output_dir: str, keep: int) -> list[str]:
+    """Keep the ``keep`` newest ``checkpoint-N.pth`` files (``keep <= 0``: all); best files are
+    never pruned. Returns the removed paths."""
+    if keep <= 0:
+        return []
+    removed = list_epoch_checkpoints(output_dir)[keep:]
+    for path in removed:
+        os.remove(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- log.txt
+
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf: a reader sees null, never a bare NaN
+    if isinstance(v, dict):
+        return {k: _finite_or_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_or_none(x) for x in v]
+    return v
+
+
+def append_log(output_dir: str, stats: dict[str, Any]) -> None:
+    """One strict-JSON line per epoch in ``output_dir/log.txt`` (non-finite numbers become null)."""
+    line = json.dumps(_finite_or_none(stats), allow_nan=False)
+    path = os.path.join(output_dir, LOG_NAME)
+    try:
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(line + '\n')
+    except OSError as e:
+        raise OutputDirError(f'cannot write {path}: {e.strerror or e}; the checkpoints are intact, free space '
+                             'or fix the folder and rerun the same command to resume') from None
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create ``folder`` if needed and write a probe file into it (removed again).
+
+    Raises:
+        OutputDirError: it cannot be created or written.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = _open_temp(folder, 'probe')
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise OutputDirError(f'cannot write to {flag} {folder}: {e.strerror or e}; choose a writable folder') from None
+
+
+def read_log(output_dir: str) -> list[dict[str, Any]]:
+    """The complete JSON lines of ``log.txt`` that carry an integer ``epoch`` (others are skipped)."""
+    path = os.path.join(output_dir, LOG_NAME)
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding='utf-8', errors='replace') as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get('epoch'), int):
+                rows.append(row)
+    return rows
+
+
+def trim_log(output_dir: str, start_epoch: int) -> int:
+    """Keep only the ``log.txt`` lines of epochs before ``start_epoch`` (later ones are about to
+    be trained again after a resume; a line cut short by a kill is dropped). Atomic. Returns the
+    number of lines removed."""
+    path = os.path.join(output_dir, LOG_NAME)
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = f.readlines()
+    # re-encoded strictly: a bare NaN written by an older version becomes null
+    kept = [json.dumps(_finite_or_none(r), allow_nan=False) + '\n'
+            for r in read_log(output_dir) if r['epoch'] < start_epoch]
+    if len(kept) != len(lines):
+        _write_atomic(path, 'log', lambda f: f.write(''.join(kept).encode('utf-8')))
+    return len(lines) - len(kept)
+
+
+# ----------------------------------------------------------------------------- run lock
+
+class RunLock:
+    """An exclusive lock on ``output_dir`` held by this process (``fcntl.flock`` on an open file
+    that names the holder). The kernel drops it when the process dies, so the lock file a killed
+    run leaves behind does not block; :meth:`release` removes the file."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock.
+
+        Raises:
+            OutputDirError: the folder cannot be written, or a live run holds the lock.
+        """
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise OutputDirError(f'cannot write to --output_dir {self.output_dir}: {e.strerror or e}; '
+                                     'choose a writable folder') from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    owner = os.read(fd, 200).decode('utf-8', 'replace').strip() or 'unknown process'
+                finally:
+                    os.close(fd)
+                raise OutputDirError(
+                    f'--output_dir {self.output_dir} is in use by another run ({owner}); wait for it to '
+                    'finish, or choose another --output_dir') from None
+            try:  # the holder may have removed the file between our open and flock: retry
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f'pid {os.getpid()} on host {socket.gethostname()}\n'.encode())
+            except OSError as e:
+                os.close(fd)
+                raise OutputDirError(f'cannot write to --output_dir {self.output_dir}: '
+                                     f'{e.strerror or e}; choose a writable folder') from None
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.remove(self.path)  # while still holding it, so no one else's file is removed
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+# ----------------------------------------------------------------------------- the run's folder
+
+@dataclass
+class ResumeState:
+    """Where a resumed run continues: the first epoch to train and the best accuracies so far."""
+    path: str = ''
+    start_epoch: int = 0
+    max_accuracy: float = 0.0
+    max_accuracy_ema: float = 0.0
+    training_state: bool = False  # optimizer, scaler and epoch were restored
+    checkpoint: dict[str, Any] | None = None  # the loaded file
+
+    @property
+    def best(self) -> dict[str, float]:
+        return dict(max_accuracy=self.max_accuracy, max_accuracy_ema=self.max_accuracy_ema)
+
+
+def _effective_batch(a: dict[str, Any]) -> tuple[int, int, int] | None:
+    try:
+        return int(a['batch_size']), int(a.get('update_freq', 1)), int(a.get('world_size', 1))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _flag_error(dir_: str, files: list[str], auto_resume: bool) -> OutputDirError:
+    shown = ', '.join(files[:5]) + (f' and {len(files) - 5} more' if len(files) > 5 else '')
+    how = ('rerun with --auto_resume true to continue that run, ' if not auto_resume else '')
+    return OutputDirError(
+        f'--output_dir {dir_} already holds results of another run ({shown}) that this run would '
+        f'overwrite; {how}choose another --output_dir, or pass --overwrite true to replace them')
+
+
+class CheckpointManager:
+    """The checkpoint folder of one training run (rank 0 only writes).
+
+    Call :meth:`open` (lock, temp clean-up, which checkpoint to resume) before training and
+    :meth:`close` at the end; :meth:`save` writes ``checkpoint-<name>.pth`` atomically.
+    """
+
+    def __init__(self, output_dir: str, keep: int = 3):
+        self.output_dir = output_dir
+        self.keep = keep
+        self.lock = RunLock(output_dir)
+        self.last_saved: str | None = None  # the newest file this run wrote
+        self._created = False
+
+    # -- start of a run
+    def open(self, resume: str = '', auto_resume: bool = True, overwrite: bool = False) -> str:
+        """Lock the folder and decide what to resume from; returns that path ('' for a fresh start).
+
+        The newest complete checkpoint in the folder wins (also over an explicit ``resume``), so a
+        rerun of any command continues where the last one stopped. Starting over a folder that
+        holds another run's checkpoints or log (``auto_resume`` false, or nothing loadable) is
+        refused unless ``overwrite``, which removes those files first.
+        """
+        self._created = not os.path.isdir(self.output_dir)
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+        except OSError as e:
+            raise OutputDirError(f'cannot create --output_dir {self.output_dir}: {e.strerror or e}; '
+                                 'choose a writable folder') from None
+        self.lock.acquire()
+        try:
+            removed = clean_temp_files(self.output_dir)
+            if removed:
+                logger.info(f'removed temp files of an interrupted save: {", ".join(removed)}')
+            return self._choose_resume(resume, auto_resume, overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _choose_resume(self, resume: str, auto_resume: bool, overwrite: bool) -> str:
+        latest = find_latest(self.output_dir) if auto_resume else None
+        if latest is not None:
+            path, epoch = latest
+            if resume and os.path.abspath(resume) != os.path.abspath(path):
+                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir, '
+                            f'instead of --resume {resume}')
+            else:
+                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir')
+            return path
+        # a fresh start (or --resume from elsewhere): the folder must not hold another run's results
+        results = [os.path.basename(p) for p in list_epoch_checkpoints(self.output_dir)]
+        results += [n for n in BEST_NAMES if os.path.exists(os.path.join(self.output_dir, n))]
+        has_log = bool(read_log(self.output_dir))
+        if has_log and not auto_resume:
+            results.append(LOG_NAME)
+        if results and not overwrite:
+            raise _flag_error(self.output_dir, results, auto_resume)
+        for name in results:
+            os.remove(os.path.join(self.output_dir, name))
+        if results:
+            logger.warning(f'--overwrite: removed {", ".join(results)} from {self.output_dir}')
+        if has_log and auto_resume:
+            # a run that stopped before its first checkpoint: its epochs are trained again
+            logger.warning(f'{self.output_dir}/{LOG_NAME} has epochs but no checkpoint to resume; '
+                           'starting over and rewriting it')
+        return resume
+
+    def close(self) -> None:
+        """Release the lock; a folder this run created and left empty (it stopped at start-up) is
+        removed again."""
+        self.lock.release()
+        if self._created:
+            try:
+                os.rmdir(self.output_dir)
+            except OSError:
+                pass  # not empty: the run's results
+
+    # -- during a run
+    def save(self, name: str, state: dict[str, Any]) -> str:
+        """Write ``checkpoint-<name>.pth`` atomically; prune epoch files after a numbered save.
+
+        Raises:
+            CheckpointError: the write failed; the message names the intact previous checkpoint.
+        """
+        path = os.path.join(self.output_dir, f'checkpoint-{name}.pth')
+        try:
+            atomic_save(state, path)
+        except CheckpointError as e:
+            intact = self.last_saved or find_latest_checkpoint(self.output_dir)
+            note = (f'the previous checkpoint {intact} is intact' if intact else 'no earlier checkpoint exists')
+            raise CheckpointError(f'{e}; {note}; free space or fix the folder, then rerun the same command '
+                                  'to resume') from None
+        self.last_saved = path
+        if _EPOCH_RE.match(os.path.basename(path)):
+            prune_checkpoints(self.output_dir, self.keep)
+        return path
+
+
+def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+           loss_scaler: Any = None, model_ema: Any = None, load_training_state: bool = True,
+           prepare_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+           current_args: dict[str, Any] | None = None, start_epoch: int = 0) -> ResumeState:
+    """Load checkpoint ``path`` into ``model`` (strictly), its EMA, and with
+    ``load_training_state`` the optimizer and loss scaler.
+
+    ``prepare_state`` turns the file into the model's state dict (unwrapping, key checks).
+    Returns the epoch to continue at (``start_epoch`` for a file without training state) and the
+    best accuracies so far; nothing is written into the caller's arguments. With
+    ``current_args`` a change of the effective batch (batch x accumulation x processes) is warned
+    about. A training checkpoint with non-finite weights is refused.
+
+    Raises:
+        CheckpointError: the file does not load or holds NaN/inf weights.
+    """
+    ckpt = load_file(path)
+    state = prepare_state(ckpt) if prepare_state is not None else ckpt['model']
+    bad, total = non_finite_count(state)
+    if bad:
+        raise CheckpointError(f'checkpoint {path} has non-finite weights ({bad} of {total} values are '
+                              'NaN or inf): the model diverged; use an earlier checkpoint')
+    model.load_state_dict(state)
+    if model_ema is not None:
+        if isinstance(ckpt.get('model_ema'), dict):
+            model_ema.module.load_state_dict(ckpt['model_ema'])
+        else:
+            model_ema.set(model)  # released checkpoints hold no EMA: start it at the weights
+    out = ResumeState(path=path, start_epoch=start_epoch, checkpoint=ckpt)
+    if not load_training_state or optimizer is None or 'optimizer' not in ckpt or 'epoch' not in ckpt:
+        return out
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if loss_scaler is not None and ckpt.get('scaler'):
+        loss_scaler.load_state_dict(ckpt['scaler'])
+    out.training_state = True
+    out.start_epoch = int(ckpt['epoch']) + 1
+    out.max_accuracy = float(ckpt.get('max_accuracy', 0.0))
+    out.max_accuracy_ema = float(ckpt.get('max_accuracy_ema', ckpt.get('max_ema_accuracy', 0.0)))
+    if current_args is not None and isinstance(ckpt.get('args'), dict):
+        then, now = _effective_batch(ckpt['args']), _effective_batch(current_args)
+        if then and now and then != now:
+            logger.warning(
+                f'the effective batch changed: {path} was trained with {math.prod(then)} '
+                f'({then[0]} per process x {then[1]} accumulation x {then[2]} processes), this run uses '
+                f'{math.prod(now)} ({now[0]} x {now[1]} x {now[2]}); the lr schedule is per optimizer step, '
+                'so results will differ from an uninterrupted run (adjust --batch_size/--update_freq to '
+                'keep the product)')
+    return out
+

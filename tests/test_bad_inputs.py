@@ -1,0 +1,436 @@
+"""Careless input to main.py and export.py: each case exits with a one-line message that names
+the cause, and leaves every file as it was (issue 11 items 4-8 and 10, issue 10's ``--eval``
+without ``--resume``). A malicious pickle never runs, whichever entry point it is given to."""
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_train_common import (
+    ROOT,
+    make_image_folder,
+    one_thread,  # noqa: F401  (autouse fixture)
+    tiny_argv,
+)
+
+import checkpoint
+import export
+import main as train_main
+
+EXPORT_ARGS = ['--model', 'hornet_tiny_gf', '--model_kwargs', 'depths=1,1,1,1', 'base_dim=16',
+               '--input_size', '32', '--format', 'onnx']
+
+
+class Payload:
+    """A pickle whose loading writes a marker file (what a crafted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f'open({self.marker!r}, "w").write("pwned")',)
+
+
+def snapshot(root):
+    """Every file under ``root`` (hidden ones too) with its size, mtime and bytes, and every folder."""
+    out = {}
+    if not os.path.exists(root):
+        return out
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(folder, name), root) + '/'] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, f.read())
+    return out
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_image_folder(str(tmp_path_factory.mktemp('data')))
+
+
+@pytest.fixture(scope='module')
+def trained(data, tmp_path_factory):
+    """A finished 2-epoch run (checkpoint-0/1, best, log.txt), written under umask 022."""
+    out = str(tmp_path_factory.mktemp('trained') / 'run')
+    old = os.umask(0o022)
+    try:
+        assert train_main.run(tiny_argv(data, out)) == 0
+    finally:
+        os.umask(old)
+    return out
+
+
+@pytest.fixture(scope='module')
+def files(trained, tmp_path_factory):
+    """Bad checkpoint files, each next to a marker path that a payload would create."""
+    d = tmp_path_factory.mktemp('files')
+    marker = str(d / 'MARKER')
+    paths = {'marker': marker}
+    (d / 'empty.pth').write_bytes(b'')
+    (d / 'text.pth').write_text('101\n')
+    good = (open(os.path.join(trained, 'checkpoint-1.pth'), 'rb')).read()
+    (d / 'truncated.pth').write_bytes(good[:len(good) // 2])
+    with open(d / 'evil_pickle.pth', 'wb') as f:  # a plain pickle (torch's legacy format)
+        pickle.dump({'model': Payload(marker)}, f)
+    torch.save({'model': {'w': torch.zeros(1)}, 'extra': Payload(marker)}, d / 'evil_zip.pth')  # zip format
+    ckpt = torch.load(os.path.join(trained, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)
+    ckpt['model']['head.weight'][0, 0] = float('nan')
+    torch.save(ckpt, d / 'nan.pth')
+    for name in ('empty', 'text', 'truncated', 'evil_pickle', 'evil_zip', 'nan'):
+        paths[name] = str(d / f'{name}.pth')
+    paths['dir'] = str(d)
+    armed = tmp_path_factory.mktemp('armed') / 'MARKER'  # the payload is live: unpickling it runs it
+    pickle.loads(pickle.dumps(Payload(str(armed))))
+    assert armed.read_text() == 'pwned'
+    return paths
+
+
+# (id, tool, argv, output-dir state, exit code, message). Placeholders: {out} the output dir,
+# {tmp} the case's folder, {<name>} the files above, {data} the image folder.
+CASES = [
+    # item 8: bad checkpoint files, one line each
+    ('resume-empty', 'main', '--resume {empty}', 'empty', 2,
+     'cannot load checkpoint {empty}: the file is empty (0 bytes)'),
+    ('resume-text', 'main', '--resume {text}', 'empty', 2,
+     "cannot load checkpoint {text}: it is a text file (4 bytes, starts with '101')"),
+    ('resume-truncated', 'main', '--resume {truncated}', 'empty', 2,
+     'cannot load checkpoint {truncated}: the file is truncated or damaged'),
+    ('resume-missing', 'main', '--resume {tmp}/nope.pth', 'empty', 2,
+     'cannot load checkpoint {tmp}/nope.pth: no such file'),
+    ('resume-folder', 'main', '--resume {dir}', 'empty', 2, 'cannot load checkpoint {dir}: it is a directory'),
+    ('resume-nan', 'main', '--resume {nan}', 'empty', 2, 'checkpoint {nan} has non-finite weights (1 of'),
+    # malicious pickles: refused by every entry point that takes a checkpoint
+    ('resume-evil', 'main', '--resume {evil_pickle}', 'empty', 2,
+     'cannot load checkpoint {evil_pickle}: it holds Python objects, not only weights'),
+    ('resume-evil-zip', 'main', '--resume {evil_zip}', 'empty', 2,
+     'cannot load checkpoint {evil_zip}: it holds Python objects, not only weights (it asks for exec); '
+     'it was not unpickled'),
+    ('finetune-evil', 'main', '--finetune {evil_pickle}', 'empty', 2, 'cannot load checkpoint {evil_pickle}: it holds'),
+    ('finetune-evil-zip', 'main', '--finetune {evil_zip}', 'empty', 2, 'cannot load checkpoint {evil_zip}: it holds'),
+    ('eval-evil', 'main', '--eval true --resume {evil_pickle}', 'used', 2,
+     'cannot load checkpoint {evil_pickle}: it holds'),
+    ('eval-evil-zip', 'main', '--eval true --resume {evil_zip}', 'used', 2,
+     'cannot load checkpoint {evil_zip}: it holds'),
+    ('export-evil', 'export', '--checkpoint {evil_pickle} --output {out}/m.onnx', 'none', 2,
+     'cannot load checkpoint {evil_pickle}: it holds Python objects'),
+    ('export-evil-zip', 'export', '--checkpoint {evil_zip} --output {out}/m.onnx', 'none', 2,
+     'cannot load checkpoint {evil_zip}: it holds Python objects'),
+    ('export-empty', 'export', '--checkpoint {empty} --output {out}/m.onnx', 'none', 2, 'the file is empty (0 bytes)'),
+    ('export-text', 'export', '--checkpoint {text} --output {out}/m.onnx', 'none', 2, 'it is a text file'),
+    ('export-truncated', 'export', '--checkpoint {truncated} --output {out}/m.onnx', 'none', 2, 'truncated or damaged'),
+    ('export-nan', 'export', '--checkpoint {nan} --output {out}/m.onnx', 'none', 2, 'has non-finite weights'),
+    # item 6 / issue 10: --eval never scores NaN or random weights
+    ('eval-nan', 'main', '--eval true --resume {nan}', 'none', 2, 'checkpoint {nan} has non-finite weights'),
+    ('eval-nothing', 'main', '--eval true', 'empty', 2,
+     '--eval true needs weights to evaluate, but no --resume was given and --output_dir {out} holds no checkpoint'),
+    ('eval-no-dir', 'main', '--eval true', 'none', 2,
+     'no --resume was given and --output_dir {out} holds no checkpoint'),
+    # item 4: another run's results are never overwritten, a live run's folder never shared
+    ('fresh-over-used', 'main', '--auto_resume false', 'used', 2,
+     '--output_dir {out} already holds results of another run (checkpoint-1.pth, checkpoint-0.pth, '
+     'checkpoint-best.pth, log.txt) that this run would overwrite; rerun with --auto_resume true'),
+    ('resume-x-over-used', 'main', '--auto_resume false --resume {trained}/checkpoint-0.pth', 'used', 2,
+     'pass --overwrite true to replace them'),
+    ('unloadable-in-dir', 'main', '', 'broken', 2, 'already holds results of another run (checkpoint-1.pth)'),
+    ('second-live-run', 'main', '', 'locked', 2, '--output_dir {out} is in use by another run (pid'),
+    # item 7: found at start-up, before anything is written
+    ('save-freq-0', 'main', '--save_ckpt_freq 0', 'none', 2, '--save_ckpt_freq must be >= 1, got 0'),
+    ('batch-0', 'main', '--batch_size 0', 'none', 2, '--batch_size must be >= 1, got 0'),
+    ('update-freq-0', 'main', '--update_freq 0', 'none', 2, '--update_freq must be >= 1, got 0'),
+    ('print-freq-0', 'main', '--print_freq 0', 'none', 2, '--print_freq must be >= 1, got 0'),
+    ('epochs-0', 'main', '--epochs 0', 'none', 2, '--epochs must be >= 1, got 0'),
+    ('input-16', 'main', '--input_size 16', 'none', 2,
+     '--input_size 16 is too small for hornet_tiny_gf: its stages downsample 32x, so the input must be at least 32'),
+    ('input-neg', 'main', '--input_size -8', 'none', 2, '--input_size -8 is too small'),
+    ('drop-path-2', 'main', '--drop_path 2', 'none', 2, '--drop_path must lie in [0.0, 1.0], got 2.0'),
+    ('lr-nan', 'main', '--lr nan', 'none', 2, '--lr must be a finite number >= 0, got nan'),
+    ('unwritable-out', 'main', '--output_dir {tmp}/afile/out --log_dir {tmp}/tb', 'afile', 2,
+     'cannot create --output_dir {tmp}/afile/out: Not a directory'),
+    ('unwritable-log-dir', 'main', '--log_dir {tmp}/afile/tb', 'afile', 2,
+     'cannot write to --log_dir {tmp}/afile/tb: Not a directory'),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, data, trained, files, tmp_path, capsys):
+    name, tool, argv, state, code, message = case
+    out = str(tmp_path / 'out')
+    if state == 'empty':
+        os.makedirs(out)
+    elif state in ('used', 'locked', 'broken'):
+        shutil.copytree(trained, out)  # copy2: sizes, bytes and mtimes as the trained run left them
+    if state == 'broken':
+        os.remove(os.path.join(out, 'checkpoint-0.pth'))
+        os.remove(os.path.join(out, 'checkpoint-best.pth'))
+        with open(os.path.join(out, 'checkpoint-1.pth'), 'r+b') as f:
+            f.truncate(1000)
+    if state == 'afile':
+        (tmp_path / 'afile').write_text('not a folder')
+    lock = None
+    if state == 'locked':  # a live run holds the folder (another fd: flock conflicts within a process too)
+        lock = checkpoint.RunLock(out)
+        lock.acquire()
+    fmt = dict(files, out=out, tmp=str(tmp_path), data=data, trained=trained)
+    argv = [a.format(**fmt) for a in argv.split()]
+    message = message.format(**fmt)
+    before, before_files = snapshot(str(tmp_path)), snapshot(files['dir'])
+    capsys.readouterr()
+    try:
+        if tool == 'main':
+            rc = train_main.run(tiny_argv(data, out) + argv)
+        else:
+            rc = export.main(EXPORT_ARGS + argv)
+    finally:
+        if lock is not None:
+            lock.release()
+    captured = capsys.readouterr()
+    err = captured.err
+    assert rc == code, captured.out[-2000:] + err[-2000:]
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err  # one line, no traceback
+    if lock is not None:  # the holder's lock file is part of the snapshot taken while it held it
+        before.pop(os.path.join('out', checkpoint.LOCK_NAME))
+    assert snapshot(str(tmp_path)) == before  # nothing created, changed or removed
+    assert snapshot(files['dir']) == before_files
+    assert not os.path.exists(files['marker'])
+
+
+def _event_steps(folder):
+    """(step, kind) of every event in the TensorBoard files of ``folder``: kind 'purge' for the
+    session-start marker tensorboardX writes for purge_step, else the scalar tag."""
+    from tensorboardX.proto import event_pb2
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith('events.out.tfevents'):
+            continue
+        with open(os.path.join(folder, name), 'rb') as f:
+            raw = f.read()
+        i = 0
+        while i < len(raw):
+            n = struct.unpack('<Q', raw[i:i + 8])[0]
+            ev = event_pb2.Event()
+            ev.ParseFromString(raw[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            if ev.HasField('session_log') and ev.session_log.status == ev.session_log.START:
+                found.append((ev.step, 'purge'))
+            elif ev.HasField('summary'):
+                found.extend((ev.step, v.tag) for v in ev.summary.value)
+    return found
+
+
+def _log_epochs(out):
+    with open(os.path.join(out, 'log.txt')) as f:
+        return [json.loads(line)['epoch'] for line in f]
+
+
+def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
+    """Checkpoints and log.txt follow the umask (0644 under 022, not 0600); no temp or lock file
+    stays behind; ``--eval true`` without ``--resume`` scores the newest checkpoint of the folder
+    and reports exactly the accuracy logged for that epoch."""
+    names = sorted(os.listdir(trained))
+    assert [n for n in names if not n.startswith('events.')] == [
+        'checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-best.pth', 'log.txt']
+    for n in ('checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-best.pth', 'log.txt'):
+        assert os.stat(os.path.join(trained, n)).st_mode & 0o777 == 0o644, n
+    before = snapshot(trained)
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, trained, eval='true')) == 0
+    out = capsys.readouterr().out
+    assert f'evaluating {trained}/checkpoint-1.pth (epoch 1), the newest checkpoint in --output_dir' in out
+    with open(os.path.join(trained, 'log.txt')) as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last['epoch'] == 1
+    assert f'* Acc@1 {last["test_acc1"]:.3f} Acc@5 {last["test_acc5"]:.3f} loss {last["test_loss"]:.3f}' in out
+    assert snapshot(trained) == before
+
+
+@pytest.mark.slow
+def test_reruns_always_progress(data, tmp_path, capsys):
+    """Item 5 and 10: --run_epochs stops with a checkpoint even off the --save_ckpt_freq grid;
+    a rerun with an explicit, older --resume continues from the newest checkpoint of the folder
+    (and says so), warns that the effective batch changed, purges TensorBoard from the resumed
+    step on, and removes only our temp files of a killed save."""
+    out = str(tmp_path / 'run')
+    argv = tiny_argv(data, out, epochs=4, run_epochs=1, save_ckpt_freq=5)
+    assert train_main.run(argv) == 0
+    assert sorted(n for n in os.listdir(out) if n.endswith('.pth')) == ['checkpoint-0.pth', 'checkpoint-best.pth']
+    old = str(tmp_path / 'old.pth')
+    shutil.copy2(os.path.join(out, 'checkpoint-0.pth'), old)
+    assert train_main.run(argv) == 0
+    assert _log_epochs(out) == [0, 1]
+    assert os.path.exists(os.path.join(out, 'checkpoint-1.pth'))
+    ours = os.path.join(out, checkpoint.TMP_PREFIX + 'ckpt-0123456789ab')  # as a kill mid-save leaves it
+    theirs = os.path.join(out, '.tmp-notes.pth')
+    for p in (ours, theirs):
+        with open(p, 'wb') as f:
+            f.write(b'PK\x03\x04 half written')
+    capsys.readouterr()
+    assert train_main.run(argv + ['--resume', old, '--batch_size', '4']) == 0
+    text = capsys.readouterr().out
+    assert (f'resuming from {out}/checkpoint-1.pth (epoch 1), the newest checkpoint in --output_dir, '
+            f'instead of --resume {old}') in text
+    assert 'continuing at epoch 2' in text
+    assert ('the effective batch changed: ' f'{out}/checkpoint-1.pth was trained with 8 (8 per process x 1 '
+            'accumulation x 1 processes), this run uses 4 (4 x 1 x 1)') in text
+    assert _log_epochs(out) == [0, 1, 2]
+    assert not os.path.exists(ours) and os.path.exists(theirs)
+    # each resumed run purges from its first step, epoch x steps per epoch: 1 x 6 (batch 8), then
+    # 2 x 12 (batch 4); its last logged step is 24 + 12 - 1
+    steps = _event_steps(out)
+    assert sorted(s for s, k in steps if k == 'purge') == [6, 24]
+    assert max(s for s, k in steps if k == 'loss/loss') == 35
+
+
+@pytest.mark.slow
+def test_overwrite_starts_over(trained, data, tmp_path):
+    """--overwrite true is the explicit way to start over in a used folder: the old checkpoints
+    and log lines are gone, the new run's are there."""
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    assert train_main.run(tiny_argv(data, out, epochs=1, auto_resume='false', overwrite='true')) == 0
+    assert _log_epochs(out) == [0]
+    assert sorted(n for n in os.listdir(out) if n.endswith('.pth')) == ['checkpoint-0.pth', 'checkpoint-best.pth']
+    assert torch.load(os.path.join(out, 'checkpoint-0.pth'), weights_only=True)['args']['epochs'] == 1
+
+
+@pytest.mark.slow
+def test_diverged_model_is_never_saved(data, tmp_path, capsys, monkeypatch):
+    """Item 6: weights that turn NaN in epoch 1 while the loss stayed finite stop the run with
+    exit 2; checkpoints and log.txt are byte-for-byte those of epoch 0 (log.txt strict JSON)."""
+    out = str(tmp_path / 'run')
+    assert train_main.run(tiny_argv(data, out, epochs=3, run_epochs=1)) == 0
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith('events.')}
+    real = train_main.train_one_epoch
+
+    def diverging(model, *a, **kw):
+        stats = real(model, *a, **kw)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float('nan'))
+        return stats
+    monkeypatch.setattr(train_main, 'train_one_epoch', diverging)
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out, epochs=3)) == 2
+    err = capsys.readouterr().err
+    # the stem conv, 16 x 3 x 4 x 4 weights, set to NaN
+    assert 'the model diverged at epoch 1: 768 of' in err and 'nothing of this epoch was saved' in err
+    after = {k: v for k, v in snapshot(out).items() if not k.startswith('events.')}
+    assert after == before  # TensorBoard aside (a new event file), every file unchanged
+    with open(os.path.join(out, 'log.txt')) as f:
+        assert [json.loads(line, parse_constant=lambda c: pytest.fail(c))['epoch'] for line in f] == [0]
+
+
+@pytest.mark.slow
+def test_full_disk_at_save_says_previous_checkpoint_is_intact(data, tmp_path, capsys, monkeypatch):
+    """Item 7: a save failing with ENOSPC ends the run with a message naming the cause and the
+    intact previous checkpoint; no temp file is left and the earlier files are unchanged."""
+    out = str(tmp_path / 'run')
+    assert train_main.run(tiny_argv(data, out, epochs=3, run_epochs=1)) == 0
+    before = {k: v for k, v in snapshot(out).items() if k.endswith('.pth')}
+
+    def full_disk(obj, f, *a, **kw):
+        f.write(b'PK\x03\x04 partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, 'save', full_disk)
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out, epochs=3)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'error: cannot save checkpoint {out}/checkpoint-')
+    assert f'No space left on device; the previous checkpoint {out}/checkpoint-0.pth is intact' in err
+    assert {k: v for k, v in snapshot(out).items() if k.endswith('.pth')} == before
+    assert not [n for n in os.listdir(out) if n.startswith('.')]
+
+
+def test_write_limit_is_a_clear_save_error(tmp_path):
+    """A real failed write inside torch.save (file size limit, as on a full disk) becomes a
+    CheckpointError; the old file under the name survives and no temp file remains."""
+    code = (
+        'import resource, signal, sys, torch\n'
+        f'sys.path.insert(0, {ROOT!r})\n'
+        'import checkpoint\n'
+        'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+        'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
+        'try:\n'
+        f'    checkpoint.atomic_save({{"w": torch.zeros(100000)}}, {str(tmp_path / "c.pth")!r})\n'
+        'except checkpoint.CheckpointError as e:\n'
+        '    print(e)\n')
+    (tmp_path / 'c.pth').write_bytes(b'old')
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith(f'cannot save checkpoint {tmp_path}/c.pth: '), res.stdout
+    assert sorted(os.listdir(tmp_path)) == ['c.pth'] and (tmp_path / 'c.pth').read_bytes() == b'old'
+
+
+def test_stale_lock_of_killed_run_does_not_block(tmp_path):
+    """A run killed with -9 leaves its lock file; the kernel released the flock, so the next
+    run takes the folder (and removes the file when done)."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); import checkpoint\n'
+            f'checkpoint.RunLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'locked'
+    with pytest.raises(checkpoint.OutputDirError, match=f'in use by another run \\(pid {proc.pid} on host'):
+        checkpoint.RunLock(str(out)).acquire()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert os.listdir(out) == [checkpoint.LOCK_NAME]  # left behind by the killed process
+    lock = checkpoint.RunLock(str(out))
+    lock.acquire()
+    with open(out / checkpoint.LOCK_NAME) as f:
+        assert f.read().startswith(f'pid {os.getpid()} on host ')
+    lock.release()
+    assert os.listdir(out) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig,code,message', [
+    (signal.SIGINT, 130, 'interrupted; rerun the same command to resume'),
+    (signal.SIGTERM, 143, 'terminated (SIGTERM); rerun the same command to resume'),
+])
+def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
+    """Item 8: Ctrl-C and SIGTERM mid-epoch end with one line (no traceback), the exit codes of
+    a signal-terminated shell command, epoch 0's checkpoint intact and no lock or temp file."""
+    out = str(tmp_path / 'run')
+    argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'SLURM_PROCID', 'SLURM_JOB_ID'):
+        env.pop(k, None)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith('Epoch: [1]') and '[ 3/24]' in line:
+            break
+    proc.send_signal(sig)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert err.strip() == message
+    assert sorted(n for n in os.listdir(out) if not n.startswith('events.')) == [
+        'checkpoint-0.pth', 'checkpoint-best.pth', 'log.txt']
+    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+
+
+def test_log_txt_is_strict_json(tmp_path):
+    """Non-finite numbers (an fp16 run's skipped-step grad norm is inf) are written as null, and
+    trimming drops a line cut short by a kill and the epochs about to be trained again."""
+    checkpoint.append_log(str(tmp_path), {'epoch': 0, 'train_loss': 1.5, 'train_grad_norm': float('inf'),
+                                          'test_acc1': float('nan')})
+    checkpoint.append_log(str(tmp_path), {'epoch': 1, 'train_loss': 1.25})
+    with open(tmp_path / 'log.txt', 'a') as f:
+        f.write('{"epoch": 2, "train_lo')
+    text = (tmp_path / 'log.txt').read_text()
+    assert text.splitlines()[0] == '{"epoch": 0, "train_loss": 1.5, "train_grad_norm": null, "test_acc1": null}'
+    assert checkpoint.trim_log(str(tmp_path), 1) == 2
+    assert (tmp_path / 'log.txt').read_text() == text.splitlines()[0] + '\n'
+    assert os.listdir(tmp_path) == ['log.txt']
