@@ -11,13 +11,12 @@ import sys
 import textwrap
 
 import pytest
-import timm
 
 import run_with_submitit as rws
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.path.join(ROOT, 'models')
-SMALL = dict(depths=[1, 1, 1, 1], base_dim=16, num_classes=3)
+HORNET_TINY_GF_PARAMS = 22_991_848  # the released layout's parameter count (1000 classes)
 
 
 def _env(**extra):
@@ -35,17 +34,14 @@ def _python(code, cwd, **env):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _small_param_count():
-    return sum(p.numel() for p in timm.create_model('hornet_tiny_gf', **SMALL).parameters())
-
-
-USE_LIBRARY = f"""
+USE_LIBRARY = """
     import json, sys
     import torch, timm
     import hornet
     from hornet import GnConv
-    model = timm.create_model('hornet_tiny_gf', **{SMALL!r})
-    y = model(torch.zeros(2, 3, 64, 64))
+    model = timm.create_model('hornet_tiny_gf').eval()
+    with torch.no_grad():
+        y = model(torch.zeros(2, 3, 64, 64))
     g = GnConv(64, order=3, mixer='gf', filter_size=(8, 5))(torch.zeros(1, 64, 8, 8))
     print(json.dumps(dict(
         file=hornet.__file__, name=hornet.__name__, params=sum(p.numel() for p in model.parameters()),
@@ -73,8 +69,8 @@ def test_installed_hornet_imports_from_anywhere(tmp_path):
     assert out['file'] == os.path.join(MODELS_DIR, '__init__.py'), \
         'hornet is not installed from this checkout: run `pip install -e .` in the repository root'
     assert out['name'] == 'hornet'
-    assert out['params'] == _small_param_count()
-    assert out['logits'] == [2, 3] and out['gnconv'] == [1, 64, 8, 8]
+    assert out['params'] == HORNET_TINY_GF_PARAMS
+    assert out['logits'] == [2, 1000] and out['gnconv'] == [1, 64, 8, 8]
     assert out['variants'] == 10
     assert out['loaded'] == ['hornet', 'hornet._alias', 'hornet.hornet']
 
@@ -180,7 +176,7 @@ def test_non_editable_install_holds_only_the_model_library(tmp_path):
     }
     out = _python(USE_LIBRARY, cwd=str(tmp_path), PYTHONPATH=str(target))
     assert out['file'] == str(target / 'hornet' / '__init__.py')
-    assert out['params'] == _small_param_count() and out['logits'] == [2, 3] and out['variants'] == 10
+    assert out['params'] == HORNET_TINY_GF_PARAMS and out['logits'] == [2, 1000] and out['variants'] == 10
     assert out['loaded'] == ['hornet', 'hornet._alias', 'hornet.hornet']
 
 
