@@ -84,8 +84,6 @@ class Trainer:
         self.args = args
 
     def __call__(self) -> dict[str, Any]:
-        if _REPO not in sys.path:  # the task may start elsewhere (and pickles this class by value)
-            sys.path.insert(0, _REPO)
         import main as trainer
         job_env = submitit.JobEnvironment()
         self._resolve_paths(job_env.job_id)
@@ -183,7 +181,17 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     if args.log_dir:
         args.log_dir = os.path.abspath(args.log_dir)
     executor = build_executor(args)
-    return executor.submit(Trainer(args))
+    # The tasks unpickle Trainer and import main/utils by name, from wherever the job starts: the
+    # job inherits the submitting environment, so put the repository on its PYTHONPATH for the submission.
+    saved = os.environ.get('PYTHONPATH')
+    os.environ['PYTHONPATH'] = os.pathsep.join([_REPO] + ([saved] if saved else []))
+    try:
+        return executor.submit(Trainer(args))
+    finally:
+        if saved is None:
+            del os.environ['PYTHONPATH']
+        else:
+            os.environ['PYTHONPATH'] = saved
 
 
 def main(argv: Sequence[str] | None = None) -> int:

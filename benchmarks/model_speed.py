@@ -13,17 +13,14 @@ Usage:
 """
 import argparse
 import copy
-import os
-import sys
 import time
 
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import LayerNorm2d
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import models  # noqa: E402,F401
-from timm.layers import LayerNorm2d  # noqa: E402
+import hornet  # noqa: F401  (registers hornet_* with timm; `pip install -e .` from the repository root)
 
 
 class LiteralLayerNorm2d(nn.Module):

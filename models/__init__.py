@@ -2,6 +2,7 @@
 
 ``models.mm_hornet`` (OpenMMLab backbone, layer-decay constructor) is imported on demand only.
 """
+from ._alias import alias_other_name
 from .hornet import (
     CheckpointMismatchError, GlobalLocalFilter, GnConv, HORNET_ARCHS, HorBlock, HorNet,
     check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight, run_stage, set_dft_filter,
@@ -13,3 +14,5 @@ __all__ = [
     'check_state_dict', 'checkpoint_filter_fn', 'layer_id', 'resize_complex_weight', 'run_stage',
     'set_dft_filter', 'unwrap_checkpoint',
 ]
+
+alias_other_name(__name__)  # `hornet` (pip install -e .) and `models` (repo root) are this one module

@@ -10,21 +10,18 @@ LayerNorm terms); RoIAlign and NMS are not counted. Everything runs on
 the ``meta`` device, so nothing is allocated and HorNet-L takes seconds.
 """
 import argparse
-import os.path as osp
-import sys
 from typing import Dict, List, Optional, Sequence
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # configs import ``models.mm_hornet`` and ``object_detection.horfpn``
+import torch
+import torch.nn as nn
+from mmengine.config import Config, DictAction
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model import revert_sync_batchnorm  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
+if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
+    import _repo_root  # noqa: F401
 
-from calc_flops import count_flops as count_model_flops  # noqa: E402
+from calc_flops import count_flops as count_model_flops
 
 NUM_ROIS, NUM_MASK_ROIS = 1000, 100
 

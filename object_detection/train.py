@@ -6,18 +6,15 @@
 Multi-GPU: ``bash object_detection/dist_train.sh CONFIG 8`` (torchrun, ``--launcher pytorch``).
 """
 import argparse
-import os.path as osp
-import sys
 from typing import List, Optional
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # configs import ``models.mm_hornet`` and ``object_detection.horfpn``
+from mmengine.config import Config
+from mmengine.runner import Runner
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
+    import _repo_root  # noqa: F401
 
-from tools.mm_runner import (  # noqa: E402
+from tools.mm_runner import (
     add_runner_args, allow_mmengine_checkpoints, apply_resume, enable_amp, load_runner_config, parse_runner_args,
 )
 

@@ -10,20 +10,17 @@ head (training only) is left out of the FLOPs but kept in the parameter count. T
 device, so nothing is allocated and even HorNet-L takes seconds.
 """
 import argparse
-import os.path as osp
-import sys
 from typing import Dict, List, Optional, Sequence
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
 
-import torch  # noqa: E402
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model import revert_sync_batchnorm  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
+if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
+    import _repo_root  # noqa: F401
 
-from calc_flops import count_flops as count_model_flops  # noqa: E402
+from calc_flops import count_flops as count_model_flops
 
 def build_segmentor(cfg: Config) -> torch.nn.Module:
     """Build the config's segmentor without pre-trained weights and without the auxiliary head."""

@@ -12,19 +12,16 @@ The 0.x flags ``--eval mIoU`` and ``--options`` are accepted. The last line prin
 """
 import argparse
 import json
-import os.path as osp
-import sys
 from typing import Dict, List, Optional
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
+from mmengine.config import Config
+from mmengine.dist import get_rank
+from mmengine.runner import Runner
 
-from mmengine.config import Config  # noqa: E402
-from mmengine.dist import get_rank  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
+    import _repo_root  # noqa: F401
 
-from tools.mm_runner import (  # noqa: E402
+from tools.mm_runner import (
     add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
 )
 

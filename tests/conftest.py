@@ -1,14 +1,7 @@
-import os
-import sys
-
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import models  # noqa: E402,F401  (registers the hornet_* variants with timm)
+import models  # noqa: F401  (registers hornet_* with timm; the root is on sys.path: pyproject.toml `pythonpath`)
 
 
 @pytest.fixture(autouse=True)

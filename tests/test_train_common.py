@@ -14,6 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
+import main as train_main
+from utils import TrainingError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The evaluation and training commands of the original release's README, character for character
 # (including its two shell slips: a backslash right after "--clip_grad 5", which glues the next
@@ -31,10 +35,6 @@ SEED_README_COMMANDS = (
     '--data_path /path/to/imagenet-1k \\\n'
     '--output_dir ./logs/hornet_tiny_7x7\n'
 )
-
-import datasets  # noqa: E402
-import main as train_main  # noqa: E402
-from utils import TrainingError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

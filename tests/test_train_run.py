@@ -12,7 +12,7 @@ import torch
 
 import main as train_main
 from test_train_common import one_thread  # noqa: F401  (autouse fixture)
-from test_train_common import ROOT, make_image_folder, tiny_argv  # noqa: E402
+from test_train_common import ROOT, make_image_folder, tiny_argv
 
 
 @pytest.fixture(scope='module')
