@@ -31,6 +31,7 @@ import submitit
 
 import checkpoint as ckpt_files
 import main as trainer_main
+import utils
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
 
