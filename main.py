@@ -386,6 +386,8 @@ def validate_args(args: argparse.Namespace) -> None:
                     warmup_epochs=0)
     for name, low in at_least.items():
         value = getattr(args, name, low)
+        if value is None and name == 'nb_classes':
+            continue  # taken from the data set (or 1000)
         if value is None or value < low:
             raise TrainingError(f'--{name} must be >= {low}, got {value}')
     in_range = dict(drop_path=(0.0, 1.0), smoothing=(0.0, 1.0), reprob=(0.0, 1.0), mixup_prob=(0.0, 1.0),
