@@ -31,6 +31,7 @@ from timm.data.constants import (
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
+from augment import patch_timm_posterize
 from utils import TrainingError
 
 logger = logging.getLogger('hornet')
@@ -177,6 +178,8 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
     small = args.input_size <= 32
     if is_train:
         aa = None if str(args.aa).lower() in ('', 'none') else args.aa
+        if aa:
+            patch_timm_posterize()  # Pillow 13 rejects the 0-bit posterize of the inc1 policies
         t = create_transform(
             input_size=args.input_size, is_training=True, color_jitter=args.color_jitter or None,
             auto_augment=aa, interpolation=args.train_interpolation, re_prob=args.reprob,
