@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from test_train_common import make_image_folder, one_thread  # noqa: F401  (autouse fixture)
 from timm.data import auto_augment
 
 import augment
 import datasets
 import main as train_main
-from test_train_common import make_image_folder, one_thread  # noqa: F401  (autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the per-model --aa column of TRAINING.md (and the original recipes)
