@@ -156,3 +156,119 @@ def test_demo_export_removes_only_dead_temps(tmp_path):
     left = set(os.listdir(tmp_path))
     assert names['dead'] not in left
     assert {names['live'], names['other_host'], names['other_root'], 'demo', 'digits.csv.gz'} == left
+
+
+# ----------------------------------------------------------------------------- predict / export / calc_flops (item 8)
+
+MARKER_NAME = 'PAYLOAD_RAN'
+
+
+class _Payload:
+    """Unpickling this runs ``open(marker, 'w')``: a stand-in for arbitrary code in a crafted .pth."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def bad_checkpoints(folder) -> dict:
+    """name -> path of unusable checkpoint files (the malicious one creates ``folder/PAYLOAD_RAN``)."""
+    import torch
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    paths = {k: os.path.join(folder, f'{k}.pth') for k in ('malicious', 'empty', 'text', 'truncated')}
+    torch.save({'model': {'head.weight': torch.zeros(2, 2)}, 'x': _Payload(os.path.join(folder, MARKER_NAME))},
+               paths['malicious'])
+    open(paths['empty'], 'wb').close()
+    with open(paths['text'], 'w') as f:
+        f.write('https://example.com/hornet_tiny_gf.pth\n')
+    good = os.path.join(folder, 'good.pth')
+    torch.save({'model': {'head.weight': torch.zeros(1000, 64)}}, good)
+    with open(good, 'rb') as f:
+        data = f.read()
+    with open(paths['truncated'], 'wb') as f:
+        f.write(data[:len(data) // 2])
+    paths['good'] = good  # for rows whose argument check fails first
+    paths['missing'] = os.path.join(folder, 'missing.pth')
+    return paths
+
+
+def _call(entry, argv):
+    """Run a script's ``main(argv)`` in-process: its exit status (returned or raised)."""
+    try:
+        rc = entry(argv)
+    except SystemExit as e:
+        rc = e.code
+    return 0 if rc is None else rc
+
+
+SMALL = ['--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']
+SIZE_MSG = 'argument --input_size: must be at least 32 (HorNet downsamples by 32), got '
+CKPT_MSG = {
+    'malicious': 'it holds Python objects, not only weights (it asks for io.open); it was not unpickled',
+    'empty': 'the file is empty (0 bytes)',
+    'text': 'not a PyTorch checkpoint',
+    'truncated': 'the file is truncated or damaged',
+    'missing': 'no such file',
+}
+# (script, arguments; {img}/{out}/{ckpt:NAME} are filled in, expected exit code, message)
+BAD_INPUTS = [
+    ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --input_size 0 {img}', 2, SIZE_MSG + '0'),
+    ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --input_size -224 {img}', 2, SIZE_MSG + '-224'),
+    ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --input_size 16 {img}', 2, SIZE_MSG + '16'),
+    ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --batch_size 0 {img}', 2,
+     'argument --batch_size: must be a positive integer, got 0'),
+    ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --topk 0 {img}', 2,
+     'argument --topk: must be at least 1, got 0'),
+    *[('predict', f'--model hornet_tiny_gf --checkpoint {{ckpt:{k}}} {{img}}', 2,
+       f'error: cannot load checkpoint {{ckpt:{k}}}: {msg}') for k, msg in CKPT_MSG.items()],
+    ('export', '--model hornet_tiny_gf --format onnx --output {out}/m.onnx --input_size 0', 2, SIZE_MSG + '0'),
+    ('export', '--model hornet_tiny_gf --format onnx --output {out}/m.onnx --input_size -1', 2, SIZE_MSG + '-1'),
+    ('export', '--model hornet_tiny_7x7 --format torch_export --output {out}/m.pt2 --input_size 31', 2,
+     SIZE_MSG + '31'),
+    ('calc_flops', '--model hornet_tiny_gf --input_size 0', 2, SIZE_MSG + '0'),
+    ('calc_flops', '--model hornet_tiny_7x7 --input_size -224', 2, SIZE_MSG + '-224'),
+]
+
+
+@pytest.mark.parametrize('script,args,code,message', BAD_INPUTS,
+                         ids=[f'{r[0]}:{r[1].split("--", 2)[-1][:40]}' for r in BAD_INPUTS])
+def test_bad_inputs(tmp_path, capsys, script, args, code, message):
+    import calc_flops
+    import export
+    import predict
+    entry = {'predict': predict.main, 'export': export.main, 'calc_flops': calc_flops.main}[script]
+    ckpts = bad_checkpoints(tmp_path / 'ckpt')
+    out = tmp_path / 'out'
+    os.makedirs(out)
+    img = str(tmp_path / 'img.png')
+    Image.fromarray(np.full((40, 50, 3), 99, np.uint8)).save(img)
+
+    def fill(text):
+        text = text.replace('{img}', img).replace('{out}', str(out))
+        for k, p in ckpts.items():
+            text = text.replace(f'{{ckpt:{k}}}', p)
+        return text
+    argv = fill(args).split()
+    if script == 'predict':
+        argv += SMALL
+    before = snapshot(str(tmp_path))
+    rc = _call(entry, argv)
+    captured = capsys.readouterr()
+    assert rc == code
+    assert fill(message) in captured.err
+    # one message line (argparse's usage block above it aside), no traceback
+    lines = [line for line in captured.err.splitlines() if line.strip() and not line.startswith(('usage:', ' '))]
+    assert len(lines) == 1 and fill(message) in lines[0], captured.err
+    assert snapshot(str(tmp_path)) == before  # nothing written, no payload ran
+    assert not os.path.exists(tmp_path / 'ckpt' / MARKER_NAME)
+
+
+def test_calc_flops_analyse_rejects_small_sizes():
+    import calc_flops
+    with pytest.raises(ValueError, match='input_size must be at least 32'):
+        calc_flops.analyse('hornet_tiny_7x7', 0)
+    assert calc_flops.analyse('hornet_tiny_7x7', 32)['input_size'] == 32
+    assert calc_flops.analyse('hornet_tiny_7x7')['input_size'] == 224
