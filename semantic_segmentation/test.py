@@ -22,10 +22,9 @@ if ROOT not in sys.path:
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.dist import get_rank  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 from tools.mm_runner import (  # noqa: E402
-    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+    add_runner_args, build_runner, exit_on_checkpoint_error, load_runner_config, parse_runner_args,
 )
 
 IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
@@ -69,11 +68,11 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+@exit_on_checkpoint_error
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = build_config(args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args, strict_load=True)  # a checkpoint that does not fit is an error
     metrics = runner.test()
     if get_rank() == 0:
         print('metrics: ' + json.dumps({k: float(v) for k, v in metrics.items()}), flush=True)

@@ -18,10 +18,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # configs import ``semantic_segmentation.mmseg_custom`` and ``models``
 
 from mmengine.config import Config  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
 
 from tools.mm_runner import (  # noqa: E402
-    add_runner_args, allow_mmengine_checkpoints, apply_resume, enable_amp, load_runner_config, parse_runner_args,
+    add_runner_args, apply_resume, build_runner, enable_amp, exit_on_checkpoint_error, load_runner_config,
+    parse_runner_args,
 )
 
 
@@ -63,11 +63,11 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+@exit_on_checkpoint_error
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = build_config(args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args)
     runner.train()
 
 

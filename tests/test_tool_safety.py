@@ -272,3 +272,122 @@ def test_calc_flops_analyse_rejects_small_sizes():
         calc_flops.analyse('hornet_tiny_7x7', 0)
     assert calc_flops.analyse('hornet_tiny_7x7', 32)['input_size'] == 32
     assert calc_flops.analyse('hornet_tiny_7x7')['input_size'] == 224
+
+
+# ----------------------------------------------------------------------------- OpenMMLab checkpoint policy (item 3)
+
+class _ToyData:
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        import torch
+        g = torch.Generator().manual_seed(i)
+        return dict(x=torch.randn(4, generator=g), y=torch.randn(2, generator=g))
+
+
+def _toy_runner(work_dir, max_iters, **kw):
+    """tools.mm_runner.Runner on a linear model (mmengine only): saves at ``max_iters``."""
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+
+    from tools.mm_runner import Runner
+
+    class Toy(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x, y, mode='loss'):
+            out = self.lin(x)
+            return {'loss': ((out - y) ** 2).mean()} if mode == 'loss' else out
+
+    return Runner(
+        model=Toy(), work_dir=str(work_dir), train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        train_dataloader=dict(dataset=_ToyData(), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=4, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        param_scheduler=dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0, end=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=max_iters, by_epoch=False)),
+        randomness=dict(seed=0), default_scope='mmengine', **kw)
+
+
+def test_mmengine_checkpoint_safe_globals(tmp_path):
+    """An mmengine 0.10 training checkpoint needs exactly MMENGINE_SAFE_GLOBALS beyond torch's own
+    allow-list, and loads weights-only to the same content as a full unpickle."""
+    import torch
+
+    from tools import mm_runner
+    runner = _toy_runner(tmp_path / 'a', 4)
+    runner.train()
+    path = str(tmp_path / 'a' / 'iter_4.pth')
+    needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    assert needed == {'numpy.ndarray', 'numpy._core.multiarray.scalar', 'numpy.dtype', 'builtins.getattr',
+                      'mmengine.logging.history_buffer.HistoryBuffer', 'numpy._core.multiarray._reconstruct'}
+    names = {n if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}'
+             for g in mm_runner.MMENGINE_SAFE_GLOBALS for n in ([g[1]] if isinstance(g, tuple) else [None])}
+    assert needed <= names
+    safe = mm_runner.load_checkpoint_file(path)
+    full = torch.load(path, map_location='cpu', weights_only=False)
+    assert set(safe) == set(full) == {'meta', 'state_dict', 'message_hub', 'optimizer', 'param_schedulers'}
+    for k, v in full['state_dict'].items():
+        assert torch.equal(safe['state_dict'][k], v)
+    for key, buf in full['message_hub']['log_scalars'].items():
+        mine = safe['message_hub']['log_scalars'][key]
+        np.testing.assert_array_equal(mine.data[0], buf.data[0])
+        assert mine.mean() == buf.mean() and mine.current() == buf.current()
+    assert safe['message_hub']['runtime_info']['iter'] == 3
+
+    # resume through the policy: same iteration, optimizer momentum and weights as the saved run
+    resumed = _toy_runner(tmp_path / 'b', 6, resume=True, load_from=path)
+    resumed.train()
+    fresh = _toy_runner(tmp_path / 'c', 6)  # its LinearLR ramps over 6 iterations, not 4
+    fresh.train()
+    saved = full['message_hub']['log_scalars']['train/loss'].data[0]
+    after = resumed.message_hub.get_scalar('train/loss').data[0]
+    assert resumed.iter == fresh.iter == 6 and len(saved) == 4 and len(after) == 6
+    np.testing.assert_array_equal(after[:4], saved)  # the first 4 iterations are the saved run's
+    assert not np.array_equal(fresh.message_hub.get_scalar('train/loss').data[0][:4], saved)
+
+
+class _Getattr:
+    """Unpickles as ``getattr(HistoryBuffer, name)``: the one getattr mmengine needs, with other names."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+        return (getattr, (HistoryBuffer, self.name))
+
+
+@pytest.mark.parametrize('name,ok', [('mean', True), ('__init__', False), ('_statistics_methods', False),
+                                     ('register_statistics', False)])
+def test_mmengine_getattr_restricted(tmp_path, name, ok):
+    import torch
+    from mmengine.logging import HistoryBuffer
+
+    from tools.mm_runner import CheckpointLoadError, load_checkpoint_file
+    path = str(tmp_path / 'x.pth')
+    torch.save({'state_dict': {}, 'f': _Getattr(name)}, path)
+    if ok:
+        assert load_checkpoint_file(path)['f'] is HistoryBuffer.mean
+    else:
+        with pytest.raises(CheckpointLoadError, match='it holds Python objects, not only weights'):
+            load_checkpoint_file(path)
+
+
+def test_mm_loader_bad_files(tmp_path):
+    """Every unusable file gives one line; the malicious one never runs (also not via the
+    classification loader), and --unsafe-load is what it takes to unpickle it."""
+    from tools.mm_runner import CheckpointLoadError, load_checkpoint_file, load_classification_checkpoint
+    ckpts = bad_checkpoints(tmp_path)
+    for name, msg in CKPT_MSG.items():
+        for load in (load_checkpoint_file, load_classification_checkpoint):
+            with pytest.raises(CheckpointLoadError) as e:
+                load(ckpts[name])
+            assert str(e.value).startswith(f'cannot load checkpoint {ckpts[name]}: ') and '\n' not in str(e.value)
+            assert msg in str(e.value)
+    assert not os.path.exists(tmp_path / MARKER_NAME)
+    load_checkpoint_file(ckpts['malicious'], unsafe=True)  # the explicit opt-in does unpickle
+    assert os.path.exists(tmp_path / MARKER_NAME)
