@@ -149,6 +149,20 @@ def load_classification_checkpoint(filename: str) -> Any:
     return load_checkpoint_file(filename, 'cpu', CLASSIFICATION_SAFE_GLOBALS)
 
 
+def _mismatch_summary(e: RuntimeError, keep: int = 8) -> str:
+    """mmengine's strict-load error on one line, each key list cut to ``keep`` names."""
+    parts = []
+    for line in str(e).splitlines():
+        head, sep, keys = line.strip().partition(': ')
+        if not line.strip():
+            continue
+        names = [k.strip() for k in keys.split(',')] if sep and head.startswith(('missing', 'unexpected')) else []
+        if len(names) > keep:
+            line = f'{head}: {", ".join(names[:keep])}, ... ({len(names)} in all)'
+        parts.append(line.strip())
+    return '; '.join(parts)
+
+
 class Runner(_MMRunner):
     """mmengine's Runner with our checkpoint policy in :meth:`load_checkpoint`, which ``resume``,
     ``load_from`` and testing all go through.
@@ -172,8 +186,8 @@ class Runner(_MMRunner):
         except RuntimeError as e:
             if not strict:
                 raise
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            raise CheckpointLoadError(f'checkpoint {filename} does not fit the model: ' + '; '.join(lines)) from None
+            raise CheckpointLoadError(f'checkpoint {filename} does not fit the model: {_mismatch_summary(e)}; '
+                                      'is it a checkpoint of this config?') from None
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
