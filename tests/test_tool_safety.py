@@ -391,3 +391,115 @@ def test_mm_loader_bad_files(tmp_path):
     assert not os.path.exists(tmp_path / MARKER_NAME)
     load_checkpoint_file(ckpts['malicious'], unsafe=True)  # the explicit opt-in does unpickle
     assert os.path.exists(tmp_path / MARKER_NAME)
+
+
+def _run_mm(script, *args, cwd=ROOT):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=400)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def det_setup(tmp_path_factory):
+    """Tiny COCO data, a tiny Mask R-CNN config whose backbone starts from a classification
+    checkpoint, and a normal 2-iteration checkpoint written by object_detection/train.py."""
+    import timm
+    import torch
+    from test_det_train import make_coco, write_test_config
+    root = tmp_path_factory.mktemp('det')
+    ann = make_coco(str(root / 'coco'))
+    cls_ckpt = str(root / 'cls.pth')
+    torch.save({'model': timm.create_model('hornet_tiny_7x7', depths=(1, 1, 1, 1), base_dim=16).state_dict()},
+               cls_ckpt)
+    cfg = write_test_config(str(root / 'tiny_det.py'), 'mask_rcnn_hornet_small_7x7_horfpn_gf_1x_coco.py',
+                            str(root / 'coco'), ann, cls_ckpt)
+    rc, log = _run_mm('object_detection/train.py', cfg, '--work-dir', str(root / 'work'))
+    assert rc == 0, log[-4000:]
+    return dict(root=root, cfg=cfg, ckpt=str(root / 'work' / 'iter_2.pth'), script='object_detection',
+                backbone_flag=['--cfg-options', 'model.backbone.init_cfg.checkpoint={}'],
+                more_iters=['--cfg-options', 'train_cfg.max_iters=3'])
+
+
+@pytest.fixture(scope='module')
+def seg_setup(tmp_path_factory):
+    """Tiny ADE20K data and UperNet config, and a normal 2-iteration checkpoint written by
+    semantic_segmentation/train.py."""
+    from test_seg_train import make_tiny_ade20k, tiny_config
+    root = tmp_path_factory.mktemp('seg')
+    make_tiny_ade20k(str(root / 'ade'))
+    cfg = tiny_config(str(root / 'tiny_seg.py'), 'upernet_hornet_tiny_gf_512_160k_ade20k.py', str(root / 'ade'))
+    rc, log = _run_mm('semantic_segmentation/train.py', cfg, '--work-dir', str(root / 'work'), '--no-validate',
+                      '--cfg-options', 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=2')
+    assert rc == 0, log[-4000:]
+    return dict(root=root, cfg=cfg, ckpt=str(root / 'work' / 'iter_2.pth'), script='semantic_segmentation',
+                backbone_flag=['--cfg-options', 'model.pretrained={}'],  # the 0.x spelling of init_cfg
+                more_iters=['--no-validate', '--cfg-options', 'train_cfg.max_iters=3',
+                            'default_hooks.checkpoint.interval=3'])
+
+
+@pytest.fixture(params=['det', 'seg'])
+def mm_setup(request):
+    return request.getfixturevalue(f'{request.param}_setup')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('entry', ['backbone', 'resume', 'load_from', 'test'])
+def test_mm_entry_points_never_unpickle(mm_setup, tmp_path, entry):
+    """A crafted .pth passed to each OpenMMLab entry point: exit 2, one message, the payload never runs."""
+    s = mm_setup
+    evil = bad_checkpoints(tmp_path)['malicious']
+    work = str(tmp_path / 'work')
+    train, test = f'{s["script"]}/train.py', f'{s["script"]}/test.py'
+    args = {
+        'backbone': (train, [s['cfg'], '--work-dir', work] + [a.format(evil) for a in s['backbone_flag']]),
+        'resume': (train, [s['cfg'], '--work-dir', work, '--resume', evil]),
+        'load_from': (train, [s['cfg'], '--work-dir', work, '--load-from', evil]),
+        'test': (test, [s['cfg'], evil, '--work-dir', work]),
+    }[entry]
+    rc, log = _run_mm(args[0], *args[1])
+    assert rc == 2, log[-4000:]
+    assert f'error: cannot load checkpoint {evil}: it holds Python objects, not only weights (it asks for ' \
+        f'io.open); it was not unpickled (pass --unsafe-load only if you trust the file)' in log
+    assert 'Traceback' not in log
+    assert not os.path.exists(tmp_path / MARKER_NAME)
+
+
+@pytest.mark.slow
+def test_mm_normal_checkpoint_resumes_and_tests_strictly(mm_setup, tmp_path):
+    """The checkpoint our train.py wrote: exactly the safe globals, resumes (iteration 2 -> 3), tests;
+    a checkpoint that does not fit the config is an error (exit 2, the mismatch named), not zero metrics."""
+    import torch
+
+    from tools.mm_runner import MMENGINE_SAFE_GLOBALS
+    s = mm_setup
+    needed = set(torch.serialization.get_unsafe_globals_in_checkpoint(s['ckpt']))
+    allowed = {g[1] if isinstance(g, tuple) else f'{g.__module__}.{g.__qualname__}' for g in MMENGINE_SAFE_GLOBALS}
+    assert needed <= allowed, needed - allowed
+    assert {'mmengine.logging.history_buffer.HistoryBuffer', 'builtins.getattr'} <= needed
+
+    work = str(tmp_path / 'work')
+    rc, log = _run_mm(f'{s["script"]}/train.py', s['cfg'], '--work-dir', work, '--resume', s['ckpt'], *s['more_iters'])
+    assert rc == 0, log[-4000:]
+    assert f'Load checkpoint from {s["ckpt"]}' in log and 'resumed epoch: 0, iter: 2' in log
+    resumed = torch.load(os.path.join(work, 'iter_3.pth'), map_location='cpu', weights_only=False)
+    assert resumed['meta']['iter'] == 3 and not os.path.exists(os.path.join(work, 'iter_2.pth'))
+
+    rc, log = _run_mm(f'{s["script"]}/test.py', s['cfg'], s['ckpt'], '--work-dir', work)
+    assert rc == 0, log[-4000:]
+
+    full = torch.load(s['ckpt'], map_location='cpu', weights_only=False)
+    sd = dict(full['state_dict'])
+    dropped = sorted(sd)[0]
+    del sd[dropped]
+    sd['backbone.norm0.weight'] = torch.ones(3)
+    bad = str(tmp_path / 'other.pth')
+    torch.save({'meta': {}, 'state_dict': sd}, bad)
+    rc, log = _run_mm(f'{s["script"]}/test.py', s['cfg'], bad, '--work-dir', work)
+    assert rc == 2, log[-4000:]
+    (line,) = [ln for ln in log.splitlines() if ln.startswith('error: ')]
+    assert line.startswith(f'error: checkpoint {bad} does not fit the model: ')
+    assert f'missing keys in source state_dict: {dropped}' in line
+    assert 'size mismatch for backbone.norm0.weight: copying a param with shape torch.Size([3])' in line
+    assert line.endswith('is it a checkpoint of this config?') and 'Traceback' not in log
