@@ -83,10 +83,10 @@ def _train_args(aa):
     return args
 
 
-@pytest.mark.parametrize('aa', sorted(DOCUMENTED))
+@pytest.mark.parametrize('aa', sorted(DOCUMENTED | set(documented_policies())))
 def test_policy_many_calls(aa):
-    """3000 train-transform calls per documented policy; the 0-bit posterize must occur and give black."""
-    assert aa in documented_policies()
+    """3000 train-transform calls per documented policy; the 0-bit posterize must occur (in the
+    three recipe policies) and give black."""
     transform = datasets.build_transform(True, _train_args(aa))
     ra = [t for t in transform.transforms if isinstance(t, auto_augment.RandAugment)]
     assert len(ra) == 1
@@ -100,7 +100,7 @@ def test_policy_many_calls(aa):
         return wrapped
 
     ops = [op for op in ra[0].ops if op.name.startswith('Posterize')]
-    assert [op.name for op in ops] == ['PosterizeIncreasing']
+    assert len(ops) == 1 and (aa not in DOCUMENTED or ops[0].name == 'PosterizeIncreasing')
     for op in ops:
         op.aug_fn = spy(op.aug_fn)
     random.seed(0)
@@ -110,8 +110,9 @@ def test_policy_many_calls(aa):
         x = transform(images[i % 50])
         assert x.shape == (3, 32, 32) and torch.isfinite(x).all()
     zero = [peak for bits, peak in calls if bits == 0]
-    assert len(zero) > 0, calls       # the case Pillow 13 rejects did occur ...
-    assert max(zero) == 0              # ... and gave black images
+    if aa in DOCUMENTED:
+        assert len(zero) > 0, calls    # the case Pillow 13 rejects did occur ...
+    assert max(zero, default=0) == 0   # ... and gave black images
     assert {bits for bits, _ in calls} <= {0, 1, 2, 3, 4}
 
 

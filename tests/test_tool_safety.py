@@ -503,3 +503,18 @@ def test_mm_normal_checkpoint_resumes_and_tests_strictly(mm_setup, tmp_path):
     assert f'missing keys in source state_dict: {dropped}' in line
     assert 'size mismatch for backbone.norm0.weight: copying a param with shape torch.Size([3])' in line
     assert line.endswith('is it a checkpoint of this config?') and 'Traceback' not in log
+
+
+@pytest.mark.parametrize('module', ['object_detection.train', 'object_detection.test',
+                                    'semantic_segmentation.train', 'semantic_segmentation.test'])
+def test_unsafe_load_flag(module, capsys):
+    """Every OpenMMLab script has the explicit opt-in, off by default, and its help names the risk."""
+    import importlib
+    mod = importlib.import_module(module)
+    argv = ['cfg.py'] + (['ckpt.pth'] if module.endswith('test') else [])
+    assert mod.parse_args(argv).unsafe_load is False
+    assert mod.parse_args(argv + ['--unsafe-load']).unsafe_load is True
+    with pytest.raises(SystemExit):
+        mod.parse_args(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert '--unsafe-load' in text and 'a crafted .pth file then runs arbitrary code on this machine' in text
