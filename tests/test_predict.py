@@ -1,5 +1,7 @@
 """predict.py: top-5 ImageNet classes of a generated image with a small checkpoint."""
 import re
+import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -70,3 +72,60 @@ def test_unreadable_images(setup, tmp_path, capsys):
     assert len(_parse(captured.out)) == 5  # the readable image is still classified
     assert predict.main(['--model', 'hornet_tiny_gf', '--checkpoint', ckpt, str(bad)] + SMALL_ARGS) == 1
     assert 'none of the given images' in capsys.readouterr().err
+
+
+class _Recorder:
+    """A stdout that logs what is printed into a shared event list."""
+
+    def __init__(self, events):
+        self.events = events
+
+    def write(self, text):
+        if text.endswith(':') or text.endswith(':\n'):
+            self.events.append(('printed', text.rstrip('\n')[:-1]))
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def test_predict_streams_images(setup, tmp_path, monkeypatch):
+    """7 images, --batch_size 3: each batch is decoded only after the previous one is printed, and at
+    most one decoded image is alive at a time; predictions equal those of a one-image run."""
+    model, ckpt, _ = setup
+    rng = np.random.RandomState(1)
+    paths = []
+    for i in range(7):
+        p = tmp_path / f'im{i}.png'
+        Image.fromarray((rng.rand(60 + 10 * i, 90, 3) * 255).astype(np.uint8)).save(p)
+        paths.append(str(p))
+    events, alive, peak = [], [0], [0]
+    real_read = predict.read_image
+
+    def read(path):
+        img = real_read(path)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(img, lambda: alive.__setitem__(0, alive[0] - 1))
+        events.append(('read', path))
+        return img
+
+    monkeypatch.setattr(predict, 'read_image', read)
+    monkeypatch.setattr(sys, 'stdout', _Recorder(events))
+    assert predict.main(['--model', 'hornet_tiny_gf', '--checkpoint', ckpt, '--batch_size', '3'] + SMALL_ARGS
+                        + paths) == 0
+    monkeypatch.undo()
+    order = [kind[0] + str(paths.index(p)) for kind, p in events]
+    assert order == ['r0', 'r1', 'r2', 'p0', 'p1', 'p2', 'r3', 'r4', 'r5', 'p3', 'p4', 'p5', 'r6', 'p6']
+    assert peak[0] == 1 and alive[0] == 0
+
+    # the batched, streamed numbers are those of each image on its own
+    cfg = resolve_data_config({}, model=model)
+    tf = create_transform(**cfg)
+    streamed = list(predict.predict(model, ((p, Image.open(p).convert('RGB')) for p in paths), cfg, 5, 3))
+    assert [k for k, _ in streamed] == paths
+    for p, top in streamed:
+        with torch.no_grad():
+            ref = model(tf(Image.open(p).convert('RGB'))[None]).softmax(-1)[0].topk(5)
+        assert [i for i, _ in top] == ref.indices.tolist()
+        assert [v for _, v in top] == pytest.approx(ref.values.tolist(), abs=1e-5)

@@ -1,11 +1,66 @@
 """Command-line plumbing shared by the OpenMMLab train/test scripts of ``object_detection/`` and
-``semantic_segmentation/``: the common flags, config loading with overrides, and checkpoint loading."""
+``semantic_segmentation/``: the common flags, config loading with overrides, and checkpoint loading.
+
+Checkpoint policy: no file is unpickled. The backbone's ImageNet checkpoint is read with
+``torch.load(weights_only=True)`` (:func:`load_classification_checkpoint`); mmengine checkpoints
+(``--resume``, ``--load-from``, the checkpoint of ``test.py``) with ``weights_only=True`` plus exactly
+the types mmengine stores in them (:data:`MMENGINE_SAFE_GLOBALS`), through :class:`Runner`. Only
+``--unsafe-load`` unpickles them fully.
+"""
 import argparse
+import inspect
+import io
 import os
 import os.path as osp
-from typing import List, Optional
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
+import torch
 from mmengine.config import Config, DictAction
+from mmengine.fileio import get as fileio_get
+from mmengine.logging import HistoryBuffer
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner as _MMRunner
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test checkpoint): a crafted .pth '
+                    'file then runs arbitrary code on this machine; use it only for files you trust. '
+                    'Without it they are loaded weights-only (tensors, plain containers and the mmengine '
+                    'training state)')
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint that cannot be read safely, or does not fit the model (one-line message)."""
+
+
+def _history_buffer_attr(obj: Any, name: str) -> Any:
+    """Stands in for ``getattr`` when unpickling: mmengine pickles the statistics methods of a
+    :class:`HistoryBuffer` as ``getattr(HistoryBuffer, 'mean')``; nothing else resolves."""
+    if obj is HistoryBuffer and not name.startswith('_') and inspect.isfunction(vars(HistoryBuffer).get(name)):
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'getattr({obj!r}, {name!r}) is not allowed in a checkpoint')
+
+
+_NUMPY_DTYPES = sorted({type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG'}, key=str)  # numeric only
+# What an mmengine 0.10 checkpoint holds besides tensors and plain containers, found by saving one with
+# the Runner and listing what torch's weights-only unpickler rejects: the message hub's HistoryBuffers
+# (numpy arrays, their statistics methods via getattr) and numpy scalars in the runtime info (e.g. eta).
+MMENGINE_SAFE_GLOBALS: list[Callable | tuple] = [
+    HistoryBuffer, np.ndarray, np.dtype, *_NUMPY_DTYPES,
+    np._core.multiarray._reconstruct, np._core.multiarray.scalar,
+    # the same functions as named by checkpoints written with numpy 1.x
+    (np._core.multiarray._reconstruct, 'numpy.core.multiarray._reconstruct'),
+    (np._core.multiarray.scalar, 'numpy.core.multiarray.scalar'),
+    (_history_buffer_attr, 'builtins.getattr'),
+]
+# Our classification checkpoints store the argparse namespace of main.py next to the weights.
+CLASSIFICATION_SAFE_GLOBALS: list[Callable | tuple] = [argparse.Namespace]
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -18,10 +73,11 @@ def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher (the dist_*.sh scripts use pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    parser.add_argument('--unsafe-load', '--unsafe_load', action='store_true', help=UNSAFE_LOAD_HELP)
     return parser
 
 
-def parse_runner_args(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_runner_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
@@ -42,14 +98,123 @@ def load_runner_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let torch unpickle mmengine 0.10 checkpoints (resume, test).
+def _failure_reason(path: str, e: BaseException) -> str:
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in text:
+        m = re.search(r'GLOBAL (\S+)', text) or re.search(r'(?:but got|function) <?(?:class )?\'?([\w.]+)', text)
+        what = f' (it asks for {m.group(1)})' if m else ''
+        return (f'it holds Python objects, not only weights{what}; it was not unpickled (pass --unsafe-load '
+                'only if you trust the file)')
+    if osp.isfile(path) and osp.getsize(path) == 0:
+        return 'the file is empty (0 bytes)'
+    if isinstance(e, (EOFError, zipfile.BadZipFile)) or 'zip archive' in text:
+        return 'the file is truncated or damaged'
+    if osp.isfile(path):
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not (head.startswith(b'PK') or head[:1] == b'\x80'):
+            return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
 
-    They hold training state (message hub, history buffers, numpy scalars) that torch >= 2.6's
-    default weights-only loader refuses. Only pass checkpoints you trust to these scripts, as with
-    mmengine itself.
+
+def load_checkpoint_file(filename: str, map_location: Any = 'cpu',
+                         safe_globals: Sequence[Callable | tuple] = MMENGINE_SAFE_GLOBALS,
+                         unsafe: bool = False) -> Any:
+    """``torch.load`` a local file or URL with ``weights_only=True`` and ``safe_globals`` allowed
+    (``weights_only=False`` only when ``unsafe``).
+
+    Raises:
+        CheckpointLoadError: missing, empty, text, truncated, or holding other Python objects.
     """
-    os.environ.setdefault('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    local = '://' not in filename
+    path = osp.expanduser(filename) if local else filename
+    if local and not osp.isfile(path):
+        raise CheckpointLoadError(f'cannot load checkpoint {filename}: no such file')
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # "Detected pickle protocol ...": the error says what matters
+            if local:
+                return torch.load(path, map_location=map_location, weights_only=not unsafe)
+            if filename.startswith(('http://', 'https://')):  # cached in torch's hub folder
+                return torch.hub.load_state_dict_from_url(filename, map_location=map_location,
+                                                          weights_only=not unsafe)
+            return torch.load(io.BytesIO(fileio_get(filename)), map_location=map_location, weights_only=not unsafe)
+    except Exception as e:  # noqa: BLE001  (any failure of a user-given file becomes one line)
+        raise CheckpointLoadError(f'cannot load checkpoint {filename}: {_failure_reason(path, e)}') from None
+
+
+def load_classification_checkpoint(filename: str) -> Any:
+    """The backbone's ImageNet checkpoint: weights only, always (``--unsafe-load`` does not apply)."""
+    return load_checkpoint_file(filename, 'cpu', CLASSIFICATION_SAFE_GLOBALS)
+
+
+def _mismatch_summary(e: RuntimeError, keep: int = 8) -> str:
+    """mmengine's strict-load error on one line, each key list cut to ``keep`` names."""
+    parts = []
+    for line in str(e).splitlines():
+        head, sep, keys = line.strip().partition(': ')
+        if not line.strip():
+            continue
+        names = [k.strip() for k in keys.split(',')] if sep and head.startswith(('missing', 'unexpected')) else []
+        if len(names) > keep:
+            line = f'{head}: {", ".join(names[:keep])}, ... ({len(names)} in all)'
+        parts.append(line.strip())
+    return '; '.join(parts)
+
+
+class Runner(_MMRunner):
+    """mmengine's Runner with our checkpoint policy in :meth:`load_checkpoint`, which ``resume``,
+    ``load_from`` and testing all go through.
+
+    Attributes:
+        unsafe_load: unpickle checkpoints fully (``--unsafe-load``).
+        strict_load: a checkpoint must fit the model exactly (``test.py``): missing, unexpected
+            or differently shaped weights raise :class:`CheckpointLoadError`.
+    """
+    unsafe_load: bool = False
+    strict_load: bool = False
+
+    def load_checkpoint(self, filename: str, map_location: Any = 'cpu', strict: bool = False,
+                        revise_keys: list = [(r'^module.', '')]):  # noqa: B006  (mmengine's signature)
+        checkpoint = load_checkpoint_file(filename, map_location, MMENGINE_SAFE_GLOBALS, self.unsafe_load)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        strict = strict or self.strict_load
+        try:
+            checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
+        except RuntimeError as e:
+            if not strict:
+                raise
+            raise CheckpointLoadError(f'checkpoint {filename} does not fit the model: {_mismatch_summary(e)}; '
+                                      'is it a checkpoint of this config?') from None
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint
+
+
+def build_runner(cfg: Config, args: argparse.Namespace, strict_load: bool = False) -> Runner:
+    """:class:`Runner` from ``cfg`` with ``--unsafe-load`` applied."""
+    runner = Runner.from_cfg(cfg)
+    runner.unsafe_load = bool(getattr(args, 'unsafe_load', False))
+    runner.strict_load = strict_load
+    if runner.unsafe_load:
+        runner.logger.warning('--unsafe-load: checkpoints are unpickled fully and can run code; '
+                              'use only files you trust')
+    return runner
+
+
+def exit_on_checkpoint_error(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for a script's ``main``: a :class:`CheckpointLoadError` prints ``error: ...`` and
+    exits with status 2 instead of a traceback."""
+    def wrapped(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except CheckpointLoadError as e:
+            print(f'error: {e}', file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    wrapped.__doc__, wrapped.__name__, wrapped.__wrapped__ = fn.__doc__, fn.__name__, fn
+    return wrapped
 
 
 def enable_amp(cfg: Config) -> None:
@@ -59,7 +224,7 @@ def enable_amp(cfg: Config) -> None:
         cfg.optim_wrapper.loss_scale = 'dynamic'
 
 
-def apply_resume(cfg: Config, resume: Optional[str], load_from: Optional[str]) -> None:
+def apply_resume(cfg: Config, resume: str | None, load_from: str | None) -> None:
     """``--resume`` (``'auto'``: the newest checkpoint in the work dir; else that checkpoint, with its
     optimizer and iteration) or, when not resuming, ``--load-from`` (weights only)."""
     if resume is not None:
