@@ -127,7 +127,7 @@ def _input_size_arg(value: str) -> int:
     return n
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description='HorNet parameters and FLOPs (paper convention)')
     parser.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_gf')
     parser.add_argument('--input_size', type=_input_size_arg, default=None,
