@@ -196,6 +196,9 @@ def test_horfpn_train(tiny_ade, tmp_path):
     check_training(work_dir)
     ckpt = torch.load(os.path.join(work_dir, f'iter_{ITERS}.pth'), map_location='cpu', weights_only=False)
     sd = ckpt['state_dict']
-    # the FPN output layers are gnConv with a GF mixer: 32 + 16 mixed channels, half of them global
-    assert sd['decode_head.fpn_convs.0.gnconv.dwconv.complex_weight'].shape == (24, 32, 17, 2)
-    assert sd['decode_head.fpn_convs.2.gnconv.proj_out.weight'].shape == (32, 32, 1, 1)
+    # the fusion layer is a gnConv with a GF mixer (4 x 32 -> 32; 16 + 32 mixed channels, half global),
+    # the FPN output convs stay 3x3 convs
+    assert sd['decode_head.fpn_bottleneck.gnconv.proj_in.weight'].shape == (64, 128, 1, 1)
+    assert sd['decode_head.fpn_bottleneck.gnconv.dwconv.complex_weight'].shape == (24, 32, 17, 2)
+    assert sd['decode_head.fpn_bottleneck.norm.weight'].shape == (32,)
+    assert sd['decode_head.fpn_convs.2.conv.weight'].shape == (32, 32, 3, 3)
