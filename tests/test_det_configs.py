@@ -135,7 +135,7 @@ def test_config_matches_reference(name):
     # data: 2 images per GPU, det-MS training, single-scale (1333, 800) test, bbox + segm every epoch
     assert cfg.train_dataloader.batch_size == 2
     pipeline = cfg.train_dataloader.dataset.pipeline
-    assert [(t.type, {k: _plain(v) for k, v in t.items() if k not in ('type', 'backend_args')})
+    assert [[t.type, {k: _plain(v) for k, v in t.items() if k not in ('type', 'backend_args')}]
             for t in pipeline] == _plain(DET_MS)
     dp = cfg.model.data_preprocessor
     assert (dp.mean, dp.std, dp.bgr_to_rgb, dp.pad_size_divisor) == \
@@ -249,7 +249,7 @@ def test_horfpn_neck_matches_reference(mixer):
     activation; the 1x1 laterals are FPN's; P6 is a max-pool of P5; Xavier-uniform on every conv."""
     from models.mm_hornet import GnConvModule
     cfg = _load(f'mask_rcnn_hornet_small_7x7_horfpn_{"7x7" if mixer == "dwconv" else "gf"}_1x_coco.py')
-    cfg.model.backbone.depths = (1, 1, 1, 1)
+    cfg.model.backbone.update(depths=(1, 1, 1, 1), init_cfg=None)
     model = _build(cfg)
     model.init_weights()
     neck = model.neck
