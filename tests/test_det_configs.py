@@ -1,4 +1,6 @@
 """object_detection/: every merged config has the reference recipe; HorFPN structure and forward."""
+import copy
+import functools
 import glob
 import inspect
 import os.path as osp
@@ -65,11 +67,16 @@ PARAMS_T = {'cascade_mask_rcnn_hornet_tiny_7x7_3x_coco.py': 79_883_634,
             'cascade_mask_rcnn_hornet_tiny_gf_3x_coco.py': 80_465_970}
 
 
-def _load(name: str) -> Config:
+@functools.cache
+def _parse(name: str) -> Config:
     cfg = Config.fromfile(osp.join(CONFIG_DIR, name))  # imports models.mm_hornet, object_detection.horfpn
     for split in ('train', 'val', 'test'):
         cfg[f'{split}_dataloader'].dataset.data_root = '/nonexistent/coco/'
     return cfg
+
+
+def _load(name: str) -> Config:
+    return copy.deepcopy(_parse(name))  # parsing takes ~1 s; tests may edit their copy
 
 
 def _build(cfg: Config):
@@ -313,6 +320,7 @@ def test_get_flops_counts_fft_on_small_model():
     assert r['params'] > r['params_backbone'] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, published_gflops', [
     ('cascade_mask_rcnn_hornet_tiny_7x7_3x_coco.py', 730),
     ('cascade_mask_rcnn_hornet_tiny_gf_3x_coco.py', 728),

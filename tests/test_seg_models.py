@@ -81,6 +81,7 @@ def test_config_builds_and_runs(name):
 
 
 # published params (M) and FLOPs (G, 512x2048) of the UperNet models with HorNet-T backbones
+@pytest.mark.slow
 @pytest.mark.parametrize('name,published_m,published_g', [
     ('upernet_hornet_tiny_7x7_512_160k_ade20k.py', 52, 926),
     ('upernet_hornet_tiny_gf_512_160k_ade20k.py', 55, 924),
