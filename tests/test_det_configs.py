@@ -38,9 +38,9 @@ DET_TABLE = {
     'cascade_mask_rcnn_hornet_base_gf_3x_coco.py':
         (C3X, 'base_gf', 128, 0.7, ((14, 8), (7, 4)), 'FPN', None, 2e-4, 0.8, 12, 'hornet_base_gf.pth'),
     'cascade_mask_rcnn_hornet_large_7x7_22k_3x_coco.py':
-        (C3X, 'large_7x7', 192, 0.7, None, 'FPN', None, 1e-4, 0.7, 12, 'hornet_large_7x7_22k.pth'),
+        (C3X, 'large_7x7', 192, 0.7, None, 'FPN', None, 1e-4, 0.7, 12, 'hornet_large_7x7_in22k.pth'),
     'cascade_mask_rcnn_hornet_large_gf_22k_3x_coco.py':
-        (C3X, 'large_gf', 192, 0.7, ((24, 13), (12, 7)), 'FPN', None, 1e-4, 0.7, 12, 'hornet_large_gf_22k.pth'),
+        (C3X, 'large_gf', 192, 0.7, ((24, 13), (12, 7)), 'FPN', None, 1e-4, 0.7, 12, 'hornet_large_gf_in22k.pth'),
     'mask_rcnn_hornet_small_7x7_fpn_1x_coco.py':
         (M1X, 'small_7x7', 96, 0.6, None, 'FPN', None, 1e-4, 0.95, 6, 'hornet_small_7x7.pth'),
     'mask_rcnn_hornet_small_7x7_horfpn_7x7_1x_coco.py':
