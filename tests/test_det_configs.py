@@ -113,7 +113,10 @@ def test_config_matches_reference(name):
         backbone = MODELS.build({k: v for k, v in bb.items() if k != 'init_cfg'})
     assert backbone.depths == (2, 3, 18, 2) and backbone.out_channels == [dim, 2 * dim, 4 * dim, 8 * dim]
     assert [type(m.gnconv.dwconv).__name__ for m in backbone.stages[1]] == ['Conv2d'] * 3
-    assert backbone.stages[0][0].gnconv.scale == pytest.approx(1 / 3)
+    # gate scale 1/3 everywhere; every stage without GF mixes with a depthwise 7x7 conv with bias
+    assert all(b.gnconv.scale == pytest.approx(1 / 3) for s in backbone.stages for b in s)
+    assert all(b.gnconv.dwconv.kernel_size == (7, 7) and b.gnconv.dwconv.bias is not None
+               for s in backbone.stages for b in s if not isinstance(b.gnconv.dwconv, models.GlobalLocalFilter))
     assert [len(s[0].gnconv.dims) for s in backbone.stages] == [2, 3, 4, 5]  # orders
     gf_sizes = [tuple(m.gnconv.dwconv.complex_weight.shape[1:3]) for s in backbone.stages[2:] for m in s[:1]
                 if isinstance(m.gnconv.dwconv, models.GlobalLocalFilter)]

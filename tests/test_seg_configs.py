@@ -87,6 +87,10 @@ def test_config_matches_reference(name):
         backbone = MODELS.build({k: v for k, v in bb.items() if k != 'init_cfg'})
     assert backbone.depths == (2, 3, 18, 2) and backbone.out_channels == dims and backbone.with_cp is with_cp
     assert [len(s[0].gnconv.dims) for s in backbone.stages] == [2, 3, 4, 5]
+    # gate scale 1/3 everywhere; every stage without GF mixes with a depthwise 7x7 conv with bias
+    assert all(b.gnconv.scale == pytest.approx(1 / 3) for s in backbone.stages for b in s)
+    assert all(b.gnconv.dwconv.kernel_size == (7, 7) and b.gnconv.dwconv.bias is not None
+               for s in backbone.stages for b in s if not isinstance(b.gnconv.dwconv, GlobalLocalFilter))
     assert backbone.stages[3][-1].drop_path.drop_prob == pytest.approx(dpr)
     gf_sizes = [tuple(s[0].gnconv.dwconv.complex_weight.shape[1:3]) for s in backbone.stages
                 if isinstance(s[0].gnconv.dwconv, GlobalLocalFilter)]
