@@ -169,6 +169,7 @@ def test_horfpn_head_matches_reference(mixer):
     assert out.shape == (1, 150, 24, 40) and torch.isfinite(out).all()
 
 
+@pytest.mark.slow
 def test_slide_inference_with_gf_filter_interpolation():
     cfg = load_config('upernet_hornet_tiny_gf_512_160k_ade20k.py')
     cfg.model.decode_head.update(in_channels=[16, 32, 64, 128], channels=32)
