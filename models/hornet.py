@@ -391,15 +391,11 @@ class HorNet(nn.Module):
         return set()
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
-        """Parameter groups for layer-wise lr decay, matching :func:`layer_id`."""
-        if coarse:
-            return dict(stem=r'^downsample_layers\.0\.', blocks=r'^(?:downsample_layers|stages)\.(\d+)')
-        blocks = [(r'^stages\.0\.', (1,)), (r'^(?:downsample_layers|stages)\.1\.', (2,)),
-                  (r'^downsample_layers\.2\.', (3,))]
-        blocks += [(rf'^stages\.2\.{j}\.', (min(3 + j // 2, 11),)) for j in range(self.depths[2])]
-        blocks += [(r'^(?:downsample_layers|stages)\.3\.', (12,))]
-        return dict(stem=r'^downsample_layers\.0\.', blocks=blocks)
+    def group_matcher(self, coarse: bool = False) -> Callable[[str], int]:
+        """Parameter name -> layer-decay id for timm (``group_with_matcher`` takes a callable):
+        :func:`layer_id`'s ``layer_wise`` rule with 12 layers, or ``stage_wise`` when ``coarse``."""
+        decay_type = 'stage_wise' if coarse else 'layer_wise'
+        return lambda name: layer_id(name, num_layers=12, decay_type=decay_type)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -490,19 +486,45 @@ class HorNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def layer_id(name: str, num_layers: int = 14) -> int:
-    """Layer-decay group (0 .. num_layers-1) of a HorNet parameter name; lr scale is
-    ``decay ** (num_layers - 1 - layer_id)``. Works for the classifier and the dense backbone."""
-    top = num_layers - 1
+def layer_id(name: str, num_layers: int = 12, decay_type: str = 'layer_wise') -> int:
+    """Layer-decay id of a HorNet trunk parameter: the one rule of the original release.
+
+    ``name`` is relative to the trunk (``downsample_layers.*``, ``stages.*``, ``norm.*``,
+    ``head.*``); a dense model strips its ``backbone.`` prefix first and gives every parameter
+    outside the backbone the top id ``num_layers + 1``. The lr scale is
+    ``decay_rate ** (num_layers + 1 - id)``, never clamped.
+
+    ``layer_wise``: ``downsample_layers.k`` -> 0, 2, 3, 12 for k = 0..3; ``stages.0`` -> 1,
+    ``stages.1`` -> 2, ``stages.2.b`` -> min(3 + b // 2, 11), ``stages.3`` -> 12; any other name
+    -> ``num_layers + 1``. The constants 11 and 12 are fixed (they do not follow ``num_layers``),
+    so with ``num_layers`` < 11 late stage-2 blocks, ``downsample_layers.3`` and ``stages.3``
+    get ids above the top one and lr scales above 1, exactly as the original runs did.
+
+    ``stage_wise``: every ``downsample_layers.k`` -> 0, ``stages.s`` -> s + 1, any other name
+    -> ``num_layers + 1``.
+
+    The classifier uses ``num_layers=12`` (ids 0..13; ``head`` and ``norm`` -> 13).
+    """
+    top = num_layers + 1
     parts = name.split('.')
-    if parts[0] == 'downsample_layers':
-        return {0: 0, 1: 2, 2: 3}.get(int(parts[1]), top - 1)
-    if parts[0] == 'stages':
-        stage = int(parts[1])
-        if stage == 2:
-            return min(3 + int(parts[2]) // 2, top - 2)
-        return {0: 1, 1: 2}.get(stage, top - 1)
-    return top
+    if decay_type == 'layer_wise':
+        if parts[0] in ('cls_token', 'mask_token', 'pos_embed'):
+            return 0
+        if parts[0] == 'downsample_layers':
+            return (0, 2, 3, 12)[int(parts[1])]
+        if parts[0] == 'stages':
+            stage = int(parts[1])
+            if stage == 2:
+                return min(3 + int(parts[2]) // 2, 11)
+            return (1, 2, None, 12)[stage]
+        return top
+    if decay_type == 'stage_wise':
+        if parts[0] == 'downsample_layers':
+            return 0
+        if parts[0] == 'stages':
+            return int(parts[1]) + 1
+        return top
+    raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
 
 
 def set_dft_filter(model: nn.Module, enable: bool = True) -> nn.Module:

@@ -9,9 +9,10 @@ mmdet's, mmseg's — resolves them too):
 * ``OPTIM_WRAPPER_CONSTRUCTORS``: ``'HorNetLayerDecayOptimizerConstructor'`` ->
   :class:`HorNetLayerDecayOptimizerConstructor`, layer-wise / stage-wise lr decay.
 
-It also holds :class:`GnConvModule`, the gnConv output layer that HorFPN uses in place of a 3x3
-``ConvModule`` (detection neck ``object_detection/horfpn.py`` and segmentation head
-``semantic_segmentation/mmseg_custom/horfpn_head.py``).
+It also holds :class:`GnConvModule`, the gnConv layer that HorFPN uses in place of a
+``ConvModule``: the four output convs of the detection neck (``object_detection/horfpn.py``) and
+the fusion layer ``fpn_bottleneck`` of the UperNet head
+(``semantic_segmentation/mmseg_custom/horfpn_head.py``).
 
 Usage in an mmdet / mmseg config::
 
@@ -23,35 +24,41 @@ Usage in an mmdet / mmseg config::
     optim_wrapper = dict(
         type='OptimWrapper', constructor='HorNetLayerDecayOptimizerConstructor',
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-        paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6))
+        paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=12))
 
 The repository root must be importable (``sys.path``) for ``custom_imports`` to find ``models``.
 """
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
-from timm.layers import LayerNorm2d
-
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from timm.layers import LayerNorm2d
 
 from .hornet import (
-    HORNET_ARCHS, GnConv, HorNet, check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight,
-    run_stage, unwrap_checkpoint,
+    HORNET_ARCHS,
+    GnConv,
+    HorNet,
+    check_state_dict,
+    checkpoint_filter_fn,
+    layer_id,
+    resize_complex_weight,
+    run_stage,
+    unwrap_checkpoint,
 )
 
 __all__ = ['HorNetBackbone', 'HorNetLayerDecayOptimizerConstructor', 'load_hornet_backbone_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
-GfSizes = Sequence[Optional[Sequence[int]]]
+GfSizes = Sequence[Sequence[int] | None]
 
 
 class _ClassifierView(nn.Module):
@@ -65,7 +72,7 @@ class _ClassifierView(nn.Module):
         self.norm = nn.LayerNorm(backbone.out_channels[-1], eps=1e-6)  # the classifier's final norm
 
 
-def _is_dense_checkpoint(state_dict: Dict[str, torch.Tensor]) -> bool:
+def _is_dense_checkpoint(state_dict: dict[str, torch.Tensor]) -> bool:
     """True for a detection/segmentation checkpoint (``backbone.norm0``.. keys, no classifier)."""
     if any(k.startswith(('backbone.norm0.', 'backbone.norm1.', 'backbone.norm2.')) for k in state_dict):
         return True
@@ -73,7 +80,7 @@ def _is_dense_checkpoint(state_dict: Dict[str, torch.Tensor]) -> bool:
         not any(k.startswith(('head.', 'backbone.norm3.')) for k in state_dict)
 
 
-def load_hornet_backbone_checkpoint(backbone: 'HorNetBackbone', checkpoint: Dict) -> Dict[str, List[str]]:
+def load_hornet_backbone_checkpoint(backbone: 'HorNetBackbone', checkpoint: dict) -> dict[str, list[str]]:
     """Load a HorNet checkpoint into a :class:`HorNetBackbone`.
 
     Accepts a released classification checkpoint (``model``/``module`` entry), an mmpretrain
@@ -148,19 +155,19 @@ class HorNetBackbone(BaseModule):
 
     def __init__(
             self,
-            arch: Optional[str] = None,
-            depths: Optional[Sequence[int]] = None,
-            base_dim: Optional[int] = None,
+            arch: str | None = None,
+            depths: Sequence[int] | None = None,
+            base_dim: int | None = None,
             orders: Sequence[int] = (2, 3, 4, 5),
-            gf_sizes: Optional[GfSizes] = None,
+            gf_sizes: GfSizes | None = None,
             scale: float = 1 / 3,
             drop_path_rate: float = 0.,
             layer_scale_init_value: float = 1e-6,
             out_indices: Sequence[int] = (0, 1, 2, 3),
             frozen_stages: int = -1,
             with_cp: bool = False,
-            pretrained: Optional[str] = None,
-            init_cfg: Optional[Union[dict, List[dict]]] = None,
+            pretrained: str | None = None,
+            init_cfg: dict | list[dict] | None = None,
     ):
         if arch is not None and arch not in HORNET_ARCHS:
             raise ValueError(f'unknown HorNet arch {arch!r}; valid: {sorted(HORNET_ARCHS)}')
@@ -229,7 +236,7 @@ class HorNetBackbone(BaseModule):
                   f"(fresh: {', '.join(info['missing']) or 'none'}; "
                   f"GF filters resized: {', '.join(info['resized']) or 'none'})", logger='current')
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []
         for i in range(len(self.stages)):
             x = run_stage(self.downsample_layers[i], self.stages[i], x, self.with_cp)
@@ -240,67 +247,56 @@ class HorNetBackbone(BaseModule):
         return tuple(outs)
 
 
-def _stage_id(name: str, num_layers: int) -> int:
-    """``stage_wise`` group: every downsample layer 0, ``stages.i`` i + 1, the rest top."""
-    parts = name.split('.')
-    if parts[0] == 'downsample_layers':
-        return 0
-    if parts[0] == 'stages':
-        return int(parts[1]) + 1
-    return num_layers - 1
-
-
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class HorNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
-    """Layer-wise learning-rate decay for a model with a HorNet ``backbone``.
+    """Layer-wise learning-rate decay for a model with a HorNet ``backbone``, as the original.
 
     ``paramwise_cfg``:
-        ``decay_rate`` (float), ``decay_type`` (``'layer_wise'`` or ``'stage_wise'``),
-        ``num_layers`` (int; the groups are ``num_layers + 2``, e.g. 12 -> 14).
+        ``decay_rate`` r (float), ``decay_type`` (``'layer_wise'`` or ``'stage_wise'``),
+        ``num_layers`` n (int).
 
-    With ``G = num_layers + 2`` groups, a parameter in group ``g`` gets
-    ``lr = base_lr * decay_rate ** (G - 1 - g)``. ``layer_wise`` groups backbone parameters with
-    :func:`models.layer_id` (stem 0 ... last stage ``G - 2``); ``stage_wise`` puts all downsample
-    layers in group 0 and ``stages.i`` in group ``i + 1``. Everything outside the backbone (neck,
-    heads) and the backbone's output norms are in the top group (scale 1). 1-D parameters
-    (norms, biases, layer scales) get no weight decay.
+    A ``backbone.*`` parameter gets the id :func:`models.layer_id` gives its name without the
+    prefix; every other parameter (neck, heads) gets ``n + 1``. The lr is
+    ``base_lr * r ** (n + 1 - id)``, unclamped: with ``layer_wise`` and ``n`` < 11 the late
+    stage-2 blocks, ``downsample_layers.3`` and ``stages.3`` get scales above 1, as in the
+    original runs. The backbone's output norms are at scale 1. Parameters that are 1-D or whose
+    name ends in ``.bias`` get weight decay 0. Groups are ``layer_{id}_{decay|no_decay}``.
     """
 
-    def add_params(self, params: List[dict], module: nn.Module, **kwargs) -> None:
+    def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
         cfg = self.paramwise_cfg
         decay_rate = float(cfg.get('decay_rate', 1.0))
         decay_type = cfg.get('decay_type', 'layer_wise')
         if decay_type not in ('layer_wise', 'stage_wise'):
             raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
-        num_groups = int(cfg.get('num_layers', 12)) + 2
-        groups: Dict[Tuple[int, bool], dict] = {}
+        num_layers = int(cfg.get('num_layers', 12))
+        groups: dict[str, dict] = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            group_id = num_groups - 1
+            lid = num_layers + 1
             if name.startswith('backbone.'):
-                sub = name[len('backbone.'):]
-                group_id = layer_id(sub, num_groups) if decay_type == 'layer_wise' \
-                    else _stage_id(sub, num_groups)
+                lid = layer_id(name[len('backbone.'):], num_layers=num_layers, decay_type=decay_type)
             no_decay = param.ndim == 1 or name.endswith('.bias')
-            key = (group_id, no_decay)
+            key = f'layer_{lid}_{"no_decay" if no_decay else "decay"}'
             if key not in groups:
-                scale = decay_rate ** (num_groups - 1 - group_id)
+                scale = decay_rate ** (num_layers + 1 - lid)
                 groups[key] = dict(
-                    params=[], lr_scale=scale, group_id=group_id, lr=self.base_lr * scale,
+                    params=[], group_name=key, lr_scale=scale, layer_id=lid, lr=self.base_lr * scale,
                     weight_decay=0. if no_decay or self.base_wd is None else self.base_wd)
             groups[key]['params'].append(param)
-        for key in sorted(groups):
+        for key in sorted(groups, key=lambda k: (groups[k]['layer_id'], k)):
             _logger.debug('lr group %s: scale %.4g, %d params', key, groups[key]['lr_scale'],
                           len(groups[key]['params']))
             params.append(groups[key])
 
 
 class GnConvModule(nn.Module):
-    """gnConv in place of a ``ConvModule``'s 3x3 conv, then its optional norm and activation.
+    """gnConv in place of a ``ConvModule``'s conv, then its optional norm and activation.
 
-    This is HorFPN's output layer: order 2, gate scale 1, with the output projection, on the
-    FPN width.
+    This is HorFPN's layer (the original ``GNConvModule``): order 2, gate scale 1, a 1x1
+    ``proj_in`` from ``in_channels`` to ``2 * out_channels`` and a 1x1 ``proj_out``, all convs
+    with bias. No norm/activation in the detection neck; SyncBN + ReLU in the UperNet head.
 
     Args:
         in_channels: Input width (an extra pyramid level on the backbone output may differ).
@@ -317,7 +313,7 @@ class GnConvModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, order: int = 2, mixer: str = 'dwconv',
                  kernel_size: int = 7, filter_size: Sequence[int] = (32, 17), stride: int = 1,
-                 norm_cfg: Optional[Dict] = None, act_cfg: Optional[Dict] = None):
+                 norm_cfg: dict | None = None, act_cfg: dict | None = None):
         super().__init__()
         if mixer not in ('dwconv', 'gf'):
             raise ValueError(f"gnConv mixer must be 'dwconv' or 'gf', got {mixer!r}")

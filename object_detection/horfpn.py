@@ -7,7 +7,7 @@ whose spatial mixer is a depthwise 7x7 conv (``mixer='dwconv'``, "HorFPN-7x7") o
 :class:`models.GlobalLocalFilter` (``mixer='gf'``, "HorFPN-GF", filter 32x17 by default, resized to
 each level at run time), followed by the FPN's optional norm and activation.
 """
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 from mmdet.models.necks import FPN
@@ -43,7 +43,7 @@ class HorFPN(FPN):
         fpn_convs = nn.ModuleList(GnConvModule(out_channels, out_channels, **layer)
                                   for _ in range(num_levels))
         # extra levels: same sources and widths as FPN's stride-2 3x3 convs
-        for i, conv in enumerate(list(self.fpn_convs)[num_levels:]):
+        for conv in list(self.fpn_convs)[num_levels:]:
             in_ch = conv.conv.in_channels
             fpn_convs.append(GnConvModule(in_ch, out_channels, stride=2, **layer))
         self.fpn_convs = fpn_convs

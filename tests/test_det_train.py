@@ -6,15 +6,14 @@ import os.path as osp
 import subprocess
 import sys
 
+import mmdet  # noqa: F401  (must be installed: tools/install_openmmlab.sh)
 import numpy as np
+import pycocotools  # noqa: F401
 import pytest
 import timm
 import torch
-from PIL import Image
-
-import mmdet  # noqa: F401  (must be installed: tools/install_openmmlab.sh)
-import pycocotools  # noqa: F401
 from mmdet.datasets import CocoDataset
+from PIL import Image
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
@@ -118,6 +117,7 @@ def _losses(work_dir):
         return [json.loads(line) for line in f if '"loss"' in line]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('base, kind, num_loaded, roi_head_type', [
     ('cascade_mask_rcnn_hornet_tiny_gf_3x_coco.py', 'gf', 108, 'CascadeRoIHead'),
     ('mask_rcnn_hornet_small_7x7_horfpn_gf_1x_coco.py', '7x7', 100, 'StandardRoIHead'),

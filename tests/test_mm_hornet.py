@@ -1,16 +1,19 @@
 """models/mm_hornet.py: the OpenMMLab HorNet backbone and the layer-decay optimizer constructor."""
+import functools
+import os
+
+import mmdet.registry
+import mmseg.registry
 import pytest
 import timm
 import torch
 import torch.nn as nn
-
-import mmdet.registry
-import mmseg.registry
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import models
 from models.mm_hornet import HorNetBackbone, HorNetLayerDecayOptimizerConstructor, load_hornet_backbone_checkpoint
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(depths=(1, 1, 1, 1), base_dim=16)
 GF_DET = ((14, 8), (7, 4))
 GF_SEG = ((24, 13), (12, 7))
@@ -25,7 +28,8 @@ def _backbone(**kwargs) -> HorNetBackbone:
 def test_models_package_stays_free_of_openmmlab():
     import subprocess
     import sys
-    code = 'import sys, models; print(sorted(m for m in sys.modules if m.split(".")[0] in ("mmengine", "mmcv", "mmdet", "mmseg")))'
+    code = ('import sys, models; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in ("mmengine", "mmcv", "mmdet", "mmseg")))')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                          cwd=models.__path__[0] + '/..')
     assert out.stdout.strip() == '[]'
@@ -35,7 +39,8 @@ def test_registered_in_root_and_resolved_by_children():
     assert MODELS.get('HorNet') is HorNetBackbone
     assert mmdet.registry.MODELS.get('HorNet') is HorNetBackbone
     assert mmseg.registry.MODELS.get('HorNet') is HorNetBackbone
-    assert OPTIM_WRAPPER_CONSTRUCTORS.get('HorNetLayerDecayOptimizerConstructor') is HorNetLayerDecayOptimizerConstructor
+    assert OPTIM_WRAPPER_CONSTRUCTORS.get('HorNetLayerDecayOptimizerConstructor') \
+        is HorNetLayerDecayOptimizerConstructor
     assert mmdet.registry.OPTIM_WRAPPER_CONSTRUCTORS.get('HorNetLayerDecayOptimizerConstructor') \
         is HorNetLayerDecayOptimizerConstructor
     b = mmdet.registry.MODELS.build(dict(type='HorNet', arch='tiny_7x7', **SMALL))
@@ -165,47 +170,146 @@ def test_released_detection_backbone_keys_load_strictly():
         load_hornet_backbone_checkpoint(_backbone(gf_sizes=(None, None) + GF_DET), {'state_dict': bad})
 
 
-class _Detector(nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-        self.neck = nn.Conv2d(4, 4, 1)
+# Reference section 5 (the original constructor), copied: parameter -> per setting (id, exponent,
+# scale rounded to 4 digits). Settings: layer_wise n=12 r=0.7 | layer_wise n=6 r=0.95 |
+# stage_wise n=12 r=0.9 | stage_wise n=6 r=0.9.
+SETTINGS = [('layer_wise', 12, 0.7), ('layer_wise', 6, 0.95), ('stage_wise', 12, 0.9), ('stage_wise', 6, 0.9)]
+LR_SCALE_TABLE = {
+    'backbone.downsample_layers.0.0.weight':
+        [(0, 13, 0.0097), (0, 7, 0.6983), (0, 13, 0.2542), (0, 7, 0.4783)],
+    'backbone.stages.0.1.gamma1':
+        [(1, 12, 0.0138), (1, 6, 0.7351), (1, 12, 0.2824), (1, 6, 0.5314)],
+    'backbone.downsample_layers.1.1.weight':
+        [(2, 11, 0.0198), (2, 5, 0.7738), (0, 13, 0.2542), (0, 7, 0.4783)],
+    'backbone.stages.1.2.pwconv1.weight':
+        [(2, 11, 0.0198), (2, 5, 0.7738), (2, 11, 0.3138), (2, 5, 0.5905)],
+    'backbone.downsample_layers.2.0.weight':
+        [(3, 10, 0.0282), (3, 4, 0.8145), (0, 13, 0.2542), (0, 7, 0.4783)],
+    'backbone.stages.2.0.norm1.weight':
+        [(3, 10, 0.0282), (3, 4, 0.8145), (3, 10, 0.3487), (3, 4, 0.6561)],
+    'backbone.stages.2.7.gnconv.dwconv.weight':
+        [(6, 7, 0.0824), (6, 1, 0.9500), (3, 10, 0.3487), (3, 4, 0.6561)],
+    'backbone.stages.2.8.pwconv2.weight':
+        [(7, 6, 0.1176), (7, 0, 1.0000), (3, 10, 0.3487), (3, 4, 0.6561)],
+    'backbone.stages.2.13.gamma2':
+        [(9, 4, 0.2401), (9, -2, 1.1080), (3, 10, 0.3487), (3, 4, 0.6561)],
+    'backbone.stages.2.17.gnconv.dwconv.complex_weight':
+        [(11, 2, 0.4900), (11, -4, 1.2277), (3, 10, 0.3487), (3, 4, 0.6561)],
+    'backbone.downsample_layers.3.1.weight':
+        [(12, 1, 0.7000), (12, -5, 1.2924), (0, 13, 0.2542), (0, 7, 0.4783)],
+    'backbone.stages.3.1.gnconv.pws.3.weight':
+        [(12, 1, 0.7000), (12, -5, 1.2924), (4, 9, 0.3874), (4, 3, 0.7290)],
+    'backbone.norm3.bias':
+        [(13, 0, 1.0), (7, 0, 1.0), (13, 0, 1.0), (7, 0, 1.0)],
+    'neck.lateral_convs.0.conv.weight':
+        [(13, 0, 1.0), (7, 0, 1.0), (13, 0, 1.0), (7, 0, 1.0)],
+    'decode_head.conv_seg.weight':
+        [(13, 0, 1.0), (7, 0, 1.0), (13, 0, 1.0), (7, 0, 1.0)],
+}
 
 
-def _groups(decay_type, num_layers, decay_rate, backbone):
-    model = _Detector(backbone)
-    ctor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
-        type='HorNetLayerDecayOptimizerConstructor',
-        optim_wrapper_cfg=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=2e-4, weight_decay=0.05)),
+@functools.cache
+def _dense_models():
+    """A real Mask R-CNN (HorNet 7x7 trunk: stage 2 has ``gnconv.dwconv.weight``) and a real UperNet
+    (HorNet GF trunk: ``complex_weight``), full depths [2, 3, 18, 2] at width 16, heads narrowed."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    det_cfg = Config.fromfile(os.path.join(ROOT, 'object_detection', 'configs',
+                                           'mask_rcnn_hornet_small_7x7_fpn_1x_coco.py'))
+    det_cfg.model.backbone.update(base_dim=16, init_cfg=None)
+    det_cfg.model.neck.update(in_channels=[16, 32, 64, 128], out_channels=32)
+    det_cfg.model.rpn_head.update(in_channels=32, feat_channels=32)
+    det_cfg.model.roi_head.bbox_head.update(in_channels=32, fc_out_channels=64)
+    det_cfg.model.roi_head.mask_head.update(in_channels=32, conv_out_channels=32)
+    init_default_scope('mmdet')
+    det = mmdet.registry.MODELS.build(det_cfg.model)
+    seg_cfg = Config.fromfile(os.path.join(ROOT, 'semantic_segmentation', 'configs', 'hornet',
+                                           'upernet_hornet_tiny_gf_512_160k_ade20k.py'))
+    seg_cfg.model.backbone.update(base_dim=16, init_cfg=None)
+    seg_cfg.model.decode_head.update(in_channels=[16, 32, 64, 128], channels=32)
+    seg_cfg.model.auxiliary_head.update(in_channels=64, channels=16)
+    init_default_scope('mmseg')
+    seg = mmseg.registry.MODELS.build(seg_cfg.model)
+    return det, seg
+
+
+def _param_groups(model: nn.Module, decay_type: str, num_layers: int, decay_rate: float,
+                  base_lr: float = 2e-4) -> dict:
+    """name -> the optimizer group of that parameter, from the real constructor via the config path."""
+    from mmengine.optim import build_optim_wrapper
+    wrapper = build_optim_wrapper(model, dict(
+        type='OptimWrapper', constructor='HorNetLayerDecayOptimizerConstructor',
+        optimizer=dict(type='AdamW', lr=base_lr, betas=(0.9, 0.999), weight_decay=0.05),
         paramwise_cfg=dict(decay_rate=decay_rate, decay_type=decay_type, num_layers=num_layers)))
-    optim = ctor(model).optimizer
-    by_param = {id(p): g for g in optim.param_groups for p in g['params']}
-    named = dict(model.named_parameters())
-    return {n: (by_param[id(p)]['lr'], by_param[id(p)]['weight_decay']) for n, p in named.items()}
+    by_param = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
+    return {n: by_param[id(p)] for n, p in model.named_parameters()}
 
 
-def test_layer_wise_decay_scales():
-    backbone = MODELS.build(dict(type='HorNet', arch='tiny_7x7', depths=(1, 1, 18, 1), base_dim=8))
-    lr = _groups('layer_wise', 12, 0.7, backbone)
-    # 14 groups: lr = 2e-4 * 0.7 ** (13 - group)
-    assert lr['backbone.downsample_layers.0.0.weight'] == (pytest.approx(2e-4 * 0.7 ** 13), 0.05)  # stem
-    assert lr['backbone.downsample_layers.0.0.bias'] == (pytest.approx(2e-4 * 0.7 ** 13), 0.0)
-    # stage 2 block 9 -> group 3 + 9 // 2 = 7
-    assert lr['backbone.stages.2.9.pwconv1.weight'] == (pytest.approx(2e-4 * 0.7 ** 6), 0.05)
-    assert lr['backbone.stages.2.17.gamma1'] == (pytest.approx(2e-4 * 0.7 ** 2), 0.0)  # group 11
-    assert lr['backbone.stages.3.0.pwconv2.weight'][0] == pytest.approx(2e-4 * 0.7)  # group 12
-    assert lr['backbone.norm3.weight'] == (pytest.approx(2e-4), 0.0)
-    assert lr['neck.weight'] == (pytest.approx(2e-4), 0.05)  # head: top group, scale 1
-    assert len({v[0] for v in lr.values()}) == 14
+@pytest.mark.parametrize('setting', range(4), ids=[f'{t}_n{n}_r{r}' for t, n, r in SETTINGS])
+def test_layer_decay_scales_match_reference_table(setting):
+    decay_type, n, r = SETTINGS[setting]
+    found = set()
+    for model in _dense_models():
+        groups = _param_groups(model, decay_type, n, r)
+        for name, rows in LR_SCALE_TABLE.items():
+            if name not in groups:
+                continue
+            found.add(name)
+            lid, exponent, table_scale = rows[setting]
+            g = groups[name]
+            assert g['layer_id'] == lid, name
+            assert g['lr'] / 2e-4 == pytest.approx(r ** exponent, rel=1e-12), name
+            assert g['lr'] / 2e-4 == pytest.approx(table_scale, abs=5e-5), name
+            assert g['lr_scale'] == pytest.approx(table_scale, abs=5e-5)
+            assert g['group_name'] == f'layer_{lid}_{"no_decay" if g["weight_decay"] == 0 else "decay"}'
+        # weight decay 0 exactly for 1-D parameters and names ending in .bias
+        for name, p in model.named_parameters():
+            assert groups[name]['weight_decay'] == (0.0 if p.ndim == 1 or name.endswith('.bias') else 0.05), name
+    assert found == set(LR_SCALE_TABLE)
 
 
-def test_stage_wise_decay_scales():
-    lr = _groups('stage_wise', 6, 0.9, _backbone(arch='tiny_7x7'))
-    # 8 groups: downsample layers 0, stages.i -> i + 1, others 7
-    assert lr['backbone.downsample_layers.0.0.weight'][0] == pytest.approx(2e-4 * 0.9 ** 7)
-    assert lr['backbone.downsample_layers.2.1.weight'][0] == pytest.approx(2e-4 * 0.9 ** 7)
-    assert lr['backbone.stages.1.0.gnconv.proj_in.weight'][0] == pytest.approx(2e-4 * 0.9 ** 5)
-    assert lr['backbone.stages.3.0.gnconv.proj_in.weight'][0] == pytest.approx(2e-4 * 0.9 ** 3)
-    assert lr['neck.weight'] == (pytest.approx(2e-4), 0.05)
-    named = dict(_Detector(_backbone(arch='tiny_7x7')).named_parameters())
-    assert {n for n, v in lr.items() if v[1] == 0.0} == {n for n, p in named.items() if p.ndim == 1}
+def test_layer_wise_n6_scales_above_one_and_shared_top_group():
+    """Mask R-CNN HorFPN setting: no clamp, ids 8..12 above the top id 7 (scales > 1), and the
+    stage-2 blocks 8-9 share the lr group layer_7_* with the neck and heads."""
+    det, _ = _dense_models()
+    groups = _param_groups(det, 'layer_wise', 6, 0.95, base_lr=1e-4)
+    assert groups['backbone.stages.3.0.pwconv1.weight']['lr'] == pytest.approx(1e-4 * 0.95 ** -5)
+    assert groups['backbone.stages.2.10.pwconv1.weight']['lr'] == pytest.approx(1e-4 * 0.95 ** -1)
+    assert groups['backbone.stages.2.8.pwconv1.weight'] is groups['neck.fpn_convs.0.conv.weight']
+    assert groups['backbone.stages.2.9.norm2.weight'] is groups['roi_head.bbox_head.fc_cls.bias']
+    assert max(g['lr'] for g in groups.values()) == pytest.approx(1e-4 * 0.95 ** -5)
+
+
+def test_one_layer_id_rule_for_classifier_and_timm():
+    """The classifier (no ``backbone.`` prefix, n = 12) uses the same rule: scale decay**(13 - id),
+    head/norm at 13; timm's param_groups_layer_decay reaches it through HorNet.group_matcher."""
+    import timm.optim
+
+    from optim_factory import param_groups_layer_decay
+    cls_ids = {k[len('backbone.'):]: rows[0][0] for k, rows in LR_SCALE_TABLE.items() if k.startswith('backbone.')}
+    cls_ids.pop('norm3.bias')
+    cls_ids.update({'head.weight': 13, 'head.bias': 13, 'norm.weight': 13})
+    for arch in ('hornet_tiny_7x7', 'hornet_tiny_gf'):
+        with torch.device('meta'):
+            model = timm.create_model(arch)
+        params = dict(model.named_parameters())
+        groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.7)
+        by_name = {n: g for g in groups for n in g['names']}
+        assert sorted({g['layer_id'] for g in groups}) == list(range(14))
+        for name, lid in cls_ids.items():
+            if name not in params:
+                continue
+            assert by_name[name]['layer_id'] == lid == models.layer_id(name), name
+            assert by_name[name]['lr_scale'] == pytest.approx(0.7 ** (13 - lid), rel=1e-12), name
+        for name, p in params.items():
+            g = by_name[name]
+            assert g['lr_scale'] == pytest.approx(0.7 ** (13 - models.layer_id(name)))
+            assert g['weight_decay'] == (0.0 if p.ndim <= 1 or name.endswith('.bias') else 0.05), name
+        t_groups = timm.optim.param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.7)
+        t_scale = {id(p): g['lr_scale'] for g in t_groups for p in g['params']}
+        assert all(t_scale[id(p)] == pytest.approx(by_name[n]['lr_scale']) for n, p in params.items())
+    # stage_wise through the same function (coarse group matcher)
+    assert [models.layer_id(n, 12, 'stage_wise') for n in
+            ('downsample_layers.3.1.weight', 'stages.2.5.gamma1', 'norm.weight')] == [0, 3, 13]
+    with pytest.raises(ValueError, match='stage_wise'):
+        models.layer_id('stages.0.0.gamma1', 12, 'blockwise')

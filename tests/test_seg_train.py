@@ -6,12 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+import mmseg  # noqa: F401  (a missing OpenMMLab stack must fail, not skip)
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import mmseg  # noqa: F401  (a missing OpenMMLab stack must fail, not skip)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_DIR = os.path.join(ROOT, 'semantic_segmentation')
@@ -39,7 +38,7 @@ def make_tiny_ade20k(root: str) -> None:
     for i in range(4):  # 64x64 training images: vertical class bands, an ignored border
         label = np.zeros((64, 64), np.uint8)
         cuts = np.sort(rng.choice(np.arange(12, 52), 2, replace=False))
-        for cls, (a, b) in zip(rng.permutation([1, 2, 3]), zip([0, *cuts], [*cuts, 64])):
+        for cls, (a, b) in zip(rng.permutation([1, 2, 3]), zip([0, *cuts], [*cuts, 64], strict=True), strict=True):
             label[:, a:b] = cls
         label[:3] = 0
         _write_sample(root, 'training', f'ADE_train_{i:08d}', label, rng)
@@ -163,6 +162,7 @@ def tiny_ade(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_upernet_train_then_test(tiny_ade, tmp_path, monkeypatch):
     cfg = tiny_config(str(tmp_path / 'upernet_tiny.py'), 'upernet_hornet_tiny_gf_512_160k_ade20k.py', tiny_ade)
     work_dir = str(tmp_path / 'work')
@@ -188,6 +188,7 @@ def test_upernet_train_then_test(tiny_ade, tmp_path, monkeypatch):
     assert metrics_ms['aAcc'] > 80.0 and metrics_ms['mIoU'] > 50.0
 
 
+@pytest.mark.slow
 def test_horfpn_train(tiny_ade, tmp_path):
     cfg = tiny_config(str(tmp_path / 'horfpn_tiny.py'), 'upernet_horfpn_gf_hornet_small_7x7_512_160k_ade20k.py',
                       tiny_ade)
@@ -196,6 +197,9 @@ def test_horfpn_train(tiny_ade, tmp_path):
     check_training(work_dir)
     ckpt = torch.load(os.path.join(work_dir, f'iter_{ITERS}.pth'), map_location='cpu', weights_only=False)
     sd = ckpt['state_dict']
-    # the FPN output layers are gnConv with a GF mixer: 32 + 16 mixed channels, half of them global
-    assert sd['decode_head.fpn_convs.0.gnconv.dwconv.complex_weight'].shape == (24, 32, 17, 2)
-    assert sd['decode_head.fpn_convs.2.gnconv.proj_out.weight'].shape == (32, 32, 1, 1)
+    # the fusion layer is a gnConv with a GF mixer (4 x 32 -> 32; 16 + 32 mixed channels, half global),
+    # the FPN output convs stay 3x3 convs
+    assert sd['decode_head.fpn_bottleneck.gnconv.proj_in.weight'].shape == (64, 128, 1, 1)
+    assert sd['decode_head.fpn_bottleneck.gnconv.dwconv.complex_weight'].shape == (24, 32, 17, 2)
+    assert sd['decode_head.fpn_bottleneck.norm.weight'].shape == (32,)
+    assert sd['decode_head.fpn_convs.2.conv.weight'].shape == (32, 32, 3, 3)

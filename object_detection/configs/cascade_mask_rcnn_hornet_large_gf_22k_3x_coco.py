@@ -6,6 +6,6 @@ model = dict(
         arch='large_gf',
         gf_sizes=(None, None, (24, 13), (12, 7)),
         drop_path_rate=0.7,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/hornet_large_gf_22k.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/hornet_large_gf_in22k.pth')),
     neck=dict(in_channels=[192, 384, 768, 1536]))
 optim_wrapper = dict(optimizer=dict(lr=1e-4), paramwise_cfg=dict(decay_rate=0.7))

@@ -1,8 +1,9 @@
-# Cascade Mask R-CNN with a HorNet backbone, 3x schedule (36 epochs), multi-scale + crop training.
+# Cascade Mask R-CNN with a HorNet backbone, 3x schedule (36 epochs), multi-scale + crop training
+# (det-MS, ./coco_instance_det_ms.py).
 # Per-size configs set the backbone variant, drop path, FPN input widths, lr and layer decay.
 _base_ = [
     'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
+    './coco_instance_det_ms.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
 ]
@@ -38,34 +39,13 @@ model = dict(
         for stds in ([0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067])
     ]))
 
-# DETR-style augmentation: random flip, then either a multi-scale resize (short side 480..800,
-# step 32, long side <= 1333) or resize (400/500/600) + random crop (384..600) + multi-scale resize.
-_multi_scale = [(480, 1333), (512, 1333), (544, 1333), (576, 1333), (608, 1333), (640, 1333),
-                (672, 1333), (704, 1333), (736, 1333), (768, 1333), (800, 1333)]
-train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(
-        type='RandomChoice',
-        transforms=[
-            [dict(type='RandomChoiceResize', scales=_multi_scale, keep_ratio=True)],
-            [
-                dict(type='RandomChoiceResize', scales=[(400, 1333), (500, 1333), (600, 1333)],
-                     keep_ratio=True),
-                dict(type='RandomCrop', crop_type='absolute_range', crop_size=(384, 600),
-                     allow_negative_crop=True),
-                dict(type='RandomChoiceResize', scales=_multi_scale, keep_ratio=True),
-            ],
-        ]),
-    dict(type='PackDetInputs'),
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
-
 max_epochs = 36
 train_cfg = dict(max_epochs=max_epochs)
+# lr(i) = base * (0.001 + 0.999 * i / 500) for iterations i < 500 (mmcv's linear warmup), times 0.1
+# from epoch 27 and 0.01 from epoch 33. mmengine spreads LinearLR over end - begin - 1 steps, so
+# end=501 gives mmcv's 500-iteration warmup exactly.
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=501),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33], gamma=0.1),
 ]
 

@@ -1,4 +1,4 @@
-# UperNet with the HorFPN-7x7 head (FPN output convs = order-2 gnConv, depthwise 7x7 mixer)
+# UperNet with the HorFPN-7x7 head (FPN fusion layer `fpn_bottleneck` = order-2 gnConv, depthwise 7x7 mixer)
 # on HorNet-S (7x7), ImageNet-1K pre-trained, ADE20K 512x512, 160k iterations.
 _base_ = ['./upernet_hornet_small_7x7_512_160k_ade20k.py']
 

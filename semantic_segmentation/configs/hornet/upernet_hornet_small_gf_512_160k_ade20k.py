@@ -10,4 +10,4 @@ model = dict(
     decode_head=dict(in_channels=[96, 192, 384, 768]),
     auxiliary_head=dict(in_channels=384),
 )
-optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.9))
+optim_wrapper = dict(clip_grad=dict(max_norm=1.0, norm_type=2), paramwise_cfg=dict(decay_rate=0.9))

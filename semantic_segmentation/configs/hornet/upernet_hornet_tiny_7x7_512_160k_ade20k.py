@@ -9,4 +9,4 @@ model = dict(
     decode_head=dict(in_channels=[64, 128, 256, 512]),
     auxiliary_head=dict(in_channels=256),
 )
-optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.9))
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.9, num_layers=6))
