@@ -170,9 +170,8 @@ def test_upernet_train_then_test(tiny_ade, tmp_path, monkeypatch):
     check_training(work_dir)
     ckpt = os.path.join(work_dir, f'iter_{ITERS}.pth')
 
-    # test.py in this process (saves a second start-up of torch + mmseg); what it sets, monkeypatch undoes
+    # test.py in this process (saves a second start-up of torch + mmseg); it loads weights-only
     from semantic_segmentation import test as seg_test
-    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
 
     # single-scale slide test; predictions saved as ADE20K label maps
     pred_dir = str(tmp_path / 'pred')
