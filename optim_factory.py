@@ -1,7 +1,7 @@
 """Optimizer with layer-wise lr decay groups, and the per-step lr / weight-decay schedules."""
 import argparse
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from timm.optim import create_optimizer_v2
@@ -19,7 +19,7 @@ def param_groups_layer_decay(
         skip_list: Sequence[str] = (),
         get_layer_id: Callable[[str], int] = models.layer_id,
         num_layers: int = NUM_LAYER_GROUPS,
-) -> List[Dict]:
+) -> list[dict]:
     """Parameter groups keyed by (layer id, decay / no decay).
 
     Group ``i`` gets ``lr_scale = layer_decay ** (num_layers - 1 - i)`` (the scheduler multiplies
@@ -38,7 +38,7 @@ def param_groups_layer_decay(
         A list of dicts for ``torch.optim`` with ``params``, ``weight_decay``, ``use_wd``,
         ``lr_scale``, ``layer_id`` and the parameter ``names`` (for inspection).
     """
-    groups: Dict[str, Dict] = {}
+    groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -104,7 +104,3 @@ class Schedules:
         for group in self.optimizer.param_groups:
             if group.get('use_wd', True):
                 group['weight_decay'] = wd
-
-    def lr_at(self, step: int) -> Optional[float]:
-        values = self.lr._get_values(step, on_epoch=False)
-        return None if values is None else values[0]

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from test_train_common import make_image_folder, one_thread  # noqa: F401  (autouse fixture)
 from timm.data import auto_augment
 
 import augment
 import datasets
 import main as train_main
+from conftest import ROOT, make_image_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the per-model --aa column of TRAINING.md (and the original recipes)
 DOCUMENTED = {'rand-m9-mstd0.5-inc1', 'rand-m12-mstd0.5-inc1', 'rand-m15-mstd0.5-inc1'}
 

@@ -6,9 +6,8 @@ import json
 import os
 import re
 
-import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
 import datasets
+import main as train_main
 
 
 def test_demo_short_epoch_learns(tmp_path, capsys):

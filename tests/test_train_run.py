@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
-from test_train_common import ROOT, make_image_folder, tiny_argv
+from conftest import MAIN, ROOT, make_image_folder, run_python, subprocess_env, tiny_argv
 
 
 @pytest.fixture(scope='module')
@@ -69,8 +68,7 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     checkpoint file loads with weights_only=True and no temp file is left behind."""
     out = str(tmp_path / 'run')
     argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:  # wait until epoch 1 is a few steps in
@@ -84,8 +82,7 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     assert len(_log(out)) == 1
     with open(f'{out}/log.txt', 'a') as f:  # as if the kill had cut a line short
         f.write('{"train_loss": 1.0, "epo')
-    rerun = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=240)
+    rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert 'checkpoint-0.pth' in rerun.stdout and 'continuing at epoch 1' in rerun.stdout
     assert 'Epoch: [0]' not in rerun.stdout
