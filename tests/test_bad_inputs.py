@@ -346,6 +346,7 @@ def test_full_disk_at_save_says_previous_checkpoint_is_intact(data, tmp_path, ca
     assert not [n for n in os.listdir(out) if n.startswith('.')]
 
 
+@pytest.mark.slow
 def test_write_limit_is_a_clear_save_error(tmp_path):
     """A real failed write inside torch.save (file size limit, as on a full disk) becomes a
     CheckpointError; the old file under the name survives and no temp file remains."""
@@ -365,6 +366,7 @@ def test_write_limit_is_a_clear_save_error(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['c.pth'] and (tmp_path / 'c.pth').read_bytes() == b'old'
 
 
+@pytest.mark.slow
 def test_stale_lock_of_killed_run_does_not_block(tmp_path):
     """A run killed with -9 leaves its lock file; the kernel released the flock, so the next
     run takes the folder (and removes the file when done)."""

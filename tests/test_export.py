@@ -32,6 +32,7 @@ def _rel(ref, out):
     return float(np.abs(ref - out).max() / np.abs(ref).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_onnx_dynamic_batch_matches_eager(tmp_path, capsys, name):
     model, ckpt = _small_checkpoint(tmp_path, name)

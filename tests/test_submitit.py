@@ -43,6 +43,7 @@ def _task_log(job, task):
         return f.read()
 
 
+@pytest.mark.slow
 def test_local_two_tasks_one_epoch(tmp_path, job_env):
     data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=16, val_per_class=4)
     job_dir = str(tmp_path / 'job')
@@ -74,6 +75,7 @@ def _rank0_pid(controller_pid):
     raise AssertionError(f'no rank-0 task under controller {controller_pid}')
 
 
+@pytest.mark.slow
 def test_preemption_requeues_and_resumes(tmp_path, job_env):
     data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=32, val_per_class=4)
     job_dir = str(tmp_path / 'job')

@@ -328,6 +328,7 @@ def _toy_runner(work_dir, max_iters, **kw):
         randomness=dict(seed=0), default_scope='mmengine', **kw)
 
 
+@pytest.mark.slow
 def test_mmengine_checkpoint_safe_globals(tmp_path):
     """An mmengine 0.10 training checkpoint needs exactly MMENGINE_SAFE_GLOBALS beyond torch's own
     allow-list, and loads weights-only to the same content as a full unpickle."""

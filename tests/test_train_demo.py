@@ -6,10 +6,13 @@ import json
 import os
 import re
 
+import pytest
+
 import datasets
 import main as train_main
 
 
+@pytest.mark.slow
 def test_demo_short_epoch_learns(tmp_path, capsys):
     data, out = str(tmp_path / 'demo_data'), str(tmp_path / 'demo')
     model = '--model hornet_tiny_gf --depths 1 1 2 1 --base_dim 24 --input_size 32'.split()

@@ -11,6 +11,7 @@ import torch
 from conftest import MAIN, free_port, make_image_folder, run_python, tiny_argv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('launcher', ['launch', 'torchrun'])
 def test_two_process_training(launcher, tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), train_per_class=16, val_per_class=7)

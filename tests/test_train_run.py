@@ -28,6 +28,7 @@ def _weights_only(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
+@pytest.mark.slow
 def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     """2 epochs straight == 1 epoch + auto-resume for 1 more: bitwise equal model, EMA and
     optimizer state (mixup, drop path, EMA, accumulation and augmentation all on). Then
@@ -63,6 +64,7 @@ def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     assert f'Acc@1 {la[-1]["test_acc1_ema"]:.3f}' in acc[1]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     """SIGKILL while epoch 1 trains; the rerun resumes from checkpoint-0 and finishes; every
     checkpoint file loads with weights_only=True and no temp file is left behind."""
