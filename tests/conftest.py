@@ -1,6 +1,7 @@
 """Shared test helpers. The fixtures here apply to every test (autouse); the constants and
 functions are imported by the test modules with ``from conftest import ...`` (pytest puts tests/
 on ``sys.path``)."""
+import json
 import os
 import socket
 import subprocess
@@ -74,6 +75,12 @@ def tiny_argv(data: str, out: str, **overrides) -> list[str]:
         argv.append(f'--{k}')
         argv.extend(str(v).split())
     return argv
+
+
+def read_log(folder: str) -> list[dict]:
+    """The records of ``folder/log.txt``, one JSON object a line (strict: any other line fails)."""
+    with open(os.path.join(folder, 'log.txt')) as f:
+        return [json.loads(line) for line in f]
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import torch
 import checkpoint
 import export
 import main as train_main
-from conftest import MAIN, ROOT, SMALL_ARGS, make_image_folder, run_python, subprocess_env, tiny_argv
+from conftest import MAIN, ROOT, SMALL_ARGS, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
 EXPORT_ARGS = ['--model', 'hornet_tiny_gf', *SMALL_ARGS, '--input_size', '32', '--format', 'onnx']
 
@@ -225,8 +225,7 @@ def _event_steps(folder):
 
 
 def _log_epochs(out):
-    with open(os.path.join(out, 'log.txt')) as f:
-        return [json.loads(line)['epoch'] for line in f]
+    return [r['epoch'] for r in read_log(out)]
 
 
 def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
@@ -243,8 +242,7 @@ def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
     assert train_main.run(tiny_argv(data, trained, eval='true')) == 0
     out = capsys.readouterr().out
     assert f'evaluating {trained}/checkpoint-1.pth (epoch 1), the newest checkpoint in --output_dir' in out
-    with open(os.path.join(trained, 'log.txt')) as f:
-        last = [json.loads(line) for line in f][-1]
+    last = read_log(trained)[-1]
     assert last['epoch'] == 1
     assert f'* Acc@1 {last["test_acc1"]:.3f} Acc@5 {last["test_acc5"]:.3f} loss {last["test_loss"]:.3f}' in out
     assert snapshot(trained) == before

@@ -15,7 +15,7 @@ import torch
 
 import datasets
 import main as train_main
-from conftest import MAIN, free_port, make_image_folder, run_python, tiny_argv
+from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
 from utils import TrainingError
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported; tests never download
@@ -299,8 +299,7 @@ def test_two_epochs_two_processes_on_each_format(formats, tmp_path):
         assert (f'batch 8 ({BATCH} x 1 accumulation x 2 processes), {FOLDER_BATCHES_PER_RANK} steps per epoch'
                 in res.stdout), label
         assert 'parameters on 2 ranks: max |difference| from rank 0 = 0\n' in res.stdout, label
-        with open(os.path.join(out, 'log.txt')) as f:
-            logs[label] = [json.loads(line) for line in f]
+        logs[label] = read_log(out)
         log = logs[label]
         assert [r['test_count'] for r in log] == [N_VAL, N_VAL], label
         assert log[-1]['test_acc1'] >= 75.0, (label, log[-1])
@@ -324,6 +323,5 @@ def test_webdataset_resume_is_exact(formats, tmp_path, workers):
     a, b = (torch.load(os.path.join(d, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)['model']
             for d in (straight, split))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with open(os.path.join(straight, 'log.txt')) as f:
-        steps = [json.loads(line) for line in f]
+    steps = read_log(straight)
     assert len(steps) == 2 and steps[0]['train_loss'] != steps[1]['train_loss']

@@ -61,6 +61,7 @@ def test_onnx_dynamic_batch_matches_eager(tmp_path, capsys, name):
         assert _rel(ref, got) < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_static_export_size(tmp_path, capsys):
     model, ckpt = _small_checkpoint(tmp_path, 'hornet_tiny_7x7')
     out = str(tmp_path / 'static.onnx')
@@ -75,6 +76,7 @@ def test_onnx_static_export_size(tmp_path, capsys):
         assert _rel(model(x).numpy(), got) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_torch_export_dynamic_batch_matches_eager(tmp_path, capsys, name):
     model, ckpt = _small_checkpoint(tmp_path, name)

@@ -1,6 +1,5 @@
 """main.py's parser (the documented commands, the original defaults) and data-set plumbing."""
 import gzip
-import json
 import os
 import re
 import shlex
@@ -12,7 +11,7 @@ from PIL import Image
 
 import datasets
 import main as train_main
-from conftest import ROOT, make_image_folder, tiny_argv
+from conftest import ROOT, make_image_folder, read_log, tiny_argv
 from utils import TrainingError
 
 # The evaluation and training commands of the original release's README, character for character
@@ -297,8 +296,7 @@ def test_image_folder_takes_class_count_from_folder(tmp_path, capsys):
     assert train_main.run(tiny_argv(data, out, **flags)) == 0
     ckpt = torch.load(os.path.join(out, 'checkpoint-0.pth'), weights_only=True)
     assert ckpt['model']['head.weight'].shape == (4, 128) and ckpt['args']['nb_classes'] == 4
-    with open(os.path.join(out, 'log.txt')) as f:
-        (line,) = [json.loads(x) for x in f]
+    (line,) = read_log(out)
     assert 'max_accuracy' not in line and 'test_acc1' not in line  # no evaluation
     assert set(line) == {'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay',
                          'train_grad_norm', 'epoch', 'n_parameters', 'GFLOPs'}
@@ -338,8 +336,7 @@ def test_log_keys_and_tensorboard_tags_are_the_originals(tmp_path):
     argv = tiny_argv(data, out, epochs=2, batch_size=4, update_freq=2, model_ema='true', model_ema_eval='true',
                      layer_decay=0.5, clip_grad=1)
     assert train_main.run(argv) == 0
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(x) for x in f]
+    log = read_log(out)
     assert [r['epoch'] for r in log] == [0, 1]
     assert set(log[0]) == {
         'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay', 'train_grad_norm',

@@ -10,6 +10,7 @@ import pytest
 
 import datasets
 import main as train_main
+from conftest import read_log
 
 
 @pytest.mark.slow
@@ -26,8 +27,7 @@ def test_demo_short_epoch_learns(tmp_path, capsys):
     assert re.search(r'Epoch: \[0\] \[\s*0/40\]\s+eta: \d+:\d\d:\d\d', printed)  # progress with ETA
     with open(os.path.join(data, 'demo_complete.json')) as f:
         assert json.load(f)['source'] == datasets.demo_source_file()
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(line) for line in f]
+    log = read_log(out)
     assert log[0]['test_count'] == 1000 and log[0]['test_acc1'] > 40.0  # chance is 10%
     assert {'checkpoint-0.pth', 'checkpoint-best.pth'} <= set(os.listdir(out))
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(out))

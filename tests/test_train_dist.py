@@ -1,14 +1,13 @@
 """Two CPU processes (gloo) through ``torch.distributed.launch`` and ``torchrun``: the training
 loss falls, both ranks end with identical weights, and distributed evaluation prints Acc@1
 over the whole validation set."""
-import json
 import os
 import re
 
 import pytest
 import torch
 
-from conftest import MAIN, free_port, make_image_folder, run_python, tiny_argv
+from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
 
 
 @pytest.mark.slow
@@ -24,8 +23,7 @@ def test_two_process_training(launcher, tmp_path):
     res = run_python([*cmd, MAIN, *tiny_argv(data, out, epochs=3, batch_size=4, lr=3e-3)], timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert 'batch 8 (4 x 1 accumulation x 2 processes), 6 steps per epoch' in res.stdout
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(line) for line in f]
+    log = read_log(out)
     losses = [r['train_loss'] for r in log]
     assert len(losses) == 3 and losses[2] < losses[0] - 0.05, losses
     assert 'parameters on 2 ranks: max |difference| from rank 0 = 0\n' in res.stdout

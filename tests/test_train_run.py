@@ -1,7 +1,6 @@
 """End-to-end runs of main.py on tiny data: resume equivalence, kill -9 recovery, checkpoint
 files, evaluation of a checkpoint, and a clear error + non-zero exit for each bad input."""
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -11,17 +10,12 @@ import pytest
 import torch
 
 import main as train_main
-from conftest import MAIN, ROOT, make_image_folder, run_python, subprocess_env, tiny_argv
+from conftest import MAIN, ROOT, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     return make_image_folder(str(tmp_path_factory.mktemp('data')))
-
-
-def _log(out):
-    with open(os.path.join(out, 'log.txt')) as f:
-        return [json.loads(line) for line in f]
 
 
 def _weights_only(path):
@@ -48,7 +42,7 @@ def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     sa, sb = a['optimizer']['state'], b['optimizer']['state']
     assert all(torch.equal(sa[i]['exp_avg'], sb[i]['exp_avg']) for i in sa)
     assert a['epoch'] == b['epoch'] == 1 and a['max_accuracy'] == b['max_accuracy']
-    la, lb = _log(straight), _log(split)
+    la, lb = read_log(straight), read_log(split)
     assert [r['train_loss'] for r in la] == [r['train_loss'] for r in lb]
     assert {'checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-best.pth', 'log.txt'} <= set(os.listdir(straight))
     assert glob.glob(f'{straight}/events.out.tfevents.*')
@@ -81,14 +75,14 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert os.path.exists(f'{out}/checkpoint-0.pth') and not os.path.exists(f'{out}/checkpoint-1.pth')
-    assert len(_log(out)) == 1
+    assert len(read_log(out)) == 1
     with open(f'{out}/log.txt', 'a') as f:  # as if the kill had cut a line short
         f.write('{"train_loss": 1.0, "epo')
     rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert 'checkpoint-0.pth' in rerun.stdout and 'continuing at epoch 1' in rerun.stdout
     assert 'Epoch: [0]' not in rerun.stdout
-    assert [r['epoch'] for r in _log(out)] == [0, 1, 2]
+    assert [r['epoch'] for r in read_log(out)] == [0, 1, 2]
     files = sorted(os.listdir(out))
     assert not [f for f in files if f.startswith('.tmp-')]
     for f in files:
