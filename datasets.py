@@ -32,14 +32,18 @@ import secrets
 import shutil
 import socket
 import sys
-from typing import Callable, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
 from timm.data.constants import (
-    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    IMAGENET_INCEPTION_MEAN,
+    IMAGENET_INCEPTION_STD,
+)
 from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
@@ -101,7 +105,7 @@ def demo_source_file() -> str:
                         f'not installed; install it with: {DEMO_INSTALL}')
 
 
-def _read_demo_marker(root: str) -> Optional[dict]:
+def _read_demo_marker(root: str) -> dict | None:
     """The marker :func:`export_demo` writes last into a complete export, or None."""
     try:
         with open(os.path.join(root, _DEMO_MARKER)) as f:
@@ -133,7 +137,7 @@ def _remove_stale_demo_temps(parent: str, base: str) -> None:
         shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def export_demo(root: str, source: Optional[str] = None) -> str:
+def export_demo(root: str, source: str | None = None) -> str:
     """Write the demo digits as PNGs to ``root/{train,val}/<digit>/`` (once; atomic).
 
     Every fifth digit goes to ``val``. The export is built in a temp folder next to ``root`` and
@@ -215,7 +219,7 @@ def _find_idx(root: str, stem: str) -> str:
 class IdxDataset(Dataset):
     """MNIST-format idx images and labels, held in memory, returned as RGB PIL images."""
 
-    def __init__(self, root: str, train: bool, transform: Optional[Callable] = None):
+    def __init__(self, root: str, train: bool, transform: Callable | None = None):
         if not os.path.isdir(root):
             raise TrainingError(f'--data_path: expected a folder {root} with MNIST idx files, it does not exist')
         prefix = 'train' if train else 't10k'
@@ -229,7 +233,7 @@ class IdxDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = Image.fromarray(self.images[i], mode='L').convert('RGB')
         return (self.transform(img) if self.transform else img), int(self.targets[i])
 
@@ -284,7 +288,7 @@ def prepare_data(args: argparse.Namespace) -> None:
             build_timm_dataset(False, args, None)
 
 
-def build_dataset(is_train: bool, args: argparse.Namespace) -> Tuple[Dataset, int]:
+def build_dataset(is_train: bool, args: argparse.Namespace) -> tuple[Dataset, int]:
     """The train or eval data set named by ``--data_set`` and its number of classes.
 
     ``image_folder`` takes its class count from the folder (``--nb_classes`` may be left out);
@@ -346,7 +350,7 @@ class ShardedEvalSampler(Sampler):
     all ranks (no padding duplicates, unlike ``DistributedSampler``)."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
-        self.indices: List[int] = list(range(rank, len(dataset), num_replicas))
+        self.indices: list[int] = list(range(rank, len(dataset), num_replicas))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)

@@ -21,27 +21,25 @@ Examples::
 """
 import argparse
 import ast
-import logging
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
-import timm
 
 import checkpoint
 import models
-
-_logger = logging.getLogger(__name__)
 
 # ONNX protobuf files cannot exceed 2 GiB; above this size the weights go to a side file.
 _ONNX_INLINE_LIMIT = 1800 * 2 ** 20
 
 
-def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
     """Parse ``key=value`` strings into timm model kwargs.
 
     Values are Python literals (``depths=1,1,1,1`` -> ``(1, 1, 1, 1)``, ``base_dim=16`` -> ``16``,
@@ -59,7 +57,7 @@ def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     return kwargs
 
 
-def load_checkpoint_file(path: str, key: str = 'auto') -> Dict[str, torch.Tensor]:
+def load_checkpoint_file(path: str, key: str = 'auto') -> dict[str, torch.Tensor]:
     """Read a checkpoint file (weights only, never unpickled) and return the model state dict in it.
 
     Args:
@@ -84,7 +82,7 @@ def load_checkpoint_file(path: str, key: str = 'auto') -> Dict[str, torch.Tensor
     return state
 
 
-def _checkpoint_num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+def _checkpoint_num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
     for k in ('head.weight', 'head.fc.weight'):
         if k in state_dict:
             return int(state_dict[k].shape[0])
@@ -93,10 +91,10 @@ def _checkpoint_num_classes(state_dict: Dict[str, torch.Tensor]) -> Optional[int
 
 def create_model(
         name: str,
-        checkpoint: Optional[str] = None,
+        checkpoint: str | None = None,
         checkpoint_key: str = 'auto',
-        num_classes: Optional[int] = None,
-        model_kwargs: Optional[Dict[str, Any]] = None,
+        num_classes: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build ``name`` in eval mode, with weights from ``checkpoint`` if given.
 
@@ -131,7 +129,7 @@ def has_global_filter(model: nn.Module) -> bool:
 
 def export_onnx(
         model: nn.Module, example: torch.Tensor, output: str, dynamic_batch: bool,
-        opset: Optional[int] = None,
+        opset: int | None = None,
 ) -> None:
     """Export with torch's dynamo-based ONNX exporter (needs ``onnxscript``)."""
     dynamic_shapes = ({0: torch.export.Dim('batch', min=1)},) if dynamic_batch else None
@@ -168,7 +166,7 @@ def load_runner(path: str, fmt: str):
     return run
 
 
-def compare(reference: np.ndarray, output: np.ndarray) -> Dict[str, float]:
+def compare(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
     """Max absolute difference, and the same relative to the largest reference magnitude."""
     if reference.shape != output.shape:
         raise ValueError(f'exported output shape {output.shape} != eager {reference.shape}')
@@ -180,7 +178,7 @@ def compare(reference: np.ndarray, output: np.ndarray) -> Dict[str, float]:
 def verify(
         model: nn.Module, path: str, fmt: str, input_size: int, batch_sizes: Sequence[int],
         rtol: float, atol: float, seed: int = 0,
-) -> List[Dict[str, float]]:
+) -> list[dict[str, float]]:
     """Run the exported file and the eager model on random inputs; one result per batch size.
 
     Each result has ``batch``, ``max_abs``, ``max_rel`` and ``ok`` (``max_abs <= atol + rtol *
@@ -246,7 +244,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Export and verify; returns the exit status (0 ok, 1 verification failed, 2 usage error)."""
     args = get_args_parser().parse_args(argv)
     if args.format == 'torch_export' and not args.output.endswith('.pt2'):

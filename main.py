@@ -18,10 +18,11 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import torch
 import timm
+import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -183,7 +184,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _repair_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> List[str]:
+def _repair_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     """Undo two shell slips found in copied commands: a value glued to the next flag by
     ``5\\<newline>--batch_size`` and the lone ``' '`` word left by ``\\ <newline>``."""
     known = {s for a in parser._actions for s in a.option_strings}
@@ -199,7 +200,7 @@ def _repair_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> List[s
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`get_args_parser`."""
     parser = argparse.ArgumentParser('HorNet training and evaluation', parents=[get_args_parser()])
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -208,7 +209,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- building blocks
 
-def build_model(args: argparse.Namespace, num_classes: Optional[int] = None) -> torch.nn.Module:
+def build_model(args: argparse.Namespace, num_classes: int | None = None) -> torch.nn.Module:
     """The ``--model`` network with the drop-path, layer-scale, head-init and size overrides."""
     valid = sorted(timm.list_models('hornet_*'))
     if args.model not in valid:
@@ -287,7 +288,7 @@ def model_gflops(args: argparse.Namespace) -> float:
     return calc_flops.count_flops(model, (args.input_size, args.input_size))['total'] / 1e9
 
 
-def build_training_parts(args: argparse.Namespace, num_classes: int) -> Tuple[Optional[Mixup], torch.nn.Module]:
+def build_training_parts(args: argparse.Namespace, num_classes: int) -> tuple[Mixup | None, torch.nn.Module]:
     """Mixup/CutMix (when enabled) and the matching loss."""
     mixup_fn = None
     if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
@@ -302,18 +303,18 @@ def build_training_parts(args: argparse.Namespace, num_classes: int) -> Tuple[Op
     return mixup_fn, criterion
 
 
-def amp_dtype_of(args: argparse.Namespace) -> Optional[torch.dtype]:
+def amp_dtype_of(args: argparse.Namespace) -> torch.dtype | None:
     if not args.use_amp:
         return None
     return torch.float16 if args.amp_dtype == 'fp16' else torch.bfloat16
 
 
 def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, optimizer=None, loss_scaler=None,
-                model_ema: Optional[ModelEmaV3] = None) -> checkpoint.ResumeState:
+                model_ema: ModelEmaV3 | None = None) -> checkpoint.ResumeState:
     """Load checkpoint ``path`` into the model (strictly), and unless ``--eval``, the optimizer,
     scaler and EMA. Returns the epoch to continue at and the best accuracies (``args`` is not
     changed); a checkpoint without training state continues at ``--start_epoch``."""
-    def model_state(ckpt: Dict) -> Dict[str, torch.Tensor]:
+    def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
         state = models.unwrap_checkpoint(ckpt)
         if any(k.startswith('backbone.') for k in state):  # mmpretrain layout
             state = models.checkpoint_filter_fn(state, model)
@@ -329,7 +330,7 @@ def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, opt
 
 
 def training_state(args: argparse.Namespace, epoch: int, model: torch.nn.Module, optimizer, loss_scaler,
-                   model_ema: Optional[ModelEmaV3], best: Dict[str, float]) -> Dict:
+                   model_ema: ModelEmaV3 | None, best: dict[str, float]) -> dict:
     """What ``checkpoint-*.pth`` holds: everything a rerun needs to continue bit for bit."""
     ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                 scaler=loss_scaler.state_dict(), args=utils.plain_args(args), **best)
@@ -365,7 +366,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _require_finite(epoch: int, model: torch.nn.Module, stats: Optional[Dict[str, float]] = None,
+def _require_finite(epoch: int, model: torch.nn.Module, stats: dict[str, float] | None = None,
                     what: str = 'model') -> None:
     """A diverged model is never logged, ranked or saved: stop with the last good checkpoint intact."""
     bad, total = checkpoint.non_finite_count(model.state_dict())
@@ -440,7 +441,7 @@ def _loader(dataset, sampler, args, batch_size: int, drop_last: bool, device: to
 
 # ----------------------------------------------------------------------------- main
 
-def main(args: argparse.Namespace) -> Dict[str, float]:
+def main(args: argparse.Namespace) -> dict[str, float]:
     """Train (or with ``--eval true`` only evaluate) as configured by ``args``.
 
     Returns the final statistics (last epoch's train/test numbers, or the evaluation).
@@ -449,7 +450,7 @@ def main(args: argparse.Namespace) -> Dict[str, float]:
         return _main(args, cleanup)
 
 
-def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Dict[str, float]:
+def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, float]:
     utils.init_distributed_mode(args)
     utils.setup_logging()
     device = _check_device(args)
@@ -471,9 +472,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Dict[str, 
         on_main(lambda: checkpoint.check_writable(args.log_dir, '--log_dir'))
     amp_dtype = amp_dtype_of(args)
 
-    if utils.is_main_process():
-        datasets.prepare_data(args)
-    utils.barrier()
+    # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
+    # (e.g. a --data_path DEMO did not create), stop with its message instead of hanging at a barrier
+    on_main(lambda: datasets.prepare_data(args))
     dataset_train = None
     if not args.eval:
         dataset_train, nb_classes = datasets.build_dataset(True, args)
@@ -569,7 +570,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Dict[str, 
     last_epoch = args.epochs if args.run_epochs <= 0 else min(args.epochs, start_epoch + args.run_epochs)
     logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
     start_time = time.time()
-    stats: Dict[str, float] = {}
+    stats: dict[str, float] = {}
     for epoch in range(start_epoch, last_epoch):
         epoch_start = time.time()
         datasets.set_epoch(train_loader, epoch, args.seed, rank)
@@ -586,7 +587,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> Dict[str, 
         _require_finite(epoch, model_without_ddp)
         if model_ema is not None:
             _require_finite(epoch, model_ema.module, what='EMA model')
-        to_save: List[str] = []  # written after the log line, best first (see below)
+        to_save: list[str] = []  # written after the log line, best first (see below)
 
         if val_loader is not None:
             test_stats = evaluate(val_loader, model_without_ddp, device, amp_dtype, dist_eval)
@@ -670,7 +671,7 @@ def _user_message(e: BaseException) -> str:
     return msg
 
 
-def run(argv: Optional[Sequence[str]] = None) -> int:
+def run(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: parse, run, and turn user errors into a message and an exit code:
     2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes)."""
     args = parse_args(argv)

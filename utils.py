@@ -11,7 +11,8 @@ import secrets
 import sys
 import time
 from collections import defaultdict, deque
-from typing import Any, Dict, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -212,7 +213,7 @@ class MetricLogger:
     """Named :class:`SmoothedValue` meters and a progress iterator that logs with an ETA."""
 
     def __init__(self, delimiter: str = '  '):
-        self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.meters: dict[str, SmoothedValue] = defaultdict(SmoothedValue)
         self.delimiter = delimiter
 
     def update(self, **kwargs: float) -> None:
@@ -234,7 +235,7 @@ class MetricLogger:
         return self.delimiter.join(f'{name}: {meter}' for name, meter in self.meters.items())
 
     def log_every(self, iterable: Iterable, print_freq: int, header: str = '',
-                  total: Optional[int] = None) -> Iterator:
+                  total: int | None = None) -> Iterator:
         """Yield from ``iterable``, logging progress, ETA and timings every ``print_freq`` items."""
         total = len(iterable) if total is None else total
         width = len(str(total))
@@ -262,14 +263,13 @@ class LossScaler:
     ``torch.amp.GradScaler`` is only enabled for fp16; for fp32 and bf16 it is a pass-through,
     so one code path serves all precisions.
     """
-    state_dict_key = 'scaler'
 
     def __init__(self, device_type: str = 'cuda', enabled: bool = False):
         self._scaler = torch.amp.GradScaler(device_type, enabled=enabled)
 
     def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 clip_grad: Optional[float] = None, parameters: Optional[Iterable] = None,
-                 update_grad: bool = True) -> Optional[float]:
+                 clip_grad: float | None = None, parameters: Iterable | None = None,
+                 update_grad: bool = True) -> float | None:
         """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm."""
         self._scaler.scale(loss).backward()
         if not update_grad:
@@ -285,17 +285,17 @@ class LossScaler:
         self._scaler.update()
         return float(norm)
 
-    def state_dict(self) -> Dict:
+    def state_dict(self) -> dict:
         return self._scaler.state_dict()
 
-    def load_state_dict(self, state_dict: Dict) -> None:
+    def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             self._scaler.load_state_dict(state_dict)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
+def plain_args(args: argparse.Namespace) -> dict[str, Any]:
     """``vars(args)`` reduced to types that ``torch.load(weights_only=True)`` accepts."""
     def plain(v: Any) -> Any:
         if v is None or isinstance(v, (bool, int, float, str)):
@@ -313,7 +313,7 @@ def plain_args(args: argparse.Namespace) -> Dict[str, Any]:
 class TensorboardLogger:
     """Scalars to TensorBoard event files via tensorboardX."""
 
-    def __init__(self, log_dir: str, purge_step: Optional[int] = None):
+    def __init__(self, log_dir: str, purge_step: int | None = None):
         # purge_step (the first step of a resumed run): TensorBoard drops the events a killed run
         # wrote from that step on, so re-trained steps are not shown twice
         from tensorboardX import SummaryWriter
@@ -321,18 +321,15 @@ class TensorboardLogger:
         # within the same second would overwrite the previous run's events
         self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step,
                                     filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
-        self.step = 0 if purge_step is None else purge_step
 
-    def set_step(self, step: Optional[int] = None) -> None:
-        self.step = self.step + 1 if step is None else step
-
-    def update(self, head: str = 'scalar', step: Optional[int] = None, **kwargs: float) -> None:
+    def update(self, head: str, step: int, **kwargs: float) -> None:
+        """Write each ``kwargs`` value as ``<head>/<name>`` at ``step`` (``None`` values are skipped)."""
         for k, v in kwargs.items():
             if v is None:
                 continue
             if isinstance(v, torch.Tensor):
                 v = v.item()
-            self.writer.add_scalar(f'{head}/{k}', float(v), self.step if step is None else step)
+            self.writer.add_scalar(f'{head}/{k}', float(v), step)
 
     def flush(self) -> None:
         self.writer.flush()
@@ -351,7 +348,7 @@ class WandbLogger:
             wandb.init(project=args.project, name=args.exp_name or None, config=plain_args(args))
         self.ckpt = args.wandb_ckpt
 
-    def log_epoch(self, stats: Dict[str, Any]) -> None:
+    def log_epoch(self, stats: dict[str, Any]) -> None:
         self._wandb.log({k: v for k, v in stats.items() if isinstance(v, (int, float))})
 
     def log_checkpoints(self, output_dir: str) -> None:

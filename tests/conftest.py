@@ -1,10 +1,111 @@
+"""Shared test helpers. The fixtures here apply to every test (autouse); the constants and
+functions are imported by the test modules with ``from conftest import ...`` (pytest puts tests/
+on ``sys.path``)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import models  # noqa: F401  (registers hornet_* with timm; the root is on sys.path: pyproject.toml `pythonpath`)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
+MAIN = os.path.join(ROOT, 'main.py')
+# a small HorNet: timm kwargs, and the same as --model_kwargs of predict.py / export.py
+SMALL = dict(depths=(1, 1, 1, 1), base_dim=16)
+SMALL_ARGS = ['--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']
+# what a launcher (torchrun, SLURM) leaves in the environment: a child must not inherit ours
+_LAUNCHER_VARS = ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID', 'SLURM_JOB_ID')
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core CI machine, spinning OpenMP threads of
+    several processes slow the tiny models down several-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, val_per_class: int = 8,
+                      size: int = 16, seed: int = 0) -> str:
+    """ImageNet-layout folder of noisy images whose class is the dominant colour channel
+    (survives flips, crops and mild colour jitter). Returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (('train', train_per_class), ('val', val_per_class)):
+        for c in range(classes):
+            folder = os.path.join(root, split, f'class_{c}')
+            os.makedirs(folder, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
+                img[..., c % 3] += np.uint8(150)
+                Image.fromarray(img).save(os.path.join(folder, f'{i:03d}.png'))
+    return root
+
+
+def tiny_argv(data: str, out: str, **overrides) -> list[str]:
+    """``main.py`` flags for a tiny, fast, deterministic CPU run on :func:`make_image_folder` data.
+
+    ``overrides`` replace or add flags (``flag=value``; a value with spaces is several words);
+    ``None`` or ``''`` leaves the flag out (so ``out=''`` gives no ``--output_dir``).
+    """
+    flags: dict[str, object] = dict(
+        model='hornet_tiny_gf', depths='1 1 1 1', base_dim=16, input_size=32, nb_classes=3,
+        data_path=data, output_dir=out, device='cpu', batch_size=8, epochs=2, warmup_epochs=0,
+        lr=2e-3, num_workers=0, mixup=0, cutmix=0, smoothing=0, aa='none', reprob=0, color_jitter=0,
+        print_freq=100, save_ckpt_num=5)
+    flags.update(overrides)
+    argv = []
+    for k, v in flags.items():
+        if v is None or v == '':
+            continue
+        argv.append(f'--{k}')
+        argv.extend(str(v).split())
+    return argv
+
+
+def read_log(folder: str) -> list[dict]:
+    """The records of ``folder/log.txt``, one JSON object a line (strict: any other line fails)."""
+    with open(os.path.join(folder, 'log.txt')) as f:
+        return [json.loads(line) for line in f]
+
+
+def free_port() -> int:
+    """A TCP port that is free on localhost now (for a rendezvous or a master port)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(pythonpath: str | None = ROOT, **extra: str) -> dict[str, str]:
+    """This process's environment for a child Python: one OpenMP thread, no launcher variables,
+    weights-only loading not switched off, no downloads; ``PYTHONPATH`` set to ``pythonpath``
+    (``None``: removed, so only an installed package or the script's own location finds the code)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_DATASETS_OFFLINE='1')
+    for k in (*_LAUNCHER_VARS, 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', 'PYTHONPATH'):
+        env.pop(k, None)
+    if pythonpath is not None:
+        env['PYTHONPATH'] = pythonpath
+    env.update(extra)
+    return env
+
+
+def run_python(args: Sequence[str], cwd: str = ROOT, timeout: float = 300, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """``python ARGS`` (a script and its flags, ``-m module ...`` or ``-c code``) in a child process
+    started in ``cwd`` with :func:`subprocess_env` (or ``env``); stdout/stderr captured as text."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env() if env is None else env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,6 +1,5 @@
 """Issue 11 item 1: the default augmentation (timm RandAugment ``inc1`` policies) must not crash on
 Pillow 13, whose ``ImageOps.posterize`` rejects the 0 bits those policies ask for."""
-import json
 import math
 import os
 import random
@@ -10,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from test_train_common import make_image_folder, one_thread  # noqa: F401  (autouse fixture)
 from timm.data import auto_augment
 
 import augment
 import datasets
 import main as train_main
+from conftest import ROOT, make_image_folder, read_log
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the per-model --aa column of TRAINING.md (and the original recipes)
 DOCUMENTED = {'rand-m9-mstd0.5-inc1', 'rand-m12-mstd0.5-inc1', 'rand-m15-mstd0.5-inc1'}
 
@@ -132,8 +130,7 @@ def test_default_augmentation_trains(tmp_path, aa):
         ('rand-m9-mstd0.5-inc1', 0.25, 0.8, 1.0, 0.4, 0.1)
     argv += ['--aa', aa] if aa else []
     assert train_main.run(argv) == 0
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(line) for line in f]
+    log = read_log(out)
     assert [r['epoch'] for r in log] == [0, 1]
     for r in log:
         assert math.isfinite(r['train_loss']) and 0 < r['train_loss'] < 10

@@ -13,19 +13,13 @@ import sys
 
 import pytest
 import torch
-from test_train_common import (
-    ROOT,
-    make_image_folder,
-    one_thread,  # noqa: F401  (autouse fixture)
-    tiny_argv,
-)
 
 import checkpoint
 import export
 import main as train_main
+from conftest import MAIN, ROOT, SMALL_ARGS, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
-EXPORT_ARGS = ['--model', 'hornet_tiny_gf', '--model_kwargs', 'depths=1,1,1,1', 'base_dim=16',
-               '--input_size', '32', '--format', 'onnx']
+EXPORT_ARGS = ['--model', 'hornet_tiny_gf', *SMALL_ARGS, '--input_size', '32', '--format', 'onnx']
 
 
 class Payload:
@@ -231,8 +225,7 @@ def _event_steps(folder):
 
 
 def _log_epochs(out):
-    with open(os.path.join(out, 'log.txt')) as f:
-        return [json.loads(line)['epoch'] for line in f]
+    return [r['epoch'] for r in read_log(out)]
 
 
 def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
@@ -249,8 +242,7 @@ def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
     assert train_main.run(tiny_argv(data, trained, eval='true')) == 0
     out = capsys.readouterr().out
     assert f'evaluating {trained}/checkpoint-1.pth (epoch 1), the newest checkpoint in --output_dir' in out
-    with open(os.path.join(trained, 'log.txt')) as f:
-        last = [json.loads(line) for line in f][-1]
+    last = read_log(trained)[-1]
     assert last['epoch'] == 1
     assert f'* Acc@1 {last["test_acc1"]:.3f} Acc@5 {last["test_acc5"]:.3f} loss {last["test_loss"]:.3f}' in out
     assert snapshot(trained) == before
@@ -352,12 +344,12 @@ def test_full_disk_at_save_says_previous_checkpoint_is_intact(data, tmp_path, ca
     assert not [n for n in os.listdir(out) if n.startswith('.')]
 
 
+@pytest.mark.slow
 def test_write_limit_is_a_clear_save_error(tmp_path):
     """A real failed write inside torch.save (file size limit, as on a full disk) becomes a
     CheckpointError; the old file under the name survives and no temp file remains."""
     code = (
-        'import resource, signal, sys, torch\n'
-        f'sys.path.insert(0, {ROOT!r})\n'
+        'import resource, signal, torch\n'
         'import checkpoint\n'
         'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
         'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
@@ -366,20 +358,22 @@ def test_write_limit_is_a_clear_save_error(tmp_path):
         'except checkpoint.CheckpointError as e:\n'
         '    print(e)\n')
     (tmp_path / 'c.pth').write_bytes(b'old')
-    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    res = run_python(['-c', code], timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.startswith(f'cannot save checkpoint {tmp_path}/c.pth: '), res.stdout
     assert sorted(os.listdir(tmp_path)) == ['c.pth'] and (tmp_path / 'c.pth').read_bytes() == b'old'
 
 
+@pytest.mark.slow
 def test_stale_lock_of_killed_run_does_not_block(tmp_path):
     """A run killed with -9 leaves its lock file; the kernel released the flock, so the next
     run takes the folder (and removes the file when done)."""
     out = tmp_path / 'out'
     out.mkdir()
-    code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); import checkpoint\n'
+    code = ('import time; import checkpoint\n'
             f'checkpoint.RunLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')
-    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                            text=True)
     assert proc.stdout.readline().strip() == 'locked'
     with pytest.raises(checkpoint.OutputDirError, match=f'in use by another run \\(pid {proc.pid} on host'):
         checkpoint.RunLock(str(out)).acquire()
@@ -404,10 +398,7 @@ def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     a signal-terminated shell command, epoch 0's checkpoint intact and no lock or temp file."""
     out = str(tmp_path / 'run')
     argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'SLURM_PROCID', 'SLURM_JOB_ID'):
-        env.pop(k, None)
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith('Epoch: [1]') and '[ 3/24]' in line:

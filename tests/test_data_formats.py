@@ -5,8 +5,6 @@ folder does, every sample exactly once per epoch over the ranks, a fresh order e
 model that learns, and (streams included) an exact resume."""
 import json
 import os
-import socket
-import subprocess
 import sys
 import tarfile
 import zlib
@@ -14,15 +12,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from test_train_common import (
-    ROOT,
-    make_image_folder,
-    one_thread,  # noqa: F401  (autouse fixture)
-    tiny_argv,
-)
 
 import datasets
 import main as train_main
+from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
 from utils import TrainingError
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported; tests never download
@@ -31,12 +24,6 @@ N_TRAIN, N_VAL = CLASSES * TRAIN_PER_CLASS, CLASSES * VAL_PER_CLASS  # 48, 24
 BATCH, WORLD = 4, 2
 # folder + DistributedSampler: ceil(48 / 2) = 24 samples per rank, 24 // 4 = 6 batches (drop_last)
 FOLDER_BATCHES_PER_RANK = (N_TRAIN // WORLD) // BATCH
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _split_samples(folder: str, split: str):
@@ -252,17 +239,9 @@ dist.destroy_process_group()
 '''
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', HF_DATASETS_OFFLINE='1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID'):
-        env.pop(k, None)
-    return env
-
-
 def _torchrun(args, timeout=300):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={WORLD}',
-           f'--master_port={_free_port()}', *args]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return run_python(['-m', 'torch.distributed.run', f'--nproc_per_node={WORLD}', f'--master_port={free_port()}',
+                       *args], timeout=timeout)
 
 
 @pytest.mark.slow
@@ -314,14 +293,13 @@ def test_two_epochs_two_processes_on_each_format(formats, tmp_path):
     for label, data_set, path in (('folder', 'IMNET', formats['folder']), ('wds', 'wds/tiny', formats['wds']),
                                   ('hfds', f'hfds/{formats["hf"]}', str(tmp_path / 'hf_cache'))):
         out = str(tmp_path / label)
-        res = _torchrun([os.path.join(ROOT, 'main.py'),
+        res = _torchrun([MAIN,
                          *tiny_argv(path, out, data_set=data_set, epochs=2, batch_size=BATCH, lr=3e-3)])
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert (f'batch 8 ({BATCH} x 1 accumulation x 2 processes), {FOLDER_BATCHES_PER_RANK} steps per epoch'
                 in res.stdout), label
         assert 'parameters on 2 ranks: max |difference| from rank 0 = 0\n' in res.stdout, label
-        with open(os.path.join(out, 'log.txt')) as f:
-            logs[label] = [json.loads(line) for line in f]
+        logs[label] = read_log(out)
         log = logs[label]
         assert [r['test_count'] for r in log] == [N_VAL, N_VAL], label
         assert log[-1]['test_acc1'] >= 75.0, (label, log[-1])
@@ -345,6 +323,5 @@ def test_webdataset_resume_is_exact(formats, tmp_path, workers):
     a, b = (torch.load(os.path.join(d, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)['model']
             for d in (straight, split))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with open(os.path.join(straight, 'log.txt')) as f:
-        steps = [json.loads(line) for line in f]
+    steps = read_log(straight)
     assert len(steps) == 2 and steps[0]['train_loss'] != steps[1]['train_loss']

@@ -9,16 +9,15 @@ import timm
 import torch
 
 import export
+from conftest import SMALL, SMALL_ARGS
 
-SMALL = dict(depths=(1, 1, 1, 1), base_dim=16, num_classes=10)
-SMALL_ARGS = ['--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']
 SIZE = 64
 
 
 def _small_checkpoint(tmp_path, name):
     """A small random model and its checkpoint file (training layout, with an args namespace)."""
     import argparse
-    model = timm.create_model(name, **SMALL).eval()
+    model = timm.create_model(name, **SMALL, num_classes=10).eval()
     path = tmp_path / f'{name}.pth'
     torch.save({'model': model.state_dict(), 'epoch': 1, 'args': argparse.Namespace(lr=1e-3)}, path)
     return model, str(path)
@@ -33,6 +32,7 @@ def _rel(ref, out):
     return float(np.abs(ref - out).max() / np.abs(ref).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_onnx_dynamic_batch_matches_eager(tmp_path, capsys, name):
     model, ckpt = _small_checkpoint(tmp_path, name)
@@ -61,6 +61,7 @@ def test_onnx_dynamic_batch_matches_eager(tmp_path, capsys, name):
         assert _rel(ref, got) < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_static_export_size(tmp_path, capsys):
     model, ckpt = _small_checkpoint(tmp_path, 'hornet_tiny_7x7')
     out = str(tmp_path / 'static.onnx')
@@ -75,6 +76,7 @@ def test_onnx_static_export_size(tmp_path, capsys):
         assert _rel(model(x).numpy(), got) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_torch_export_dynamic_batch_matches_eager(tmp_path, capsys, name):
     model, ckpt = _small_checkpoint(tmp_path, name)
@@ -100,7 +102,7 @@ def test_torch_export_dynamic_batch_matches_eager(tmp_path, capsys, name):
 
 
 def test_verify_flags_a_mismatch(monkeypatch):
-    model = timm.create_model('hornet_tiny_7x7', **SMALL).eval()
+    model = timm.create_model('hornet_tiny_7x7', **SMALL, num_classes=10).eval()
 
     def runner(path, fmt):  # an "exported" model that is 0.1% off
         return lambda x: model(torch.from_numpy(x)).detach().numpy() * 1.001

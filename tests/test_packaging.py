@@ -6,30 +6,26 @@ The README's set-up runs `pip install -e .` in this checkout; these tests check 
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 import run_with_submitit as rws
+from conftest import ROOT, run_python, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS_DIR = os.path.join(ROOT, 'models')
 HORNET_TINY_GF_PARAMS = 22_991_848  # the released layout's parameter count (1000 classes)
 
 
 def _env(**extra):
-    """This interpreter's environment without PYTHONPATH (so nothing but the install finds the code)."""
-    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    env.update(OMP_NUM_THREADS='1', **extra)
-    return env
+    """A child's environment without PYTHONPATH (so nothing but the install finds the code)."""
+    return subprocess_env(pythonpath=None, **extra)
 
 
 def _python(code, cwd, **env):
     """Run ``code`` in a fresh interpreter; it prints one JSON line, returned parsed."""
-    r = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=cwd, env=_env(**env),
-                       capture_output=True, text=True, timeout=300)
+    r = run_python(['-c', textwrap.dedent(code)], cwd=cwd, env=_env(**env))
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -159,8 +155,8 @@ def test_non_editable_install_holds_only_the_model_library(tmp_path):
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
         '.git', 'output', 'logs', '__pycache__', '*.egg-info', 'build', '.pytest_cache'))
     target = tmp_path / 'site'
-    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation',
-                        '--target', str(target), str(src)], env=_env(), capture_output=True, text=True, timeout=300)
+    r = run_python(['-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation', '--target', str(target),
+                    str(src)], env=_env())
     assert r.returncode == 0, r.stderr
     dist_info = 'hornet-0.1.0.dist-info'
     assert sorted(os.listdir(target)) == ['hornet', dist_info]
@@ -190,8 +186,7 @@ SCRIPTS = ['object_detection/train.py', 'object_detection/test.py', 'object_dete
 def test_scripts_run_as_files_from_anywhere(script, tmp_path):
     """The documented `python <dir>/<script>.py ...` commands find the repository's modules (tools,
     calc_flops, models, hornet) whatever the working directory, with no PYTHONPATH."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, script), '--help'], cwd=str(tmp_path), env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    r = run_python([os.path.join(ROOT, script), '--help'], cwd=str(tmp_path), env=_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith('usage: ')
 

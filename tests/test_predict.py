@@ -11,13 +11,12 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import predict
-
-SMALL_ARGS = ['--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']
+from conftest import SMALL, SMALL_ARGS
 
 
 @pytest.fixture
 def setup(tmp_path):
-    model = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16).eval()
+    model = timm.create_model('hornet_tiny_gf', **SMALL).eval()
     # a larger head init so the top-5 probabilities are clearly apart
     with torch.no_grad():
         model.head.weight.mul_(50)

@@ -7,29 +7,27 @@ import stat
 import time
 
 import pytest
-from test_train_common import make_image_folder
 
 import run_with_submitit as rws
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import make_image_folder, subprocess_env, tiny_argv
 
 
 def _tiny_argv(data, job_dir, epochs):
-    return ['--cluster', 'local', '--nodes', '1', '--ngpus', '2', '--device', 'cpu', '--timeout', '20',
-            '--model', 'hornet_tiny_7x7', '--depths', '1', '1', '1', '1', '--base_dim', '16',
-            '--input_size', '32', '--nb_classes', '2', '--data_path', data, '--batch_size', '4',
-            '--epochs', str(epochs), '--warmup_epochs', '0', '--num_workers', '0', '--mixup', '0',
-            '--cutmix', '0', '--aa', 'none', '--reprob', '0', '--color_jitter', '0', '--smoothing', '0',
-            '--print_freq', '100', '--job_dir', job_dir]
+    """Two local CPU tasks; main.py's flags are the shared tiny ones (the job dir is the output dir)."""
+    return ['--cluster', 'local', '--nodes', '1', '--ngpus', '2', '--timeout', '20', '--job_dir', job_dir,
+            *tiny_argv(data, '', model='hornet_tiny_7x7', nb_classes=2, batch_size=4, epochs=epochs, lr=None,
+                       save_ckpt_num=None)]
 
 
 @pytest.fixture
 def job_env(monkeypatch):
-    # the tasks unpickle run_with_submitit.Trainer by module name; one thread each on 2 cores
-    monkeypatch.setenv('PYTHONPATH', ROOT)
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'):
-        monkeypatch.delenv(k, raising=False)
+    """The tasks start with this process's environment: make it a child's (PYTHONPATH: they unpickle
+    run_with_submitit.Trainer by module name; one thread each on 2 cores; no launcher variables)."""
+    env = subprocess_env()
+    for k in set(os.environ) - set(env):
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
 
 
 def _log_epochs(job_dir):
@@ -45,6 +43,7 @@ def _task_log(job, task):
         return f.read()
 
 
+@pytest.mark.slow
 def test_local_two_tasks_one_epoch(tmp_path, job_env):
     data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=16, val_per_class=4)
     job_dir = str(tmp_path / 'job')
@@ -76,6 +75,7 @@ def _rank0_pid(controller_pid):
     raise AssertionError(f'no rank-0 task under controller {controller_pid}')
 
 
+@pytest.mark.slow
 def test_preemption_requeues_and_resumes(tmp_path, job_env):
     data = make_image_folder(str(tmp_path / 'data'), classes=2, train_per_class=32, val_per_class=4)
     job_dir = str(tmp_path / 'job')

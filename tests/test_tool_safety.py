@@ -5,19 +5,15 @@ import hashlib
 import os
 import socket
 import stat
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
 
 import datasets
 import main as train_main
+from conftest import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, subprocess_env, tiny_argv
 from utils import TrainingError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def snapshot(root: str) -> dict:
@@ -55,9 +51,7 @@ def _digits_csv(path: str, n: int = 20, bad_row: bool = False) -> str:
 
 
 def _demo_argv(data: str, out: str):
-    return ['--data_set', 'DEMO', '--data_path', data, '--model', 'hornet_tiny_gf', '--depths', '1', '1', '1', '1',
-            '--base_dim', '16', '--input_size', '32', '--device', 'cpu', '--num_workers', '0',
-            '--output_dir', out, '--epochs', '1']
+    return tiny_argv(data, out, data_set='DEMO', nb_classes=None, epochs=1)
 
 
 def _foreign_folder(root: str) -> str:
@@ -92,6 +86,25 @@ def test_demo_refuses_foreign_path(tmp_path, capsys, case):
         captured.out + captured.err
     assert snapshot(str(base)) == before
     assert 'Traceback' not in captured.out + captured.err
+
+
+@pytest.mark.slow
+def test_demo_refusal_stops_every_rank(tmp_path):
+    """torchrun, 2 gloo processes, --data_set DEMO on a folder the project did not create: rank 0
+    refuses in the export and every rank exits with that message (none waits at a barrier for a
+    rank that already stopped); the launcher exits non-zero within the timeout, nothing changed."""
+    data = _foreign_folder(str(tmp_path / 'data'))
+    before = snapshot(str(tmp_path))
+    res = run_python(['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}', MAIN,
+                      *_demo_argv(data, str(tmp_path / 'out'))], timeout=180)
+    log = res.stdout + res.stderr
+    assert res.returncode != 0, log[-3000:]
+    message = (f'error: --data_set DEMO --data_path {data}: that path exists and is not a demo export made by '
+               'this project')
+    # rank 0's refusal, and rank 1 told the same (the first to exit with 2 makes torchrun stop the other)
+    assert log.count(message) == 2, log[-3000:]
+    assert 'exitcode  : 2 ' in log, log[-3000:]
+    assert snapshot(str(tmp_path)) == before
 
 
 def test_demo_export_new_and_empty_folder(tmp_path):
@@ -144,7 +157,7 @@ def test_demo_export_failure_cleans_temp(tmp_path, monkeypatch, failure):
 def test_demo_export_removes_only_dead_temps(tmp_path):
     src = _digits_csv(str(tmp_path / 'digits.csv.gz'))
     host = socket.gethostname()
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = run_python(['-c', 'import os; print(os.getpid())'])
     dead_pid = int(dead.stdout)
     names = {'dead': f'.demo.demo-tmp-{host}-{dead_pid}-0a0a',        # a killed export on this host: removed
              'live': f'.demo.demo-tmp-{host}-{os.getppid()}-0b0b',     # a running export: kept
@@ -204,7 +217,6 @@ def _call(entry, argv):
     return 0 if rc is None else rc
 
 
-SMALL = ['--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']
 SIZE_MSG = 'argument --input_size: must be at least 32 (HorNet downsamples by 32), got '
 CKPT_MSG = {
     'malicious': 'it holds Python objects, not only weights (it asks for io.open); it was not unpickled',
@@ -213,6 +225,10 @@ CKPT_MSG = {
     'truncated': 'the file is truncated or damaged',
     'missing': 'no such file',
 }
+# predict.py reads checkpoints with checkpoint.load_file, as main.py and export.py do: its text-file
+# message names the file's start (here a URL saved instead of the weights)
+PREDICT_CKPT_MSG = dict(CKPT_MSG, text="it is a text file (39 bytes, starts with 'https://example.com/hornet_tin'), "
+                                        'not a PyTorch checkpoint')
 # (script, arguments; {img}/{out}/{ckpt:NAME} are filled in, expected exit code, message)
 BAD_INPUTS = [
     ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --input_size 0 {img}', 2, SIZE_MSG + '0'),
@@ -223,7 +239,7 @@ BAD_INPUTS = [
     ('predict', '--model hornet_tiny_gf --checkpoint {ckpt:good} --topk 0 {img}', 2,
      'argument --topk: must be at least 1, got 0'),
     *[('predict', f'--model hornet_tiny_gf --checkpoint {{ckpt:{k}}} {{img}}', 2,
-       f'error: cannot load checkpoint {{ckpt:{k}}}: {msg}') for k, msg in CKPT_MSG.items()],
+       f'error: cannot load checkpoint {{ckpt:{k}}}: {msg}') for k, msg in PREDICT_CKPT_MSG.items()],
     ('export', '--model hornet_tiny_gf --format onnx --output {out}/m.onnx --input_size 0', 2, SIZE_MSG + '0'),
     ('export', '--model hornet_tiny_gf --format onnx --output {out}/m.onnx --input_size -1', 2, SIZE_MSG + '-1'),
     ('export', '--model hornet_tiny_7x7 --format torch_export --output {out}/m.pt2 --input_size 31', 2,
@@ -253,7 +269,7 @@ def test_bad_inputs(tmp_path, capsys, script, args, code, message):
         return text
     argv = fill(args).split()
     if script == 'predict':
-        argv += SMALL
+        argv += SMALL_ARGS
     before = snapshot(str(tmp_path))
     rc = _call(entry, argv)
     captured = capsys.readouterr()
@@ -312,6 +328,7 @@ def _toy_runner(work_dir, max_iters, **kw):
         randomness=dict(seed=0), default_scope='mmengine', **kw)
 
 
+@pytest.mark.slow
 def test_mmengine_checkpoint_safe_globals(tmp_path):
     """An mmengine 0.10 training checkpoint needs exactly MMENGINE_SAFE_GLOBALS beyond torch's own
     allow-list, and loads weights-only to the same content as a full unpickle."""
@@ -393,11 +410,10 @@ def test_mm_loader_bad_files(tmp_path):
     assert os.path.exists(tmp_path / MARKER_NAME)
 
 
-def _run_mm(script, *args, cwd=ROOT):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=400)
+def _run_mm(script, *args):
+    # no PYTHONPATH: the scripts find the repository themselves, as users run them
+    proc = run_python([os.path.join(ROOT, script), *args], timeout=400,
+                      env=subprocess_env(pythonpath=None, PYTHONWARNINGS='ignore'))
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -407,11 +423,12 @@ def det_setup(tmp_path_factory):
     checkpoint, and a normal 2-iteration checkpoint written by object_detection/train.py."""
     import timm
     import torch
+
     from test_det_train import make_coco, write_test_config
     root = tmp_path_factory.mktemp('det')
     ann = make_coco(str(root / 'coco'))
     cls_ckpt = str(root / 'cls.pth')
-    torch.save({'model': timm.create_model('hornet_tiny_7x7', depths=(1, 1, 1, 1), base_dim=16).state_dict()},
+    torch.save({'model': timm.create_model('hornet_tiny_7x7', **SMALL).state_dict()},
                cls_ckpt)
     cfg = write_test_config(str(root / 'tiny_det.py'), 'mask_rcnn_hornet_small_7x7_horfpn_gf_1x_coco.py',
                             str(root / 'coco'), ann, cls_ckpt)

@@ -1,13 +1,8 @@
-"""Helpers shared by the training tests (tiny colour-coded ImageFolder data, tiny-model flags),
-plus tests of the parser and data-set plumbing."""
+"""main.py's parser (the documented commands, the original defaults) and data-set plumbing."""
 import gzip
-import json
 import os
 import re
 import shlex
-import subprocess
-import sys
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -16,9 +11,9 @@ from PIL import Image
 
 import datasets
 import main as train_main
+from conftest import ROOT, make_image_folder, read_log, tiny_argv
 from utils import TrainingError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The evaluation and training commands of the original release's README, character for character
 # (including its two shell slips: a backslash right after "--clip_grad 5", which glues the next
 # line to it, and a backslash followed by a space at the end of the --resume line).
@@ -35,58 +30,6 @@ SEED_README_COMMANDS = (
     '--data_path /path/to/imagenet-1k \\\n'
     '--output_dir ./logs/hornet_tiny_7x7\n'
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, spinning OpenMP threads of
-    several processes slow the tiny models down several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, val_per_class: int = 8,
-                      size: int = 16, seed: int = 0) -> str:
-    """ImageNet-layout folder of noisy images whose class is the dominant colour channel
-    (survives flips, crops and mild colour jitter). Returns ``root``."""
-    rng = np.random.default_rng(seed)
-    for split, n in (('train', train_per_class), ('val', val_per_class)):
-        for c in range(classes):
-            folder = os.path.join(root, split, f'class_{c}')
-            os.makedirs(folder, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 90, size=(size, size, 3)).astype(np.uint8)
-                img[..., c % 3] += np.uint8(150)
-                Image.fromarray(img).save(os.path.join(folder, f'{i:03d}.png'))
-    return root
-
-
-def tiny_argv(data: str, out: str, **overrides) -> list[str]:
-    """Flags for a tiny, fast, deterministic CPU run on :func:`make_image_folder` data."""
-    flags: dict[str, object] = dict(
-        model='hornet_tiny_gf', depths='1 1 1 1', base_dim=16, input_size=32, nb_classes=3,
-        data_path=data, output_dir=out, device='cpu', batch_size=8, epochs=2, warmup_epochs=0,
-        lr=2e-3, num_workers=0, mixup=0, cutmix=0, smoothing=0, aa='none', reprob=0, color_jitter=0,
-        print_freq=100, save_ckpt_num=5)
-    flags.update(overrides)
-    argv = []
-    for k, v in flags.items():
-        if v is None or v == '':
-            continue
-        argv.append(f'--{k}')
-        argv.extend(str(v).split())
-    return argv
-
-
-def run_cli(argv: Sequence[str], launcher: Sequence[str] = (), timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run ``main.py`` as a separate process (optionally under a launcher), from the repo root."""
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID'):
-        env.pop(k, None)
-    cmd = [sys.executable, *launcher, os.path.join(ROOT, 'main.py'), *argv]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -353,8 +296,7 @@ def test_image_folder_takes_class_count_from_folder(tmp_path, capsys):
     assert train_main.run(tiny_argv(data, out, **flags)) == 0
     ckpt = torch.load(os.path.join(out, 'checkpoint-0.pth'), weights_only=True)
     assert ckpt['model']['head.weight'].shape == (4, 128) and ckpt['args']['nb_classes'] == 4
-    with open(os.path.join(out, 'log.txt')) as f:
-        (line,) = [json.loads(x) for x in f]
+    (line,) = read_log(out)
     assert 'max_accuracy' not in line and 'test_acc1' not in line  # no evaluation
     assert set(line) == {'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay',
                          'train_grad_norm', 'epoch', 'n_parameters', 'GFLOPs'}
@@ -394,8 +336,7 @@ def test_log_keys_and_tensorboard_tags_are_the_originals(tmp_path):
     argv = tiny_argv(data, out, epochs=2, batch_size=4, update_freq=2, model_ema='true', model_ema_eval='true',
                      layer_decay=0.5, clip_grad=1)
     assert train_main.run(argv) == 0
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(x) for x in f]
+    log = read_log(out)
     assert [r['epoch'] for r in log] == [0, 1]
     assert set(log[0]) == {
         'train_loss', 'train_class_acc', 'train_lr', 'train_min_lr', 'train_weight_decay', 'train_grad_norm',

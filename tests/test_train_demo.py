@@ -6,11 +6,14 @@ import json
 import os
 import re
 
-import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
+import pytest
+
 import datasets
+import main as train_main
+from conftest import read_log
 
 
+@pytest.mark.slow
 def test_demo_short_epoch_learns(tmp_path, capsys):
     data, out = str(tmp_path / 'demo_data'), str(tmp_path / 'demo')
     model = '--model hornet_tiny_gf --depths 1 1 2 1 --base_dim 24 --input_size 32'.split()
@@ -24,8 +27,7 @@ def test_demo_short_epoch_learns(tmp_path, capsys):
     assert re.search(r'Epoch: \[0\] \[\s*0/40\]\s+eta: \d+:\d\d:\d\d', printed)  # progress with ETA
     with open(os.path.join(data, 'demo_complete.json')) as f:
         assert json.load(f)['source'] == datasets.demo_source_file()
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(line) for line in f]
+    log = read_log(out)
     assert log[0]['test_count'] == 1000 and log[0]['test_acc1'] > 40.0  # chance is 10%
     assert {'checkpoint-0.pth', 'checkpoint-best.pth'} <= set(os.listdir(out))
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(out))

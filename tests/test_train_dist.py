@@ -1,37 +1,29 @@
 """Two CPU processes (gloo) through ``torch.distributed.launch`` and ``torchrun``: the training
 loss falls, both ranks end with identical weights, and distributed evaluation prints Acc@1
 over the whole validation set."""
-import json
 import os
 import re
-import socket
 
 import pytest
 import torch
 
-from test_train_common import make_image_folder, run_cli, tiny_argv
+from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize('launcher', ['launch', 'torchrun'])
 def test_two_process_training(launcher, tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), train_per_class=16, val_per_class=7)
     out = str(tmp_path / 'out')
-    port = str(_free_port())
+    port = str(free_port())
     if launcher == 'launch':  # passes --local-rank=N to every process
         cmd = ['-m', 'torch.distributed.launch', '--nproc_per_node=2', f'--master_port={port}']
     else:  # environment variables only
         cmd = ['-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}']
-    res = run_cli(tiny_argv(data, out, epochs=3, batch_size=4, lr=3e-3), launcher=cmd)
+    res = run_python([*cmd, MAIN, *tiny_argv(data, out, epochs=3, batch_size=4, lr=3e-3)], timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert 'batch 8 (4 x 1 accumulation x 2 processes), 6 steps per epoch' in res.stdout
-    with open(os.path.join(out, 'log.txt')) as f:
-        log = [json.loads(line) for line in f]
+    log = read_log(out)
     losses = [r['train_loss'] for r in log]
     assert len(losses) == 3 and losses[2] < losses[0] - 0.05, losses
     assert 'parameters on 2 ranks: max |difference| from rank 0 = 0\n' in res.stdout

@@ -2,33 +2,20 @@
 two nodes of one process each (gloo), meet through a c10d rendezvous or a static master
 address, train one epoch and end with bitwise identical weights."""
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_train_common import ROOT, make_image_folder, tiny_argv
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    for k in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID'):
-        env.pop(k, None)
-    return env
+from conftest import MAIN, ROOT, free_port, make_image_folder, subprocess_env, tiny_argv
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('rendezvous', ['c10d', 'static'])
 def test_two_nodes_train_to_identical_weights(rendezvous, tmp_path):
     data = make_image_folder(str(tmp_path / 'data'), train_per_class=8, val_per_class=4)
-    port = _free_port()
+    port = free_port()
     agents = []
     for node in (0, 1):
         if rendezvous == 'c10d':  # the node ranks are handed out by the rendezvous
@@ -37,8 +24,8 @@ def test_two_nodes_train_to_identical_weights(rendezvous, tmp_path):
             launch = [f'--node_rank={node}', '--master_addr=127.0.0.1', f'--master_port={port}']
         out = str(tmp_path / f'node{node}')  # each node its own output folder
         cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', '--nproc_per_node=1', *launch,
-               os.path.join(ROOT, 'main.py'), *tiny_argv(data, out, epochs=1, batch_size=4, lr=3e-3)]
-        agents.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+               MAIN, *tiny_argv(data, out, epochs=1, batch_size=4, lr=3e-3)]
+        agents.append(subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True))
     outputs = []
     try:

@@ -1,7 +1,6 @@
 """End-to-end runs of main.py on tiny data: resume equivalence, kill -9 recovery, checkpoint
 files, evaluation of a checkpoint, and a clear error + non-zero exit for each bad input."""
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -11,8 +10,7 @@ import pytest
 import torch
 
 import main as train_main
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
-from test_train_common import ROOT, make_image_folder, tiny_argv
+from conftest import MAIN, ROOT, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
 
 @pytest.fixture(scope='module')
@@ -20,15 +18,11 @@ def data(tmp_path_factory):
     return make_image_folder(str(tmp_path_factory.mktemp('data')))
 
 
-def _log(out):
-    with open(os.path.join(out, 'log.txt')) as f:
-        return [json.loads(line) for line in f]
-
-
 def _weights_only(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
+@pytest.mark.slow
 def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     """2 epochs straight == 1 epoch + auto-resume for 1 more: bitwise equal model, EMA and
     optimizer state (mixup, drop path, EMA, accumulation and augmentation all on). Then
@@ -48,7 +42,7 @@ def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     sa, sb = a['optimizer']['state'], b['optimizer']['state']
     assert all(torch.equal(sa[i]['exp_avg'], sb[i]['exp_avg']) for i in sa)
     assert a['epoch'] == b['epoch'] == 1 and a['max_accuracy'] == b['max_accuracy']
-    la, lb = _log(straight), _log(split)
+    la, lb = read_log(straight), read_log(split)
     assert [r['train_loss'] for r in la] == [r['train_loss'] for r in lb]
     assert {'checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-best.pth', 'log.txt'} <= set(os.listdir(straight))
     assert glob.glob(f'{straight}/events.out.tfevents.*')
@@ -64,13 +58,13 @@ def test_resume_equivalence_and_eval(data, tmp_path, capsys):
     assert f'Acc@1 {la[-1]["test_acc1_ema"]:.3f}' in acc[1]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     """SIGKILL while epoch 1 trains; the rerun resumes from checkpoint-0 and finishes; every
     checkpoint file loads with weights_only=True and no temp file is left behind."""
     out = str(tmp_path / 'run')
     argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=ROOT, env=subprocess_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:  # wait until epoch 1 is a few steps in
@@ -81,15 +75,14 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert os.path.exists(f'{out}/checkpoint-0.pth') and not os.path.exists(f'{out}/checkpoint-1.pth')
-    assert len(_log(out)) == 1
+    assert len(read_log(out)) == 1
     with open(f'{out}/log.txt', 'a') as f:  # as if the kill had cut a line short
         f.write('{"train_loss": 1.0, "epo')
-    rerun = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *argv], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=240)
+    rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert 'checkpoint-0.pth' in rerun.stdout and 'continuing at epoch 1' in rerun.stdout
     assert 'Epoch: [0]' not in rerun.stdout
-    assert [r['epoch'] for r in _log(out)] == [0, 1, 2]
+    assert [r['epoch'] for r in read_log(out)] == [0, 1, 2]
     files = sorted(os.listdir(out))
     assert not [f for f in files if f.startswith('.tmp-')]
     for f in files:

@@ -7,19 +7,19 @@ import os
 import pytest
 import timm
 import torch
-from test_train_common import one_thread  # noqa: F401  (autouse fixture)
 from timm.utils import ModelEmaV3
 
 import main as train_main
 import models
 import utils
+from conftest import ROOT, SMALL
 from engine import train_one_epoch
 from optim_factory import Schedules, create_optimizer, param_groups_layer_decay
 
 
 def _tiny(name='hornet_tiny_gf', **kw):
     torch.manual_seed(0)
-    return timm.create_model(name, depths=(1, 1, 1, 1), base_dim=16, num_classes=3, **kw)
+    return timm.create_model(name, **SMALL, num_classes=3, **kw)
 
 
 def _args(**kw):
@@ -288,7 +288,7 @@ def test_fp32_clipping_two_processes(tmp_path):
 
 # ----------------------------------------------------------------------------- 22K -> 1K head
 
-MAP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data', 'in1k_to_in22k_map.txt')
+MAP_FILE = os.path.join(ROOT, 'data', 'in1k_to_in22k_map.txt')
 
 
 def test_finetune_21841_head_uses_shipped_map(tmp_path):
@@ -302,7 +302,7 @@ def test_finetune_21841_head_uses_shipped_map(tmp_path):
     assert train_main.IN1K_TO_IN22K_MAP == MAP_FILE
 
     torch.manual_seed(0)
-    src = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16, num_classes=21841)
+    src = timm.create_model('hornet_tiny_gf', **SMALL, num_classes=21841)
     with torch.no_grad():
         src.head.bias.copy_(torch.arange(21841, dtype=torch.float32))
     torch.save({'model': src.state_dict()}, tmp_path / 'in22k.pth')
