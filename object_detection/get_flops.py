@@ -10,7 +10,7 @@ LayerNorm terms); RoIAlign and NMS are not counted. Everything runs on
 the ``meta`` device, so nothing is allocated and HorNet-L takes seconds.
 """
 import argparse
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,7 @@ def _dummy_forward(model: nn.Module, x: torch.Tensor) -> None:
             head(torch.zeros(NUM_MASK_ROIS, out_ch, *roi_size, device=x.device))
 
 
-def count_flops(model: nn.Module, shape: Sequence[int] = (800, 1280)) -> Dict[str, float]:
+def count_flops(model: nn.Module, shape: Sequence[int] = (800, 1280)) -> dict[str, float]:
     """FLOPs of the dummy forward of one ``3 x H x W`` image, parameter count and backbone share."""
     params = sum(p.numel() for p in model.parameters())
     params_backbone = sum(p.numel() for p in model.backbone.parameters())
@@ -66,7 +66,7 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (800, 1280)) -> Dict[st
     return dict(flops=counts['total'], fft_flops=counts['fft'], params=params, params_backbone=params_backbone)
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description='Parameters and FLOPs of a detection config')
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs='+', default=[800, 1280],

@@ -8,7 +8,6 @@ Multi-GPU: ``bash object_detection/dist_test.sh CONFIG CHECKPOINT 8``.
 import argparse
 import json
 import os.path as osp
-from typing import Dict, List, Optional
 
 from mmengine.dist import get_rank
 
@@ -16,11 +15,15 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, build_runner, exit_on_checkpoint_error, load_runner_config, parse_runner_args,
+    add_runner_args,
+    build_runner,
+    exit_on_checkpoint_error,
+    load_runner_config,
+    parse_runner_args,
 )
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a HorNet detector (mmdet 3.x)')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -31,7 +34,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 @exit_on_checkpoint_error
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint not found: {args.checkpoint}')

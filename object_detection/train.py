@@ -6,7 +6,6 @@
 Multi-GPU: ``bash object_detection/dist_train.sh CONFIG 8`` (torchrun, ``--launcher pytorch``).
 """
 import argparse
-from typing import List, Optional
 
 from mmengine.config import Config
 
@@ -14,12 +13,17 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, apply_resume, build_runner, enable_amp, exit_on_checkpoint_error, load_runner_config,
+    add_runner_args,
+    apply_resume,
+    build_runner,
+    enable_amp,
+    exit_on_checkpoint_error,
+    load_runner_config,
     parse_runner_args,
 )
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a HorNet detector (mmdet 3.x)')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
@@ -46,7 +50,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 @exit_on_checkpoint_error
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
     runner = build_runner(cfg, args)

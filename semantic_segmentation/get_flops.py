@@ -10,7 +10,7 @@ head (training only) is left out of the FLOPs but kept in the parameter count. T
 device, so nothing is allocated and even HorNet-L takes seconds.
 """
 import argparse
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -22,6 +22,7 @@ if not __package__:  # run as a file, not imported from the repository root: see
 
 from calc_flops import count_flops as count_model_flops
 
+
 def build_segmentor(cfg: Config) -> torch.nn.Module:
     """Build the config's segmentor without pre-trained weights and without the auxiliary head."""
     from mmseg.registry import MODELS
@@ -31,7 +32,7 @@ def build_segmentor(cfg: Config) -> torch.nn.Module:
     return revert_sync_batchnorm(MODELS.build(cfg.model))
 
 
-def count_flops(model: torch.nn.Module, shape: Sequence[int] = (512, 2048)) -> Dict[str, float]:
+def count_flops(model: torch.nn.Module, shape: Sequence[int] = (512, 2048)) -> dict[str, float]:
     """FLOPs of one ``3 x H x W`` image through backbone and decode head, and parameter counts.
 
     Returns a dict with ``flops`` and ``fft_flops`` (counts), ``params`` (whole model) and
@@ -46,7 +47,7 @@ def count_flops(model: torch.nn.Module, shape: Sequence[int] = (512, 2048)) -> D
     return dict(flops=counts['total'], fft_flops=counts['fft'], params=params, params_aux=params_aux)
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description='Parameters and FLOPs of a segmentation config')
     parser.add_argument('config', help='config file')
     parser.add_argument('--shape', type=int, nargs='+', default=None,

@@ -12,7 +12,6 @@ The 0.x flags ``--eval mIoU`` and ``--options`` are accepted. The last line prin
 """
 import argparse
 import json
-from typing import Dict, List, Optional
 
 from mmengine.config import Config
 from mmengine.dist import get_rank
@@ -21,13 +20,17 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
-    add_runner_args, build_runner, exit_on_checkpoint_error, load_runner_config, parse_runner_args,
+    add_runner_args,
+    build_runner,
+    exit_on_checkpoint_error,
+    load_runner_config,
+    parse_runner_args,
 )
 
 IOU_METRICS = ('mIoU', 'mDice', 'mFscore')
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Evaluate a HorNet segmentor (mmsegmentation 1.x)')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -66,7 +69,7 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 @exit_on_checkpoint_error
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     cfg = build_config(args)
     runner = build_runner(cfg, args, strict_load=True)  # a checkpoint that does not fit is an error

@@ -13,9 +13,9 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import models
+from conftest import ROOT
 from models.mm_hornet import HorNetBackbone
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
 CONFIGS = sorted(osp.basename(p) for p in glob.glob(osp.join(CONFIG_DIR, '*.py')))
 

@@ -3,8 +3,6 @@ import json
 import math
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import mmdet  # noqa: F401  (must be installed: tools/install_openmmlab.sh)
 import numpy as np
@@ -15,7 +13,8 @@ import torch
 from mmdet.datasets import CocoDataset
 from PIL import Image
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import ROOT, run_python, subprocess_env
+
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
 
 
@@ -105,8 +104,7 @@ def coco(tmp_path_factory):
 
 
 def _run(args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore')
-    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    proc = run_python(args, cwd=cwd, env=subprocess_env(OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore'))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc.stdout + proc.stderr
 

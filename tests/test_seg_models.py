@@ -14,10 +14,10 @@ from mmengine.registry import init_default_scope
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
+from conftest import ROOT
 from models import GlobalLocalFilter
 from semantic_segmentation.get_flops import count_flops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEG_DIR = os.path.join(ROOT, 'semantic_segmentation')
 CONFIG_DIR = os.path.join(SEG_DIR, 'configs', 'hornet')
 
@@ -204,6 +204,7 @@ def test_slide_inference_with_gf_filter_interpolation():
     assert set(seen_slide) == {((24, 13), (4, 3)), ((12, 7), (2, 2))}
 
 
+@pytest.mark.slow
 def test_script_options_map_onto_the_config():
     from semantic_segmentation import test as seg_test
     from semantic_segmentation import train as seg_train

@@ -2,8 +2,6 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import mmseg  # noqa: F401  (a missing OpenMMLab stack must fail, not skip)
@@ -12,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_python, subprocess_env
+
 SEG_DIR = os.path.join(ROOT, 'semantic_segmentation')
 CONFIG_DIR = os.path.join(SEG_DIR, 'configs', 'hornet')
 ITERS = 12
@@ -108,9 +107,8 @@ def tiny_config(path: str, base: str, data_root: str, **head) -> str:
 
 
 def run_script(script: str, *args: str) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONHASHSEED='0')
-    proc = subprocess.run([sys.executable, os.path.join(SEG_DIR, script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = subprocess_env(OMP_NUM_THREADS='2', PYTHONHASHSEED='0')
+    proc = run_python([os.path.join(SEG_DIR, script), *args], env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
 
