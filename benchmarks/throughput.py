@@ -147,9 +147,13 @@ def measure_memory(kind: str, name: str, mode: str, args) -> float:
 
 
 def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> list[dict]:
+    kinds = ['hornet'] + [k for k in ('reference', 'convnext') if k in args.baselines]
+    if args.memory_only:  # each measurement in its own process: nothing to build here
+        label = {'hornet': name, 'reference': f'reference({name})', 'convnext': convnext_for(name)}
+        return [dict(model=label[k], mode=mode, mem=measure_memory(k, name, mode, args))
+                for mode in args.modes for k in kinds]
     torch.manual_seed(0)
     ours = build('hornet', name, args, device)
-    kinds = ['hornet'] + [k for k in ('reference', 'convnext') if k in args.baselines]
     nets = {'hornet': ours}
     for k in kinds[1:]:
         nets[k] = build(k, name, args, device, ours)
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
     p.add_argument('--memory', action='store_true', help='also measure the peak memory of one step')
+    p.add_argument('--memory_only', action='store_true', help='only the peak memory column (no timing)')
     p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._memory_probe:
@@ -225,8 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     args.amp = DTYPES[args.amp_dtype]
-    peaks = {'fp32': matmul_peak(device, torch.float32)}
-    peaks['amp'] = matmul_peak(device, args.amp) if args.amp else peaks['fp32']
+    peaks = {'fp32': matmul_peak(device, torch.float32) if not args.memory_only else float('nan')}
+    peaks['amp'] = matmul_peak(device, args.amp) if args.amp and not args.memory_only else peaks['fp32']
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     cpu = torch.cuda.get_device_name() if device.type == 'cuda' else f'{os.cpu_count()} CPU cores'
     print(f'# {cpu}, torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, '
@@ -242,6 +247,11 @@ def main(argv: list[str] | None = None) -> None:
         print('|---' * 14 + '|')
         for name in args.models:
             for r in run_model(name, args, device, peaks):
+                if args.memory_only:
+                    print(f"| {r['model']} | {r['mode']} | {args.amp_dtype} | "
+                          f"{'channels_last' if args.channels_last else 'NCHW'} | eager | {'on' if ckpt else 'off'} | "
+                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - |", flush=True)
+                    continue
                 lo, hi = (args.batch_size / t for t in reversed(r['spread']))
                 print(f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['layout']} | {r['compile']} | "
                       f"{'on' if ckpt else 'off'} | {r['batch']} | {r['ips']:.1f} ({lo:.1f}-{hi:.1f}) | "

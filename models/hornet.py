@@ -248,7 +248,7 @@ class GnConv(nn.Module):
             nn.Conv2d(self.dims[i], self.dims[i + 1], kernel_size=1, **dd) for i in range(order - 1))
 
     def _mix(self, q: torch.Tensor) -> torch.Tensor:
-        """``dwconv(q) * scale``, with the scale folded into the mixer's last affine map."""
+        """``dwconv(q) * scale`` on an NCHW tensor, the scale folded into the mixer's last affine map."""
         if self.mixer == 'dwconv':
             m = self.dwconv
             weight, bias = (m.weight, m.bias) if self.scale == 1.0 else (m.weight * self.scale, m.bias * self.scale)
@@ -258,24 +258,34 @@ class GnConv(nn.Module):
         return self.dwconv(q) * self.scale
 
     def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """gnConv of ``x``; ``out_scale`` (per output channel) multiplies the result, folded into
-        ``proj_out`` (HorBlock passes its layer scale ``gamma1``)."""
-        w, b = self.proj_in.weight, self.proj_in.bias
+        """gnConv of an NCHW ``x``; ``out_scale`` (per output channel) multiplies the result, folded
+        into ``proj_out`` (HorBlock passes its layer scale ``gamma1``).
+
+        Speed: the 1x1 convs run as matrix products on the channels-last view (B, H, W, C), free
+        for a channels_last ``x`` (as inside HorNet): no layout copies, and no fall-back to torch's
+        slow 1x1-conv path, which CPU convolution takes for small batches on one thread.
+        """
+        x = x.permute(0, 2, 3, 1)
+        w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
         d0 = self.dims[0]
-        # two 1x1 convs instead of one + split: p and q come out dense (a channel slice of a
+        # two products instead of one + split: p and q come out dense (a channel slice of a
         # channels-last tensor is strided, and the depthwise conv would copy it)
-        p = F.conv2d(x, w[:d0], b[:d0])
-        q = F.conv2d(x, w[d0:], b[d0:])
-        gates = torch.split(self._mix(q), self.dims, dim=1)
+        p = F.linear(x, w[:d0], b[:d0])
+        q = F.linear(x, w[d0:], b[d0:]).permute(0, 3, 1, 2)
+        gates = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
         y = p * gates[0]
         for i in range(self.order - 1):  # indexed, not zipped: FX-traceable
-            y = self.pws[i](y) * gates[i + 1]
-        if out_scale is None:
-            return self.proj_out(y)
-        if isinstance(self.proj_out, nn.Conv2d):
-            po = self.proj_out
-            return F.conv2d(y, po.weight * out_scale.view(-1, 1, 1, 1), po.bias * out_scale)
-        return self.proj_out(y) * out_scale.view(-1, 1, 1)
+            pw = self.pws[i]
+            y = F.linear(y, pw.weight.flatten(1), pw.bias) * gates[i + 1]
+        po = self.proj_out
+        if isinstance(po, nn.Conv2d):
+            weight, bias = po.weight.flatten(1), po.bias
+            if out_scale is not None:
+                weight, bias = weight * out_scale[:, None], bias * out_scale
+            y = F.linear(y, weight, bias)
+        elif out_scale is not None:
+            y = y * out_scale
+        return y.permute(0, 3, 1, 2)
 
 
 class HorBlock(nn.Module):

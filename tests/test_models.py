@@ -585,12 +585,15 @@ def test_model_conventions():
         torch.testing.assert_close(model(x), feat)
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize('backend', ['aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
 @pytest.mark.parametrize('name', VARIANTS)
-def test_compile_fullgraph_equals_eager(name):
+def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
+    """One graph (fullgraph=True: no graph break) for eval and training; aot_eager checks the capture
+    and the autograd graph, inductor (slow: minutes of C++ compilation) the generated kernels."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
     torch._dynamo.reset()
     model = timm.create_model(name, depths=(1, 1, 1, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0)
-    compiled = torch.compile(model, fullgraph=True)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model.eval()(x)
