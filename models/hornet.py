@@ -162,7 +162,8 @@ class GlobalLocalFilter(nn.Module):
         c = self.dw.in_channels
         x = self.pre_norm(x)
         x_local = self.dw(x[:, :c])
-        x_global = self.global_filter(x[:, c:]).to(x_local.dtype)
+        # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
+        x_global = self.global_filter(x[:, c:].contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
         # (B, H, W, C, 2) so the NCHW view of the result is channels_last, like the rest of the net
         x = torch.stack((x_local.permute(0, 2, 3, 1), x_global.permute(0, 2, 3, 1)), dim=-1).flatten(-2)

@@ -635,3 +635,25 @@ def test_optimized_model_equals_reference_formulation(name, hw):
     ref_grads = dict(ref.named_parameters())
     for n, p in model.named_parameters():
         assert _rel(p.grad, ref_grads[n].grad) < 1e-4, n
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_default_layout_is_channels_last_inside(name):
+    """The speed defaults: an NCHW input runs channels_last inside (free permutes around the norms and
+    the channels-last matrix products), and the outputs keep NCHW shapes."""
+    model = small(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for stage in model.stages for blk in stage]
+    with torch.no_grad():
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    for h in hooks:
+        h.remove()
+    assert seen == [True] * 4
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    # a GnConv given a plain NCHW tensor computes the same numbers
+    g = model.stages[3][0].gnconv
+    z = torch.randn(2, 128, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(g(z), g(z.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)
