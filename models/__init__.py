@@ -12,6 +12,7 @@ from .hornet import (
     HorNetFeatures,
     check_state_dict,
     checkpoint_filter_fn,
+    global_filter,
     layer_id,
     resize_complex_weight,
     run_stage,
@@ -21,6 +22,6 @@ from .hornet import (
 
 __all__ = [
     'CheckpointMismatchError', 'GlobalLocalFilter', 'GnConv', 'HORNET_ARCHS', 'HorBlock', 'HorNet', 'HorNetFeatures',
-    'check_state_dict', 'checkpoint_filter_fn', 'layer_id', 'resize_complex_weight', 'run_stage',
+    'check_state_dict', 'checkpoint_filter_fn', 'global_filter', 'layer_id', 'resize_complex_weight', 'run_stage',
     'set_dft_filter', 'unwrap_checkpoint',
 ]
