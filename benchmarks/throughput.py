@@ -57,7 +57,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     """Dense matmul GFLOP/s at ``dtype`` on ``device``: the fastest of ``repeats`` (a peak; on a shared
     machine the median would count the other jobs' load as the device's)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
