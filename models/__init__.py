@@ -4,14 +4,26 @@
 """
 from ._alias import alias_other_name
 from .hornet import (
-    CheckpointMismatchError, GlobalLocalFilter, GnConv, HORNET_ARCHS, HorBlock, HorNet,
-    check_state_dict, checkpoint_filter_fn, layer_id, resize_complex_weight, run_stage, set_dft_filter,
+    HORNET_ARCHS,
+    CheckpointMismatchError,
+    GlobalLocalFilter,
+    GnConv,
+    HorBlock,
+    HorNet,
+    HorNetFeatures,
+    check_state_dict,
+    checkpoint_filter_fn,
+    global_filter,
+    layer_id,
+    resize_complex_weight,
+    run_stage,
+    set_dft_filter,
     unwrap_checkpoint,
 )
 
 __all__ = [
-    'CheckpointMismatchError', 'GlobalLocalFilter', 'GnConv', 'HORNET_ARCHS', 'HorBlock', 'HorNet',
-    'check_state_dict', 'checkpoint_filter_fn', 'layer_id', 'resize_complex_weight', 'run_stage',
+    'CheckpointMismatchError', 'GlobalLocalFilter', 'GnConv', 'HORNET_ARCHS', 'HorBlock', 'HorNet', 'HorNetFeatures',
+    'check_state_dict', 'checkpoint_filter_fn', 'global_filter', 'layer_id', 'resize_complex_weight', 'run_stage',
     'set_dft_filter', 'unwrap_checkpoint',
 ]
 

@@ -14,17 +14,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg_value, register_model
-from timm.models._features import feature_take_indices
+from timm.models._features import FeatureGetterNet, feature_take_indices
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
     'layer_id', 'resize_complex_weight', 'run_stage', 'set_dft_filter', 'CheckpointMismatchError',
-    'check_state_dict', 'unwrap_checkpoint',
+    'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures',
 ]
 
 FilterSize = Tuple[int, int]
@@ -83,6 +82,50 @@ def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return dr @ cw_i - di @ sw_i
 
 
+def _no_torchscript(self):
+    # torch.jit.script is deprecated in torch 2.x; say so instead of failing deep inside the compiler
+    raise RuntimeError(
+        f'{type(self).__name__} does not support TorchScript (torch.jit.script is deprecated in torch 2.x). '
+        'Use torch.compile, torch.export or export.py (ONNX / torch.export) instead.')
+
+
+def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x * complex(weight[..., 0], weight[..., 1])`` for complex ``x`` in real arithmetic, so that
+    inductor generates a kernel for it instead of falling back to an eager complex op."""
+    xr = torch.view_as_real(x)
+    a, b = xr[..., 0], xr[..., 1]
+    c, d = weight[..., 0], weight[..., 1]
+    return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
+
+
+@register_notrace_function
+def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) -> torch.Tensor:
+    """``irfft2(rfft2(x) * weight)`` over the last two axes (orthonormal), computed in float32.
+
+    ``weight`` is a real ``(C, h, w, 2)`` filter, resized to ``(H, W // 2 + 1)`` when it differs.
+    Autocast is off inside (the FFT stays float32); the result has ``x``'s dtype. A leaf for FX
+    tracing (``torch.fx.wrap`` below and timm's notrace registry): it reads shapes and enters autocast.
+    """
+    dtype = x.dtype
+    H, W = x.shape[-2:]
+    device_type = x.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) \
+        if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+    with no_autocast:
+        x = x.float()
+        weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
+        if use_dft:
+            x = _global_filter_dft(x, weight)
+        else:
+            x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
+            x = _complex_mul(x, weight)
+            x = torch.fft.irfft2(x, s=(H, W), dim=(-2, -1), norm='ortho')
+    return x.to(dtype)
+
+
+torch.fx.wrap('global_filter')
+
+
 class GlobalLocalFilter(nn.Module):
     """Global-local filter, the GF spatial mixer of HorNet's last two stages.
 
@@ -94,45 +137,39 @@ class GlobalLocalFilter(nn.Module):
         h: Filter height (frequency rows).
         w: Filter width (frequency columns, ``W // 2 + 1`` of the feature map it was made for).
     """
+    __prepare_scriptable__ = _no_torchscript
 
-    def __init__(self, dim: int, h: int = 14, w: int = 8):
+    def __init__(self, dim: int, h: int = 14, w: int = 8, device=None, dtype=None):
         super().__init__()
         if dim % 2:
             raise ValueError(f'GlobalLocalFilter needs an even channel count, got {dim}')
-        self.dw = nn.Conv2d(dim // 2, dim // 2, kernel_size=3, padding=1, bias=False, groups=dim // 2)
-        self.complex_weight = nn.Parameter(torch.empty(dim // 2, h, w, 2))
+        dd = dict(device=device, dtype=dtype)
+        self.dw = nn.Conv2d(dim // 2, dim // 2, kernel_size=3, padding=1, bias=False, groups=dim // 2, **dd)
+        self.complex_weight = nn.Parameter(torch.empty(dim // 2, h, w, 2, **dd))
         trunc_normal_(self.complex_weight, std=.02)
-        self.pre_norm = LayerNorm2d(dim, eps=1e-6)
-        self.post_norm = LayerNorm2d(dim, eps=1e-6)
+        self.pre_norm = LayerNorm2d(dim, eps=1e-6, **dd)
+        self.post_norm = LayerNorm2d(dim, eps=1e-6, **dd)
         # Real-matrix DFT instead of torch.fft: for export (ONNX has no FFT). See set_dft_filter().
         self.use_dft = False
 
     def global_filter(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the learned frequency filter to ``x`` in float32; returns x's dtype."""
-        dtype = x.dtype
-        H, W = x.shape[-2:]
-        device_type = x.device.type
-        no_autocast = torch.autocast(device_type, enabled=False) \
-            if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
-        with no_autocast:
-            x = x.float()
-            weight = resize_complex_weight(self.complex_weight.float(), (H, W // 2 + 1))
-            if self.use_dft:
-                x = _global_filter_dft(x, weight)
-            else:
-                x = torch.fft.rfft2(x, dim=(2, 3), norm='ortho')
-                x = x * torch.view_as_complex(weight.contiguous())
-                x = torch.fft.irfft2(x, s=(H, W), dim=(2, 3), norm='ortho')
-        return x.to(dtype)
+        return global_filter(x, self.complex_weight, self.use_dft)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """``post_norm(interleave(dw(x_local), global_filter(x_global))) * scale`` (the scale is
+        folded into the post-norm's affine, one pass fewer over the largest gnConv tensor)."""
+        c = self.dw.in_channels
         x = self.pre_norm(x)
-        x_local, x_global = x.chunk(2, dim=1)
-        x_local = self.dw(x_local)
-        x_global = self.global_filter(x_global).to(x_local.dtype)
-        # interleave: channel 2k is local channel k, 2k+1 is global channel k
-        x = torch.stack((x_local, x_global), dim=2).flatten(1, 2)
-        return self.post_norm(x)
+        x_local = self.dw(x[:, :c])
+        # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
+        x_global = self.global_filter(x[:, c:].contiguous()).to(x_local.dtype)
+        # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
+        # (B, H, W, C, 2) so the NCHW view of the result is channels_last, like the rest of the net
+        x = torch.stack((x_local.permute(0, 2, 3, 1), x_global.permute(0, 2, 3, 1)), dim=-1).flatten(-2)
+        n = self.post_norm
+        weight, bias = (n.weight, n.bias) if scale == 1.0 else (n.weight * scale, n.bias * scale)
+        return F.layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
 
 
 MixerSpec = Union[str, Callable[[int], nn.Module]]
@@ -166,6 +203,8 @@ class GnConv(nn.Module):
         torch.Size([2, 64, 28, 28])
     """
 
+    __prepare_scriptable__ = _no_torchscript
+
     def __init__(
             self,
             dim: int,
@@ -177,12 +216,15 @@ class GnConv(nn.Module):
             in_dim: Optional[int] = None,
             out_dim: Optional[int] = None,
             proj_out: bool = True,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
         if order < 1:
             raise ValueError(f'gnConv order must be >= 1, got {order}')
         if dim % (2 ** (order - 1)):
             raise ValueError(f'gnConv width {dim} is not divisible by 2**(order-1) = {2 ** (order - 1)}')
+        dd = dict(device=device, dtype=dtype)
         in_dim = dim if in_dim is None else in_dim
         out_dim = dim if out_dim is None else out_dim
         if not proj_out and out_dim != dim:
@@ -190,27 +232,61 @@ class GnConv(nn.Module):
         self.order = order
         self.dims = [dim // 2 ** i for i in range(order)][::-1]
         self.scale = scale
-        self.proj_in = nn.Conv2d(in_dim, 2 * dim, kernel_size=1)
+        self.proj_in = nn.Conv2d(in_dim, 2 * dim, kernel_size=1, **dd)
         mix_dim = sum(self.dims)
+        self.mixer = mixer if isinstance(mixer, str) else 'custom'
         if mixer == 'dwconv':
-            self.dwconv = nn.Conv2d(mix_dim, mix_dim, kernel_size, padding=(kernel_size - 1) // 2, groups=mix_dim)
+            self.dwconv = nn.Conv2d(
+                mix_dim, mix_dim, kernel_size, padding=(kernel_size - 1) // 2, groups=mix_dim, **dd)
         elif mixer == 'gf':
-            self.dwconv = GlobalLocalFilter(mix_dim, h=filter_size[0], w=filter_size[1])
+            self.dwconv = GlobalLocalFilter(mix_dim, h=filter_size[0], w=filter_size[1], **dd)
         elif callable(mixer):
             self.dwconv = mixer(mix_dim)
         else:
             raise ValueError(f"unknown gnConv mixer {mixer!r}; use 'dwconv', 'gf' or a callable")
-        self.proj_out = nn.Conv2d(dim, out_dim, kernel_size=1) if proj_out else nn.Identity()
+        self.proj_out = nn.Conv2d(dim, out_dim, kernel_size=1, **dd) if proj_out else nn.Identity()
         self.pws = nn.ModuleList(
-            nn.Conv2d(self.dims[i], self.dims[i + 1], kernel_size=1) for i in range(order - 1))
+            nn.Conv2d(self.dims[i], self.dims[i + 1], kernel_size=1, **dd) for i in range(order - 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p, q = torch.split(self.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
-        gates = torch.split(self.dwconv(q) * self.scale, self.dims, dim=1)
+    def _mix(self, q: torch.Tensor) -> torch.Tensor:
+        """``dwconv(q) * scale`` on an NCHW tensor, the scale folded into the mixer's last affine map."""
+        if self.mixer == 'dwconv':
+            m = self.dwconv
+            weight, bias = (m.weight, m.bias) if self.scale == 1.0 else (m.weight * self.scale, m.bias * self.scale)
+            return F.conv2d(q, weight, bias, padding=m.padding, groups=m.groups)
+        if self.mixer == 'gf':
+            return self.dwconv(q, scale=self.scale)
+        return self.dwconv(q) * self.scale
+
+    def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """gnConv of an NCHW ``x``; ``out_scale`` (per output channel) multiplies the result, folded
+        into ``proj_out`` (HorBlock passes its layer scale ``gamma1``).
+
+        Speed: the 1x1 convs run as matrix products on the channels-last view (B, H, W, C), free
+        for a channels_last ``x`` (as inside HorNet): no layout copies, and no fall-back to torch's
+        slow 1x1-conv path, which CPU convolution takes for small batches on one thread.
+        """
+        x = x.permute(0, 2, 3, 1)
+        w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
+        d0 = self.dims[0]
+        # two products instead of one + split: p and q come out dense (a channel slice of a
+        # channels-last tensor is strided, and the depthwise conv would copy it)
+        p = F.linear(x, w[:d0], b[:d0])
+        q = F.linear(x, w[d0:], b[d0:]).permute(0, 3, 1, 2)
+        gates = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
         y = p * gates[0]
-        for pw, g in zip(self.pws, gates[1:]):
-            y = pw(y) * g
-        return self.proj_out(y)
+        for i in range(self.order - 1):  # indexed, not zipped: FX-traceable
+            pw = self.pws[i]
+            y = F.linear(y, pw.weight.flatten(1), pw.bias) * gates[i + 1]
+        po = self.proj_out
+        if isinstance(po, nn.Conv2d):
+            weight, bias = po.weight.flatten(1), po.bias
+            if out_scale is not None:
+                weight, bias = weight * out_scale[:, None], bias * out_scale
+            y = F.linear(y, weight, bias)
+        elif out_scale is not None:
+            y = y * out_scale
+        return y.permute(0, 3, 1, 2)
 
 
 class HorBlock(nn.Module):
@@ -224,37 +300,43 @@ class HorBlock(nn.Module):
         **gnconv_kwargs: Passed to :class:`GnConv` (order, scale, mixer, filter_size, ...).
     """
 
+    __prepare_scriptable__ = _no_torchscript
+
     def __init__(
             self,
             dim: int,
             drop_path: float = 0.,
             layer_scale_init_value: float = 1e-6,
             mlp_ratio: float = 4.,
+            device=None,
+            dtype=None,
             **gnconv_kwargs,
     ):
         super().__init__()
-        self.norm1 = LayerNorm2d(dim, eps=1e-6)
-        self.gnconv = GnConv(dim, **gnconv_kwargs)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        dd = dict(device=device, dtype=dtype)
+        self.norm1 = LayerNorm2d(dim, eps=1e-6, **dd)
+        self.gnconv = GnConv(dim, **gnconv_kwargs, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         hidden = int(mlp_ratio * dim)
-        self.pwconv1 = nn.Linear(dim, hidden)
+        self.pwconv1 = nn.Linear(dim, hidden, **dd)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(hidden, dim)
+        self.pwconv2 = nn.Linear(hidden, dim, **dd)
         if layer_scale_init_value > 0:
-            self.gamma1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
-            self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+            self.gamma1 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value), **dd))
+            self.gamma2 = nn.Parameter(torch.full((dim,), float(layer_scale_init_value), **dd))
         else:
             self.gamma1 = self.gamma2 = None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.gnconv(self.norm1(x))
-        if self.gamma1 is not None:
-            y = y * self.gamma1.view(-1, 1, 1)
-        x = x + self.drop_path(y)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1)))))
-        if self.gamma2 is not None:
-            y = y * self.gamma2
+        # layer scales are folded into the last linear map of each branch (one pass fewer each)
+        x = x + self.drop_path(self.gnconv(self.norm1(x), out_scale=self.gamma1))
+        # MLP channels-last; on a channels_last x the permutes are free views
+        y = self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1))))
+        if self.gamma2 is None:
+            y = self.pwconv2(y)
+        else:
+            y = F.linear(y, self.pwconv2.weight * self.gamma2[:, None], self.pwconv2.bias * self.gamma2)
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
@@ -262,7 +344,9 @@ def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,
               grad_checkpointing: bool = False) -> torch.Tensor:
     """One HorNet stage: its downsample layer, then its blocks (each recomputed in the backward
     pass when ``grad_checkpointing``, which trades compute for activation memory)."""
-    x = downsample(x)
+    # channels_last throughout: LayerNorm2d's permutes become free views and the convs take
+    # oneDNN's NHWC path (a no-op when x already is channels_last)
+    x = downsample(x.contiguous(memory_format=torch.channels_last))
     if grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
         for block in blocks:
             x = checkpoint(block, x, use_reentrant=False)
@@ -301,7 +385,10 @@ class HorNet(nn.Module):
         head_init_scale: Multiplier for the initial classifier weight and bias.
         uniform_init: Xavier-uniform conv/linear init instead of truncated normal.
         global_pool: ``'avg'``, or ``''`` for no pooling in ``forward_head``.
+        device: Device to create the parameters on (e.g. ``'meta'``), as every timm model.
+        dtype: Parameter dtype.
     """
+    __prepare_scriptable__ = _no_torchscript
 
     def __init__(
             self,
@@ -320,13 +407,17 @@ class HorNet(nn.Module):
             head_init_scale: float = 1.,
             uniform_init: bool = False,
             global_pool: str = 'avg',
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = dict(device=device, dtype=dtype)
         if not (len(depths) == len(orders) == len(gf_sizes) == 4):
             raise ValueError('depths, orders and gf_sizes need one entry per stage (4)')
         if global_pool not in ('avg', ''):
             raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.global_pool = global_pool
         self.drop_rate = drop_rate
         self.depths = tuple(depths)
@@ -335,13 +426,13 @@ class HorNet(nn.Module):
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
-            LayerNorm2d(dims[0], eps=1e-6),
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
+            LayerNorm2d(dims[0], eps=1e-6, **dd),
         ))
         for i in range(1, 4):
             self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(dims[i - 1], eps=1e-6),
-                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2),
+                LayerNorm2d(dims[i - 1], eps=1e-6, **dd),
+                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2, **dd),
             ))
 
         dp_rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
@@ -354,16 +445,16 @@ class HorNet(nn.Module):
             self.stages.append(nn.Sequential(*[
                 HorBlock(
                     dims[i], drop_path=dp_rates[cur + j], layer_scale_init_value=layer_scale_init_value,
-                    mlp_ratio=mlp_ratio, order=orders[i], scale=scale, **mixer)
+                    mlp_ratio=mlp_ratio, order=orders[i], scale=scale, **mixer, **dd)
                 for j in range(depths[i])
             ]))
             cur += depths[i]
             self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f'stages.{i}'))
 
         self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.apply(self._init_xavier if uniform_init else self._init_trunc_normal)
         if isinstance(self.head, nn.Linear):
@@ -411,12 +502,11 @@ class HorNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        ref = next(self.parameters())
-        device, dtype = ref.device, ref.dtype
-        self.head = nn.Linear(self.num_features, num_classes, device=device, dtype=dtype) \
+        self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) \
             if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):
             self._init_trunc_normal(self.head)
+        self.head.train(self.training)  # a new head follows the model's train/eval mode
 
     def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return run_stage(self.downsample_layers[i], self.stages[i], x, self.grad_checkpointing)
@@ -459,11 +549,15 @@ class HorNet(nn.Module):
             prune_norm: bool = False,
             prune_head: bool = True,
     ) -> List[int]:
-        """Drop stages after the last requested one (and the head) for feature extraction."""
+        """Drop stages after the last requested one (and the head) for feature extraction.
+
+        HorNet's final ``norm`` acts on pooled features, i.e. it belongs to the head: it goes with
+        the head (``prune_head``) as well as with ``prune_norm``, so no parameter is left unused.
+        """
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         self.stages = self.stages[:max_index + 1]
         self.downsample_layers = self.downsample_layers[:max_index + 1]
-        if prune_norm or max_index < 3:
+        if prune_norm or prune_head or max_index < 3:
             self.norm = nn.Identity()
         if prune_head or max_index < 3:
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
@@ -592,6 +686,9 @@ def _from_mmpretrain(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
     return out
 
 
+_STEM_CONV = 'downsample_layers.0.0'  # the pretrained cfg's `first_conv`
+
+
 def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
     """Adapt a released or mmpretrain HorNet checkpoint to ``model``.
 
@@ -612,12 +709,25 @@ def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.
             continue  # class count differs (or no classifier): the head starts fresh
         out[k] = v
     head_keys = [k for k in target if k.startswith('head.')]
+    check = dict(out)
     if any(k not in out for k in head_keys):
         # a fresh head is expected to be missing; everything else must fit exactly
-        check_state_dict({**out, **{k: target[k] for k in head_keys}}, model)
-    else:
-        check_state_dict(out, model)
+        check.update({k: target[k] for k in head_keys})
+    stem = _STEM_CONV + '.weight'
+    if stem in out and stem in target and out[stem].shape[1] != target[stem].shape[1] \
+            and out[stem].shape[:1] + out[stem].shape[2:] == target[stem].shape[:1] + target[stem].shape[2:]:
+        # another input channel count: timm adapts the stem (pretrained cfg `first_conv`) after this filter
+        check[stem] = target[stem]
+    check_state_dict(check, model)
     return out
+
+
+class HorNetFeatures(FeatureGetterNet):
+    """timm's ``features_only`` wrapper (``forward_intermediates``) plus ``set_grad_checkpointing``,
+    which timm's getter wrapper lacks but its other feature wrappers have."""
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
 
 
 def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs) -> HorNet:
@@ -634,7 +744,7 @@ def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] =
     return build_model_with_cfg(
         HorNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls='getter'),
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls=HorNetFeatures),
         **model_args,
     )
 
@@ -645,7 +755,7 @@ def _cfg(url: str = '', **kwargs) -> Dict:
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'downsample_layers.0.0', 'classifier': 'head',
+        'first_conv': _STEM_CONV, 'classifier': 'head',
         'license': 'mit', 'paper_ids': 'arXiv:2207.14284',
         **kwargs,
     }

@@ -105,7 +105,8 @@ def ref_global_filter(x, cw):
     for k2 in {0, W // 2} if W % 2 == 0 else {0}:  # self-conjugate columns: keep real-symmetric part
         col = full[..., k2].clone()
         full[..., k2] = 0.5 * (col + col[..., (-torch.arange(H)) % H].conj())
-    out = torch.einsum('ha,wb,ncab->nchw', e_h.conj(), torch.exp(2j * math.pi * torch.outer(ww, torch.arange(W, dtype=torch.float64)) / W), full)
+    e_w_inv = torch.exp(2j * math.pi * torch.outer(ww, torch.arange(W, dtype=torch.float64)) / W)
+    out = torch.einsum('ha,wb,ncab->nchw', e_h.conj(), e_w_inv, full)
     return (out / math.sqrt(H * W)).real
 
 
@@ -409,17 +410,21 @@ def test_flops_formula_small_model():
     ln = 5 * (16 * 16 * 16 + 8 * 8 * 32 + 4 * 4 * 64 + 2 * 2 * 128 + 128)
     assert f['layernorm'] == ln
     assert f['total'] == f['conv_linear'] + fft + ln
-    # multiply-adds from each layer's shapes: conv = out elements * in/groups * kh * kw, linear = out * in
-    macs = []
-    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(
-        o.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        if isinstance(m, torch.nn.Conv2d) else o.numel() * m.in_features))
-        for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 64, 64))
-    for h in hooks:
-        h.remove()
-    assert f['conv_linear'] == sum(macs)
+    # multiply-adds from the architecture's shapes: stem 4x4/4, downsample 2x2/2, and per block
+    # proj_in C->2C, proj_out C->C, pws d_k->d_{k+1}, MLP C->4C->C, mixer 7x7 dw over D = sum(d)
+    # (GF: 3x3 dw over D/2), head C3 -> classes
+    dims, hw, expected = [16, 32, 64, 128], 16 * 16, 16 * 16 * 16 * 3 * 16
+    for i, (n, gf) in enumerate(zip((2, 3, 4, 5), (False, False, True, True), strict=True)):
+        if i:
+            hw //= 4
+            expected += hw * dims[i - 1] * dims[i] * 4
+        C = dims[i]
+        d = [C // 2 ** (n - 1 - k) for k in range(n)]
+        expected += hw * (2 * C * C + C * C + 8 * C * C + sum(d[k] * d[k + 1] for k in range(n - 1)))
+        expected += hw * (sum(d) // 2 * 9 if gf else sum(d) * 49)
+    expected += 128 * 10
+    assert expected == 4124720
+    assert f['conv_linear'] == expected
 
 
 def test_default_cfgs_and_no_implicit_download():
@@ -431,3 +436,224 @@ def test_default_cfgs_and_no_implicit_download():
         assert cfg['first_conv'] == 'downsample_layers.0.0' and cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
     with pytest.raises(ValueError, match=r'pretrained_cfg_overlay=dict\(file=PATH\)'):
         timm.create_model('hornet_tiny_gf', pretrained=True)
+
+
+# ---------------------------------------------------------------- timm conformance (issue 12)
+VARIANTS = ['hornet_tiny_7x7', 'hornet_tiny_gf']
+
+
+def test_factory_kwargs_device_and_dtype():
+    model = timm.create_model('hornet_tiny_gf', device='meta')
+    tensors = list(model.parameters()) + list(model.buffers())
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert sum(p.numel() for p in model.parameters()) == LAYOUT['hornet_tiny_gf']['num_params']
+    ref = small(num_classes=10).eval()
+    half = small(num_classes=10, dtype=torch.bfloat16).eval()
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    half.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out, expected = half(x.bfloat16()), ref(x)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - expected).norm() / expected.norm()).item() < 5e-2
+    # the classifier made by reset_classifier follows the model's device and dtype
+    half.reset_classifier(3)
+    assert half.head.weight.dtype == torch.bfloat16
+
+
+def test_in_chans_attribute():
+    assert small().in_chans == 3
+    model = small(in_chans=1)
+    assert model.in_chans == 1 and model.downsample_layers[0][0].weight.shape == (16, 1, 4, 4)
+    assert timm.models.get_model_traits(model)['in_chans'] == 1
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_reset_classifier_keeps_train_mode(training):
+    model = small(num_classes=10).train(training)
+    model.reset_classifier(4)
+    assert model.head.training is training
+    assert model.head.weight.shape == (4, 128)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_fx_trace_and_fx_features_equal_eager(name):
+    model = small(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    traced = torch.fx.symbolic_trace(model)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), rtol=1e-6, atol=1e-6)
+        inter = model.forward_intermediates(x, intermediates_only=True)
+    fm = small(name, features_only=True, feature_cls='fx').eval()
+    fm.load_state_dict({'graph_module.' + k: v for k, v in model.state_dict().items()
+                        if not k.startswith(('norm.', 'head.'))})
+    with torch.no_grad():
+        feats = fm(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    for f, ref in zip(feats, inter, strict=True):
+        torch.testing.assert_close(f, ref, rtol=1e-6, atol=1e-6)
+    # the global filter is one leaf node of the graph (it reads shapes and enters autocast)
+    nodes = timm.models.get_graph_node_names(model)[1]
+    assert sum('global_filter' in n for n in nodes) == (2 if name.endswith('gf') else 0)
+
+
+@pytest.mark.parametrize('indices', [1, (0, 2), 4])
+def test_pruned_model_every_parameter_gets_gradient(indices):
+    model = small(num_classes=10)
+    take = model.prune_intermediate_layers(indices, prune_head=True, prune_norm=False)
+    assert 'norm.weight' not in model.state_dict() and 'head.weight' not in model.state_dict()
+    x = torch.randn(2, 3, 64, 64)
+    out, inter = model.forward_intermediates(x, indices=take)
+    (out.square().mean() + sum(t.square().mean() for t in inter)).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    assert len(list(model.parameters())) == len(list(model.stages[-1].parameters())) + sum(
+        len(list(m.parameters())) for m in [*model.stages[:-1], *model.downsample_layers])
+    # features_only (timm prunes with prune_norm=True, prune_head=True): same gradient rule
+    fm = small(features_only=True, out_indices=(1, 3))
+    sum(f.square().mean() for f in fm(x)).backward()
+    assert [n for n, p in fm.named_parameters() if p.grad is None] == []
+
+
+def test_pretrained_in_chans_1_from_3_channel_file(tmp_path):
+    src = small().eval()
+    path = tmp_path / 'rgb.pth'
+    torch.save({'model': src.state_dict()}, path)
+    model = small(in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    stem = model.downsample_layers[0][0].weight
+    # timm's adapt_input_conv for 1 channel sums the RGB filters
+    assert stem.shape == (16, 1, 4, 4)
+    torch.testing.assert_close(stem, src.downsample_layers[0][0].weight.sum(1, keepdim=True))
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
+    # any other mismatch is still reported
+    bad = {k: (v[:8] if k == 'downsample_layers.0.0.weight' else v) for k, v in src.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match='downsample_layers.0.0.weight'):
+        models.checkpoint_filter_fn(bad, model)
+
+
+def test_torchscript_is_unsupported_with_a_clear_error():
+    for module in (small(), GnConv(8, order=2), HorBlock(8, order=2), GlobalLocalFilter(8, 4, 3)):
+        with pytest.raises(RuntimeError, match='does not support TorchScript.*torch.compile'):
+            torch.jit.script(module)
+
+
+def test_features_wrapper_conventions():
+    fm = small('hornet_small_gf', features_only=True, out_indices=(1, 3))
+    assert isinstance(fm, models.HorNetFeatures)
+    assert fm.feature_info.channels() == [32, 128] and fm.feature_info.reduction() == [8, 32]
+    assert fm.pretrained_cfg['architecture'] == 'hornet_small_gf' and 'classifier' not in fm.pretrained_cfg
+    full = small('hornet_small_gf').eval()
+    fm.model.load_state_dict({k: v for k, v in full.state_dict().items() if k in fm.model.state_dict()})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        inter = full.forward_intermediates(x, intermediates_only=True)
+        feats = fm.eval()(x)
+    torch.testing.assert_close(feats[0], inter[1])
+    torch.testing.assert_close(feats[1], inter[3])
+    # grad checkpointing through the wrapper: same gradients
+    fm.train()
+    sum(f.sum() for f in fm(x)).backward()
+    grads = {n: p.grad.clone() for n, p in fm.named_parameters()}
+    fm.zero_grad()
+    fm.set_grad_checkpointing(True)
+    assert fm.model.grad_checkpointing
+    sum(f.sum() for f in fm(x)).backward()
+    for n, p in fm.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6)
+
+
+def test_model_conventions():
+    model = small(num_classes=10).eval()
+    assert model.num_features == model.head_hidden_size == 128 and model.num_classes == 10
+    cfg = model.pretrained_cfg
+    assert cfg['architecture'] == 'hornet_tiny_gf' and cfg['tag'] == 'in1k'
+    assert cfg['pool_size'] == (7, 7) and cfg['interpolation'] == 'bicubic' and cfg['license'] == 'mit'
+    assert cfg['origin_url'].startswith('https://cloud.tsinghua.edu.cn/')
+    assert model.get_submodule(cfg['first_conv']).in_channels == 3
+    assert model.get_submodule(cfg['classifier']) is model.get_classifier()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feat = model.forward_features(x)
+        pre = model.forward_head(feat, pre_logits=True)
+        torch.testing.assert_close(pre, model.norm(feat.mean((2, 3))))
+        torch.testing.assert_close(model.head(pre), model(x))
+    assert pre.shape == (2, model.head_hidden_size)
+    model.reset_classifier(0, '')
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), feat)
+
+
+@pytest.mark.parametrize('backend', ['aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('name', VARIANTS)
+def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
+    """One graph (fullgraph=True: no graph break) for eval and training; aot_eager checks the capture
+    and the autograd graph, inductor (slow: minutes of C++ compilation) the generated kernels."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
+    torch._dynamo.reset()
+    model = timm.create_model(name, depths=(1, 1, 1, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0)
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        torch.testing.assert_close(compiled(x), ref, rtol=1e-4, atol=1e-4)
+    model.train()
+    model(x).square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    compiled(x).square().mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+# ---------------------------------------------------------------- optimized model vs reference (issue 13)
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+@pytest.mark.parametrize('hw', [(64, 64), (72, 104)])
+def test_optimized_model_equals_reference_formulation(name, hw):
+    from benchmarks.reference_hornet import ReferenceHorNet, reference_from
+    model = timm.create_model(name, depths=(1, 1, 2, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0,
+                              gf_sizes=(None, None, (5, 3), (3, 2)) if name.endswith('gf') else (None,) * 4)
+    with torch.no_grad():  # non-trivial norms, filters and biases
+        for n, p in model.named_parameters():
+            if n.endswith(('bias', 'complex_weight')) or 'norm' in n:
+                p.add_(torch.randn_like(p) * 0.3)
+    ref = reference_from(model)  # strict load of the same state dict
+    assert isinstance(ref, ReferenceHorNet) and list(ref.state_dict()) == list(model.state_dict())
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        out, expected = model.eval()(x), ref.eval()(x)
+    assert _rel(out, expected) < 1e-5
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    # training step: same loss, same gradients
+    model.train()(x).square().mean().backward()
+    ref.train()(x).square().mean().backward()
+    ref_grads = dict(ref.named_parameters())
+    for n, p in model.named_parameters():
+        assert _rel(p.grad, ref_grads[n].grad) < 1e-4, n
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_default_layout_is_channels_last_inside(name):
+    """The speed defaults: an NCHW input runs channels_last inside (free permutes around the norms and
+    the channels-last matrix products), and the outputs keep NCHW shapes."""
+    model = small(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for stage in model.stages for blk in stage]
+    with torch.no_grad():
+        feats = model.forward_intermediates(x, intermediates_only=True)
+    for h in hooks:
+        h.remove()
+    assert seen == [True] * 4
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    # a GnConv given a plain NCHW tensor computes the same numbers
+    g = model.stages[3][0].gnconv
+    z = torch.randn(2, 128, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(g(z), g(z.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)

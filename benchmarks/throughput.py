@@ -1,0 +1,273 @@
+"""HorNet throughput next to its yardsticks, measured side by side in one run: one table per run.
+
+For each HorNet variant the table has a row per implementation and mode (``infer``: forward under
+``no_grad`` in eval mode; ``train``: forward + backward of a mean loss in train mode):
+
+- ``hornet``: this repo's model (``timm.create_model(name)``) with the run's settings
+  (``--amp_dtype``, ``--channels_last``, ``--compile``);
+- ``reference``: the straightforward formulation of the original release, written from the
+  architecture specification (``benchmarks/reference_hornet.py``), same weights, always float32,
+  NCHW, eager: the "original" the goals are stated against;
+- ``convnext``: timm's ConvNeXt of the same size (tiny/small/base/large), same settings as ``hornet``.
+  mmpretrain's HorNet is not installed in this project (mmpretrain is no dependency), so that
+  column is absent.
+
+Columns: images/s (median over ``--repeats`` timed iterations after ``--warmup``; the
+implementations take turns iteration by iteration, so machine load hits them alike), achieved
+GFLOP/s (2 FLOPs per multiply-add of the model's forward, x3 for a training step), the fraction of
+the dense-matmul peak this script measures on the device at the run's dtype, peak memory of one
+step (``--memory``; CPU: peak RSS of a fresh subprocess running the step, minus its RSS before the
+step; CUDA: ``max_memory_allocated``), and the ratios ``x ref`` (img/s over the reference's) and
+``x cnx`` (over ConvNeXt's). ``warm-up s`` is the wall / CPU time of the warm-up iterations (with
+``--compile``: the compilation; CPU time includes the compiler subprocesses).
+
+Examples::
+
+    python benchmarks/throughput.py                                  # fp32 eager, NCHW input
+    python benchmarks/throughput.py --amp_dtype bfloat16 --channels_last
+    python benchmarks/throughput.py --compile --modes train infer
+    python benchmarks/throughput.py --models hornet_base_7x7 --batch_size 16 --modes train \\
+        --memory --grad_ckpt both --baselines none
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import timm
+import torch
+import torch.nn as nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+import calc_flops  # noqa: E402
+import models  # noqa: E402,F401  (registers hornet_*)
+from benchmarks.reference_hornet import reference_from  # noqa: E402
+
+DTYPES = {'none': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """Dense matmul GFLOP/s at ``dtype`` on ``device``: the fastest of ``repeats`` (a peak; on a shared
+    machine the median would count the other jobs' load as the device's)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times[1:]) / 1e9
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (inductor's compiler runs): unlike wall
+    time, it does not grow when other jobs share the machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def convnext_for(name: str) -> str:
+    size = name.split('_')[1]
+    return f'convnext_{size}'
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str, amp_dtype: torch.dtype | None) -> Callable[[], None]:
+    model.train(mode == 'train')
+    device_type = x.device.type
+
+    def step():
+        with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            if mode == 'infer':
+                with torch.no_grad():
+                    model(x)
+            else:
+                model(x).float().mean().backward()
+        if mode == 'train':
+            for p in model.parameters():
+                p.grad = None
+        sync(x.device)
+    return step
+
+
+def build(kind: str, name: str, args, device: torch.device, ours: nn.Module | None = None) -> nn.Module:
+    if kind == 'hornet':
+        model = timm.create_model(name)
+        if args.grad_ckpt_on:
+            model.set_grad_checkpointing(True)
+    elif kind == 'reference':
+        return reference_from(ours).to(device)
+    else:
+        model = timm.create_model(convnext_for(name))
+        if args.grad_ckpt_on:
+            model.set_grad_checkpointing(True)
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def memory_probe(spec: dict) -> dict:
+    """Run in a fresh process: peak RSS growth (CPU) or max allocated (CUDA) of one step, in MiB."""
+    torch.set_num_threads(spec['threads'])
+    device = torch.device(spec['device'])
+    ns = argparse.Namespace(channels_last=spec['channels_last'], grad_ckpt_on=spec['grad_ckpt'])
+    ours = timm.create_model(spec['name'])
+    model = build(spec['kind'], spec['name'], ns, device, ours)
+    del ours
+    x = torch.randn(spec['batch'], 3, spec['size'], spec['size'], device=device)
+    if spec['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
+    step = make_step(model, x, spec['mode'], DTYPES[spec['amp_dtype']] if spec['kind'] != 'reference' else None)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        return dict(mib=(torch.cuda.max_memory_allocated() - base) / 2 ** 20)
+
+    def rss(field: str) -> int:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field))  # kB
+    before = rss('VmRSS:')
+    step()
+    return dict(mib=(rss('VmHWM:') - before) / 1024)
+
+
+def measure_memory(kind: str, name: str, mode: str, args) -> float:
+    spec = dict(kind=kind, name=name, mode=mode, device=args.device, batch=args.batch_size, size=args.input_size,
+                channels_last=args.channels_last, amp_dtype=args.amp_dtype, grad_ckpt=args.grad_ckpt_on,
+                threads=torch.get_num_threads())
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), '--_memory_probe', json.dumps(spec)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])['mib']
+
+
+def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> list[dict]:
+    kinds = ['hornet'] + [k for k in ('reference', 'convnext') if k in args.baselines]
+    if args.memory_only:  # each measurement in its own process: nothing to build here
+        label = {'hornet': name, 'reference': f'reference({name})', 'convnext': convnext_for(name)}
+        return [dict(model=label[k], mode=mode, mem=measure_memory(k, name, mode, args))
+                for mode in args.modes for k in kinds]
+    torch.manual_seed(0)
+    ours = build('hornet', name, args, device)
+    nets = {'hornet': ours}
+    for k in kinds[1:]:
+        nets[k] = build(k, name, args, device, ours)
+    macs = {k: calc_flops.count_flops(timm.create_model(name if k != 'convnext' else convnext_for(name)),
+                                      (args.input_size, args.input_size))['total'] for k in kinds}
+    x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    x_cl = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+    rows = []
+    for mode in args.modes:
+        steps, compile_s = {}, {}
+        for k in kinds:
+            fast = k != 'reference'
+            model = nets[k]
+            if fast and args.compile:
+                model = torch.compile(model, fullgraph=True)
+            steps[k] = make_step(model, x_cl if fast else x, mode, args.amp if fast else None)
+            t, c = time.perf_counter(), cpu_seconds()
+            for _ in range(args.warmup):  # includes compilation
+                steps[k]()
+            compile_s[k] = (time.perf_counter() - t, cpu_seconds() - c)
+        times = {k: [] for k in kinds}
+        for _ in range(args.repeats):
+            for k in kinds:
+                t = time.perf_counter()
+                steps[k]()
+                times[k].append(time.perf_counter() - t)
+        rate = {k: args.batch_size / statistics.median(times[k]) for k in kinds}
+        for k in kinds:
+            fast = k != 'reference'
+            flops = 2 * macs[k] * (3 if mode == 'train' else 1) * rate[k]
+            peak = peaks['amp' if fast and args.amp else 'fp32']
+            rows.append(dict(
+                model=name if k == 'hornet' else (f'reference({name})' if k == 'reference' else convnext_for(name)),
+                mode=mode, dtype=f'{args.amp_dtype} autocast' if fast and args.amp else 'float32',
+                layout='channels_last' if fast and args.channels_last else 'NCHW',
+                compile=('fullgraph' if fast and args.compile else 'eager'), batch=args.batch_size, ips=rate[k],
+                gflops=flops / 1e9, peak_frac=flops / 1e9 / peak,
+                spread=(min(times[k]), max(times[k])), warmup_s=compile_s[k],
+                mem=measure_memory(k, name, mode, args) if args.memory else None,
+                x_ref=rate[k] / rate['reference'] if 'reference' in rate else None,
+                x_cnx=rate[k] / rate['convnext'] if 'convnext' in rate else None))
+    return rows
+
+
+def fmt(v, spec: str = '.2f') -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--models', nargs='+', default=['hornet_tiny_7x7', 'hornet_tiny_gf'])
+    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--input_size', type=int, default=224)
+    p.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    p.add_argument('--amp_dtype', default='none', choices=list(DTYPES), help='autocast dtype for hornet/convnext')
+    p.add_argument('--channels_last', action='store_true', help='channels_last input and weights')
+    p.add_argument('--compile', action='store_true', help='torch.compile(fullgraph=True) hornet and convnext')
+    p.add_argument('--grad_ckpt', default='off', choices=['off', 'on', 'both'],
+                   help='activation checkpointing for hornet/convnext (both: a table for each)')
+    p.add_argument('--baselines', nargs='*', default=['reference', 'convnext'],
+                   choices=['reference', 'convnext', 'none'])
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--repeats', type=int, default=7)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
+    p.add_argument('--memory', action='store_true', help='also measure the peak memory of one step')
+    p.add_argument('--memory_only', action='store_true', help='only the peak memory column (no timing)')
+    p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args._memory_probe:
+        print(json.dumps(memory_probe(json.loads(args._memory_probe))))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.amp = DTYPES[args.amp_dtype]
+    peaks = {'fp32': matmul_peak(device, torch.float32) if not args.memory_only else float('nan')}
+    peaks['amp'] = matmul_peak(device, args.amp) if args.amp and not args.memory_only else peaks['fp32']
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    cpu = torch.cuda.get_device_name() if device.type == 'cuda' else f'{os.cpu_count()} CPU cores'
+    print(f'# {cpu}, torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads, '
+          f'{args.input_size}px, load average at start {load:.1f}')
+    print(f'# measured matmul peak: fp32 {peaks["fp32"]:.0f} GFLOP/s' +
+          (f', {args.amp_dtype} {peaks["amp"]:.0f} GFLOP/s' if args.amp else ''))
+    print('# reference = original formulation (fp32, NCHW, eager); x ref / x cnx = img/s ratio to reference / '
+          'ConvNeXt (same settings); mmpretrain HorNet: not installed, no column')
+    for ckpt in ([False, True] if args.grad_ckpt == 'both' else [args.grad_ckpt == 'on']):
+        args.grad_ckpt_on = ckpt
+        print('\n| model | mode | dtype | layout | compile | grad ckpt | batch | img/s (min-max) | GFLOP/s | '
+              'of peak | peak mem MiB | warm-up s wall / CPU | x ref | x cnx |')
+        print('|---' * 14 + '|')
+        for name in args.models:
+            for r in run_model(name, args, device, peaks):
+                if args.memory_only:
+                    print(f"| {r['model']} | {r['mode']} | {args.amp_dtype} | "
+                          f"{'channels_last' if args.channels_last else 'NCHW'} | eager | {'on' if ckpt else 'off'} | "
+                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - |", flush=True)
+                    continue
+                lo, hi = (args.batch_size / t for t in reversed(r['spread']))
+                print(f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['layout']} | {r['compile']} | "
+                      f"{'on' if ckpt else 'off'} | {r['batch']} | {r['ips']:.1f} ({lo:.1f}-{hi:.1f}) | "
+                      f"{r['gflops']:.0f} | {r['peak_frac']:.0%} | {fmt(r['mem'], '.0f')} | "
+                      f"{r['warmup_s'][0]:.0f} / {r['warmup_s'][1]:.0f} | "
+                      f"{fmt(r['x_ref'])} | "
+                      f"{fmt(r['x_cnx'])} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
