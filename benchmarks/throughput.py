@@ -42,12 +42,12 @@ import timm
 import torch
 import torch.nn as nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-import calc_flops  # noqa: E402
-import models  # noqa: E402,F401  (registers hornet_*)
-from benchmarks.reference_hornet import reference_from  # noqa: E402
+if not __package__:  # run as a file: see _repo_root.py
+    import _repo_root  # noqa: F401
+
+import calc_flops
+import models  # noqa: F401  (registers hornet_*)
+from benchmarks.reference_hornet import reference_from
 
 DTYPES = {'none': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 

@@ -9,7 +9,7 @@ first (filter -> gnConv -> block), then the model, the checkpoint adapter and th
 """
 import contextlib
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ __all__ = [
     'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures',
 ]
 
-FilterSize = Tuple[int, int]
+FilterSize = tuple[int, int]
 
 
 def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -44,7 +44,7 @@ def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Te
     return w.permute(1, 2, 3, 0).to(dtype)
 
 
-def _dft_mats(n: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _dft_mats(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin DFT matrices ``M[k, t] = cos|sin(2*pi*k*t/n)`` in float64, for exactness."""
     idx = torch.arange(n, device=device, dtype=torch.float64)
     ang = 2 * math.pi * torch.outer(idx, idx).remainder(n) / n
@@ -172,7 +172,7 @@ class GlobalLocalFilter(nn.Module):
         return F.layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
 
 
-MixerSpec = Union[str, Callable[[int], nn.Module]]
+MixerSpec = str | Callable[[int], nn.Module]
 
 
 class GnConv(nn.Module):
@@ -213,8 +213,8 @@ class GnConv(nn.Module):
             mixer: MixerSpec = 'dwconv',
             kernel_size: int = 7,
             filter_size: FilterSize = (14, 8),
-            in_dim: Optional[int] = None,
-            out_dim: Optional[int] = None,
+            in_dim: int | None = None,
+            out_dim: int | None = None,
             proj_out: bool = True,
             device=None,
             dtype=None,
@@ -258,7 +258,7 @@ class GnConv(nn.Module):
             return self.dwconv(q, scale=self.scale)
         return self.dwconv(q) * self.scale
 
-    def forward(self, x: torch.Tensor, out_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv of an NCHW ``x``; ``out_scale`` (per output channel) multiplies the result, folded
         into ``proj_out`` (HorBlock passes its layer scale ``gamma1``).
 
@@ -358,7 +358,7 @@ def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,
 _GF_224 = (None, None, (14, 8), (7, 4))
 _GF_384 = (None, None, (24, 13), (12, 7))
 _NO_GF = (None, None, None, None)
-HORNET_ARCHS: Dict[str, Dict] = {
+HORNET_ARCHS: dict[str, dict] = {
     f'{size}_{kind}': dict(depths=(2, 3, 18, 2), base_dim=base_dim, gf_sizes=gf)
     for size, base_dim in (('tiny', 64), ('small', 96), ('base', 128), ('large', 192))
     for kind, gf in (('7x7', _NO_GF), ('gf', _GF_224), ('gf_img384', _GF_384))
@@ -398,7 +398,7 @@ class HorNet(nn.Module):
             base_dim: int = 64,
             orders: Sequence[int] = (2, 3, 4, 5),
             scale: float = 1 / 3,
-            gf_sizes: Sequence[Optional[FilterSize]] = _NO_GF,
+            gf_sizes: Sequence[FilterSize | None] = _NO_GF,
             kernel_size: int = 7,
             mlp_ratio: float = 4.,
             drop_rate: float = 0.,
@@ -496,7 +496,7 @@ class HorNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             if global_pool not in ('avg', ''):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
@@ -514,12 +514,12 @@ class HorNet(nn.Module):
     def forward_intermediates(
             self,
             x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
+            indices: int | list[int] | None = None,
             norm: bool = False,
             stop_early: bool = False,
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Forward that also returns raw stage outputs (strides 4, 8, 16, 32).
 
         Args:
@@ -545,10 +545,10 @@ class HorNet(nn.Module):
 
     def prune_intermediate_layers(
             self,
-            indices: Union[int, List[int]] = 1,
+            indices: int | list[int] = 1,
             prune_norm: bool = False,
             prune_head: bool = True,
-    ) -> List[int]:
+    ) -> list[int]:
         """Drop stages after the last requested one (and the head) for feature extraction.
 
         HorNet's final ``norm`` acts on pooled features, i.e. it belongs to the head: it goes with
@@ -634,12 +634,12 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model: lists missing, unexpected and shape-mismatched keys."""
 
 
-def _describe(keys: List[str], limit: int = 20) -> str:
+def _describe(keys: list[str], limit: int = 20) -> str:
     shown = ', '.join(keys[:limit])
     return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
 
 
-def check_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, what: str = 'checkpoint') -> None:
+def check_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, what: str = 'checkpoint') -> None:
     """Raise :class:`CheckpointMismatchError` listing every key that does not fit ``model``."""
     target = model.state_dict()
     missing = [k for k in target if k not in state_dict]
@@ -657,7 +657,7 @@ def check_state_dict(state_dict: Dict[str, torch.Tensor], model: nn.Module, what
         raise CheckpointMismatchError('\n'.join(lines))
 
 
-def unwrap_checkpoint(checkpoint: Dict) -> Dict[str, torch.Tensor]:
+def unwrap_checkpoint(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint file: its ``model``/``module``/``state_dict`` entry,
     or the dict itself; a DDP ``module.`` prefix is removed."""
     for key in ('model', 'module', 'state_dict'):
@@ -667,7 +667,7 @@ def unwrap_checkpoint(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
 
 
-def _from_mmpretrain(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _from_mmpretrain(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in state_dict.items():
         if k.startswith('backbone.'):
@@ -689,7 +689,7 @@ def _from_mmpretrain(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Ten
 _STEM_CONV = 'downsample_layers.0.0'  # the pretrained cfg's `first_conv`
 
 
-def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapt a released or mmpretrain HorNet checkpoint to ``model``.
 
     Accepts a training checkpoint (``model``/``module`` entry), an mmpretrain checkpoint
@@ -730,7 +730,7 @@ class HorNetFeatures(FeatureGetterNet):
         self.model.set_grad_checkpointing(enable)
 
 
-def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] = None, **kwargs) -> HorNet:
+def _create_hornet(variant: str, pretrained: bool = False, arch: str | None = None, **kwargs) -> HorNet:
     if pretrained:
         overlay = kwargs.get('pretrained_cfg_overlay') or {}
         if not any(overlay.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')) \
@@ -749,7 +749,7 @@ def _create_hornet(variant: str, pretrained: bool = False, arch: Optional[str] =
     )
 
 
-def _cfg(url: str = '', **kwargs) -> Dict:
+def _cfg(url: str = '', **kwargs) -> dict:
     return {
         'url': url,
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),

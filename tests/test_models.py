@@ -10,13 +10,13 @@ import torch.nn.functional as F
 
 import calc_flops
 import models
+from conftest import SMALL
 from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
 from models.hornet import _from_mmpretrain
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 with open(os.path.join(DATA, 'hornet_checkpoint_layout.json')) as f:
     LAYOUT = json.load(f)
-SMALL = dict(depths=(1, 1, 1, 1), base_dim=16)
 
 
 def small(name='hornet_tiny_gf', **kwargs):

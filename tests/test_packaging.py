@@ -178,7 +178,7 @@ def test_non_editable_install_holds_only_the_model_library(tmp_path):
 
 SCRIPTS = ['object_detection/train.py', 'object_detection/test.py', 'object_detection/get_flops.py',
            'semantic_segmentation/train.py', 'semantic_segmentation/test.py', 'semantic_segmentation/get_flops.py',
-           'benchmarks/model_speed.py', 'calc_flops.py']
+           'benchmarks/throughput.py', 'calc_flops.py']
 
 
 @pytest.mark.slow

@@ -330,3 +330,19 @@ def test_finetune_21841_head_uses_shipped_map(tmp_path):
     before = fresh.head.weight.clone()
     train_main.load_finetune(args, fresh)
     assert torch.equal(fresh.head.weight, before) and fresh.head.bias.abs().max().item() == 0.0
+
+
+def test_grad_ckpt_flag_same_gradients():
+    """--grad_ckpt true turns on block checkpointing; the gradients equal the plain model's."""
+    grads = {}
+    for flag in ('false', 'true'):
+        args = train_main.parse_args(['--model', 'hornet_tiny_gf', '--depths', '1', '1', '1', '1', '--base_dim', '16',
+                                      '--nb_classes', '10', '--drop_path', '0', '--grad_ckpt', flag])
+        torch.manual_seed(0)
+        model = train_main.build_model(args)
+        assert model.grad_checkpointing is (flag == 'true')
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+        model(x).square().mean().backward()
+        grads[flag] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert grads['true'].abs().max() > 0
+    torch.testing.assert_close(grads['true'], grads['false'], rtol=1e-5, atol=1e-7)
