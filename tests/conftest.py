@@ -109,3 +109,30 @@ def run_python(args: Sequence[str], cwd: str = ROOT, timeout: float = 300, env: 
     started in ``cwd`` with :func:`subprocess_env` (or ``env``); stdout/stderr captured as text."""
     return subprocess.run([sys.executable, *args], cwd=cwd, env=subprocess_env() if env is None else env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def plain(x):
+    """An mmengine config value as plain Python (ConfigDict -> dict, tuples/lists -> lists)."""
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x
+
+
+def tensorboard_events(folder: str) -> list:
+    """Every event (tensorboardX ``Event`` protos) of the TFRecord event files in ``folder``, file by
+    file in name order. A record is: length (8 bytes, little-endian), its CRC (4), data, data CRC (4)."""
+    from tensorboardX.proto import event_pb2
+    events = []
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith('events.out.tfevents'):
+            continue
+        with open(os.path.join(folder, name), 'rb') as f:
+            raw = f.read()
+        pos = 0
+        while pos < len(raw):
+            n = int.from_bytes(raw[pos:pos + 8], 'little')
+            events.append(event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n]))
+            pos += 12 + n + 4
+    return events

@@ -7,7 +7,6 @@ import os
 import pickle
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 
@@ -17,7 +16,17 @@ import torch
 import checkpoint
 import export
 import main as train_main
-from conftest import MAIN, ROOT, SMALL_ARGS, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
+from conftest import (
+    MAIN,
+    ROOT,
+    SMALL_ARGS,
+    make_image_folder,
+    read_log,
+    run_python,
+    subprocess_env,
+    tensorboard_events,
+    tiny_argv,
+)
 
 EXPORT_ARGS = ['--model', 'hornet_tiny_gf', *SMALL_ARGS, '--input_size', '32', '--format', 'onnx']
 
@@ -204,23 +213,12 @@ def test_bad_input(case, data, trained, files, tmp_path, capsys):
 def _event_steps(folder):
     """(step, kind) of every event in the TensorBoard files of ``folder``: kind 'purge' for the
     session-start marker tensorboardX writes for purge_step, else the scalar tag."""
-    from tensorboardX.proto import event_pb2
     found = []
-    for name in sorted(os.listdir(folder)):
-        if not name.startswith('events.out.tfevents'):
-            continue
-        with open(os.path.join(folder, name), 'rb') as f:
-            raw = f.read()
-        i = 0
-        while i < len(raw):
-            n = struct.unpack('<Q', raw[i:i + 8])[0]
-            ev = event_pb2.Event()
-            ev.ParseFromString(raw[i + 12:i + 12 + n])
-            i += 12 + n + 4
-            if ev.HasField('session_log') and ev.session_log.status == ev.session_log.START:
-                found.append((ev.step, 'purge'))
-            elif ev.HasField('summary'):
-                found.extend((ev.step, v.tag) for v in ev.summary.value)
+    for ev in tensorboard_events(folder):
+        if ev.HasField('session_log') and ev.session_log.status == ev.session_log.START:
+            found.append((ev.step, 'purge'))
+        elif ev.HasField('summary'):
+            found.extend((ev.step, v.tag) for v in ev.summary.value)
     return found
 
 

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import models
-from conftest import ROOT
+from conftest import ROOT, plain
 from models.mm_hornet import HorNetBackbone
 
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
@@ -88,14 +88,6 @@ def test_config_set_is_complete():
     assert set(CONFIGS) == set(DET_TABLE)
 
 
-def _plain(x):
-    """Config values as plain Python (ConfigDict -> dict, tuples/lists -> lists) for comparison."""
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
 
 @pytest.mark.parametrize('name', sorted(DET_TABLE))
 def test_config_matches_reference(name):
@@ -133,20 +125,20 @@ def test_config_matches_reference(name):
     # optimizer, layer decay, clipping (none), precision (fp32)
     ow = cfg.optim_wrapper
     assert ow.type == 'OptimWrapper' and ow.get('clip_grad') is None
-    assert _plain(ow.optimizer) == dict(type='AdamW', lr=lr, betas=[0.9, 0.999], weight_decay=0.05)
+    assert plain(ow.optimizer) == dict(type='AdamW', lr=lr, betas=[0.9, 0.999], weight_decay=0.05)
     assert ow.constructor == 'HorNetLayerDecayOptimizerConstructor'
     assert ow.paramwise_cfg == dict(decay_rate=r, decay_type='layer_wise', num_layers=n)
     # schedule: 500-iteration linear warmup from 0.001 (mmengine end = 501, see test below), steps
     assert cfg.train_cfg.type == 'EpochBasedTrainLoop' and cfg.train_cfg.max_epochs == epochs
-    assert _plain(cfg.param_scheduler) == [
+    assert plain(cfg.param_scheduler) == [
         dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=501),
         dict(type='MultiStepLR', begin=0, end=epochs, by_epoch=True, milestones=steps, gamma=0.1)]
     assert cfg.auto_scale_lr.enable is False
     # data: 2 images per GPU, det-MS training, single-scale (1333, 800) test, bbox + segm every epoch
     assert cfg.train_dataloader.batch_size == 2
     pipeline = cfg.train_dataloader.dataset.pipeline
-    assert [[t.type, {k: _plain(v) for k, v in t.items() if k not in ('type', 'backend_args')}]
-            for t in pipeline] == _plain(DET_MS)
+    assert [[t.type, {k: plain(v) for k, v in t.items() if k not in ('type', 'backend_args')}]
+            for t in pipeline] == plain(DET_MS)
     dp = cfg.model.data_preprocessor
     assert (dp.mean, dp.std, dp.bgr_to_rgb, dp.pad_size_divisor) == \
         ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375], True, 32)

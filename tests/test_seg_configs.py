@@ -12,6 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS
 
+from conftest import plain
 from models import GlobalLocalFilter
 from models.mm_hornet import HorNetBackbone
 
@@ -55,16 +56,9 @@ def load_config(name: str) -> Config:
     return copy.deepcopy(_parse(name))
 
 
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
 
 def _steps(pipeline) -> list:
-    return [(t['type'], {k: _plain(v) for k, v in t.items() if k not in ('type', 'backend_args')})
+    return [(t['type'], {k: plain(v) for k, v in t.items() if k not in ('type', 'backend_args')})
             for t in pipeline]
 
 
@@ -108,14 +102,14 @@ def test_config_matches_reference(name):
     # optimizer, stage-wise decay, clipping, fp32
     ow = cfg.optim_wrapper
     assert ow.type == 'OptimWrapper'
-    assert _plain(ow.optimizer) == dict(type='AdamW', lr=1e-4, betas=[0.9, 0.999], weight_decay=0.05)
+    assert plain(ow.optimizer) == dict(type='AdamW', lr=1e-4, betas=[0.9, 0.999], weight_decay=0.05)
     assert ow.constructor == 'HorNetLayerDecayOptimizerConstructor'
     assert ow.paramwise_cfg == dict(decay_rate=r, decay_type='stage_wise', num_layers=n)
     assert ow.get('clip_grad') == (None if clip is None else dict(max_norm=clip, norm_type=2))
     # 160k iterations; warmup + poly (values checked iteration by iteration below)
     assert (cfg.train_cfg.type, cfg.train_cfg.max_iters, cfg.train_cfg.val_interval) == \
         ('IterBasedTrainLoop', 160000, 16000)
-    assert _plain(cfg.param_scheduler) == [
+    assert plain(cfg.param_scheduler) == [
         dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1501),
         dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=0, end=160001)]
     assert (cfg.default_hooks.checkpoint.by_epoch, cfg.default_hooks.checkpoint.interval) == (False, 16000)

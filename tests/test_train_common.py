@@ -11,7 +11,7 @@ from PIL import Image
 
 import datasets
 import main as train_main
-from conftest import ROOT, make_image_folder, read_log, tiny_argv
+from conftest import ROOT, make_image_folder, read_log, tensorboard_events, tiny_argv
 from utils import TrainingError
 
 # The evaluation and training commands of the original release's README, character for character
@@ -308,21 +308,11 @@ def test_image_folder_takes_class_count_from_folder(tmp_path, capsys):
 
 
 def _tensorboard_scalars(folder: str) -> dict[str, list[tuple]]:
-    """tag -> [(step, value)] from the TFRecord event files in ``folder``."""
-    from tensorboardX.proto import event_pb2
+    """tag -> [(step, value)] from the TensorBoard event files in ``folder``."""
     out: dict[str, list[tuple]] = {}
-    for name in sorted(os.listdir(folder)):
-        if not name.startswith('events.out.tfevents'):
-            continue
-        with open(os.path.join(folder, name), 'rb') as f:
-            data = f.read()
-        pos = 0
-        while pos < len(data):
-            n = int.from_bytes(data[pos:pos + 8], 'little')
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
-            pos += 12 + n + 4
-            for v in event.summary.value:
-                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    for event in tensorboard_events(folder):
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
     return out
 
 
