@@ -136,3 +136,11 @@ def tensorboard_events(folder: str) -> list:
             events.append(event_pb2.Event.FromString(raw[pos + 12:pos + 12 + n]))
             pos += 12 + n + 4
     return events
+
+
+def quick_tier(names, quick) -> list:
+    """Parameters for ``pytest.mark.parametrize``: the ``quick`` ones run in the quick tier
+    (``-m "not slow"``), the others are marked slow (CI runs them all)."""
+    missing = set(quick) - set(names)
+    assert not missing, f'quick_tier: {missing} not among the parameters'
+    return [n if n in quick else pytest.param(n, marks=pytest.mark.slow) for n in names]

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import models
-from conftest import ROOT, plain
+from conftest import ROOT, plain, quick_tier
 from models.mm_hornet import HorNetBackbone
 
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
@@ -89,7 +89,8 @@ def test_config_set_is_complete():
 
 
 
-@pytest.mark.parametrize('name', sorted(DET_TABLE))
+@pytest.mark.parametrize('name', quick_tier(sorted(DET_TABLE), ['cascade_mask_rcnn_hornet_tiny_gf_3x_coco.py',
+                                                        'mask_rcnn_hornet_small_7x7_horfpn_gf_1x_coco.py']))
 def test_config_matches_reference(name):
     """Every number of reference sections 0-2 in the merged config (and the backbone it builds)."""
     (model_type, epochs, steps), arch, dim, dpr, gf, neck_type, mixer, lr, r, n, ckpt = DET_TABLE[name]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import calc_flops
 import models
-from conftest import SMALL
+from conftest import SMALL, quick_tier
 from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
 from models.hornet import _from_mmpretrain
 
@@ -390,7 +390,7 @@ PUBLISHED_GFLOPS = {
 }
 
 
-@pytest.mark.parametrize('name', list(PUBLISHED_GFLOPS))
+@pytest.mark.parametrize('name', quick_tier(list(PUBLISHED_GFLOPS), ['hornet_tiny_gf']))
 def test_flops_reproduce_model_zoo_table(name):
     r = calc_flops.analyse(name)
     assert round(r['gflops'], 2) == PUBLISHED_GFLOPS[name]
@@ -585,7 +585,8 @@ def test_model_conventions():
         torch.testing.assert_close(model(x), feat)
 
 
-@pytest.mark.parametrize('backend', ['aot_eager', pytest.param('inductor', marks=pytest.mark.slow)])
+@pytest.mark.slow  # compiling takes seconds (aot_eager) to minutes (inductor)
+@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
 @pytest.mark.parametrize('name', VARIANTS)
 def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
     """One graph (fullgraph=True: no graph break) for eval and training; aot_eager checks the capture

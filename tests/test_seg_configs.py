@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS
 
-from conftest import plain
+from conftest import plain, quick_tier
 from models import GlobalLocalFilter
 from models.mm_hornet import HorNetBackbone
 
@@ -66,7 +66,8 @@ def test_config_set_is_complete():
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, '*.py'))) == sorted(SEG_TABLE)
 
 
-@pytest.mark.parametrize('name', sorted(SEG_TABLE))
+@pytest.mark.parametrize('name', quick_tier(sorted(SEG_TABLE), ['upernet_hornet_large_gf_640_160k_ade20k.py',
+                                                        'upernet_horfpn_gf_hornet_small_7x7_512_160k_ade20k.py']))
 def test_config_matches_reference(name):
     arch, dim, dpr, gf, with_cp, r, n, clip, crop, stride, head, mixer = SEG_TABLE[name]
     cfg = load_config(name)

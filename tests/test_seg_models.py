@@ -14,7 +14,7 @@ from mmengine.registry import init_default_scope
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
-from conftest import ROOT
+from conftest import ROOT, quick_tier
 from models import GlobalLocalFilter
 from semantic_segmentation.get_flops import count_flops
 
@@ -60,7 +60,7 @@ def test_config_set_is_complete():
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, '*.py'))) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize('name', sorted(EXPECTED))
+@pytest.mark.parametrize('name', quick_tier(sorted(EXPECTED), ['upernet_hornet_tiny_gf_512_160k_ade20k.py']))
 def test_config_builds_and_runs(name):
     """Every config builds (one block per stage, real widths) and runs its decode and auxiliary heads;
     the recipe numbers of every config are checked in test_seg_configs.py."""
