@@ -148,17 +148,24 @@ def _sniff(path: str) -> str | None:
     return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
 
 
-def _load_failure_reason(e: BaseException) -> str:
+def _load_failure_reason(e: BaseException, not_unpickled: str) -> str:
     text = str(e)
     if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in text:
-        m = re.search(r'GLOBAL (\S+)', text)
+        m = re.search(r'GLOBAL (\S+)', text) or re.search(r"(?:but got|function) <?(?:class )?'?([\w.]+)", text)
         what = f' (it asks for {m.group(1)})' if m else ''
-        return (f'it holds Python objects, not only weights{what}; it was not unpickled '
-                '(only tensors and plain containers are loaded)')
+        return f'it holds Python objects, not only weights{what}; it was not unpickled ({not_unpickled})'
     if isinstance(e, (zipfile.BadZipFile, EOFError)) or 'zip archive' in text or 'central directory' in text:
         return 'the file is truncated or damaged (incomplete zip archive)'
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
+
+
+def describe_load_failure(path: str, e: BaseException,
+                          not_unpickled: str = 'only tensors and plain containers are loaded') -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed with ``e``, as the reason part of a one-line
+    error (empty, text, truncated, holding Python objects, ...); ``not_unpickled`` says what to do about
+    a file that holds Python objects."""
+    return (_sniff(path) if os.path.isfile(path) else None) or _load_failure_reason(e, not_unpickled)
 
 
 def load_file(path: str, mmap: bool = False) -> dict[str, Any]:
@@ -190,7 +197,7 @@ def load_file(path: str, mmap: bool = False) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001  (any failure of a user-given file is reported, not raised)
         if mmap and 'mmap' in str(e):  # legacy (non-zip) files cannot be mapped: read them
             return load_file(path, mmap=False)
-        raise fail(_load_failure_reason(e)) from None
+        raise fail(describe_load_failure(path, e)) from None
     if not isinstance(ckpt, dict):
         raise fail(f'it holds a {type(ckpt).__name__}, expected a dict of weights')
     return ckpt

@@ -13,10 +13,8 @@ import io
 import os
 import os.path as osp
 import pickle
-import re
 import sys
 import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +26,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as _MMRunner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+import checkpoint as ckpt_files
 
 UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test checkpoint): a crafted .pth '
                     'file then runs arbitrary code on this machine; use it only for files you trust. '
@@ -98,26 +98,6 @@ def load_runner_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def _failure_reason(path: str, e: BaseException) -> str:
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in text:
-        m = re.search(r'GLOBAL (\S+)', text) or re.search(r'(?:but got|function) <?(?:class )?\'?([\w.]+)', text)
-        what = f' (it asks for {m.group(1)})' if m else ''
-        return (f'it holds Python objects, not only weights{what}; it was not unpickled (pass --unsafe-load '
-                'only if you trust the file)')
-    if osp.isfile(path) and osp.getsize(path) == 0:
-        return 'the file is empty (0 bytes)'
-    if isinstance(e, (EOFError, zipfile.BadZipFile)) or 'zip archive' in text:
-        return 'the file is truncated or damaged'
-    if osp.isfile(path):
-        with open(path, 'rb') as f:
-            head = f.read(4)
-        if not (head.startswith(b'PK') or head[:1] == b'\x80'):
-            return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
-    lines = [line for line in text.splitlines() if line.strip()]
-    return f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
-
-
 def load_checkpoint_file(filename: str, map_location: Any = 'cpu',
                          safe_globals: Sequence[Callable | tuple] = MMENGINE_SAFE_GLOBALS,
                          unsafe: bool = False) -> Any:
@@ -141,7 +121,8 @@ def load_checkpoint_file(filename: str, map_location: Any = 'cpu',
                                                           weights_only=not unsafe)
             return torch.load(io.BytesIO(fileio_get(filename)), map_location=map_location, weights_only=not unsafe)
     except Exception as e:  # noqa: BLE001  (any failure of a user-given file becomes one line)
-        raise CheckpointLoadError(f'cannot load checkpoint {filename}: {_failure_reason(path, e)}') from None
+        reason = ckpt_files.describe_load_failure(path, e, 'pass --unsafe-load only if you trust the file')
+        raise CheckpointLoadError(f'cannot load checkpoint {filename}: {reason}') from None
 
 
 def load_classification_checkpoint(filename: str) -> Any:
