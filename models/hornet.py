@@ -18,12 +18,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg_value, register_model
 from timm.models._features import FeatureGetterNet, feature_take_indices
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
     'layer_id', 'resize_complex_weight', 'run_stage', 'set_dft_filter', 'CheckpointMismatchError',
-    'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures',
+    'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures', 'depthwise_conv2d',
+    'linear_post',
 ]
 
 FilterSize = tuple[int, int]
@@ -124,6 +126,128 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
 
 
 torch.fx.wrap('global_filter')
+
+
+class _DepthwiseConvFn(torch.autograd.Function):
+    """Depthwise "same" convolution (stride 1, odd kernel, padding ``(k - 1) // 2``) whose backward
+    runs as two *forward* depthwise convolutions.
+
+    Why: on CPU, oneDNN's depthwise backward, the weight gradient above all, runs far below its
+    forward kernel (HorNet-T 7x7, batch 8, 2 threads: 27 / 15 / 8.8 / 22 ms per block for stages
+    0-3 against 0.3-2.8 ms forward); it was 18% of a training step. Here:
+
+    - input gradient: the same conv of the output gradient with the kernel flipped;
+    - weight gradient: ``dW[c, i, j] = sum_{b,h,w} x[b, c, h+i-p, w+j-p] * g[b, c, h, w]``, one
+      depthwise conv over the ``B * C`` maps of ``x`` with the maps of ``g`` as ``H x W``
+      kernels (zero padding ``p`` gives exactly the ``k x k`` output), then a sum over the batch.
+
+    Same numbers as autograd's backward up to float rounding (tests/test_models.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        C = weight.shape[0]
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, padding=ctx.padding, groups=C)
+        if ctx.needs_input_grad[1]:
+            B, _, H, W = x.shape
+            grad_w = F.conv2d(x.reshape(1, B * C, H, W), grad.reshape(B * C, 1, H, W),
+                              padding=ctx.padding, groups=B * C)
+            grad_w = grad_w.view(B, C, *weight.shape[-2:]).sum(0, dtype=torch.float32)
+            grad_w = grad_w.unsqueeze(1).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+@register_notrace_function
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     padding: tuple[int, int]) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a depthwise ``(C, 1, kh, kw)``
+    kernel; on CPU, for "same" kernels of 5 or more and when a gradient is needed, through
+    :class:`_DepthwiseConvFn` (a backward several times faster). Under autocast the inputs take the
+    autocast dtype first, as ``F.conv2d`` would. A leaf for FX tracing."""
+    kh, kw = weight.shape[-2:]
+    fast = (x.device.type == 'cpu' and torch.is_grad_enabled() and max(kh, kw) >= 5
+            and tuple(padding) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 == 1 and kw % 2 == 1
+            and (x.requires_grad or weight.requires_grad))
+    if not fast:
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+    if torch.is_autocast_enabled('cpu'):
+        dtype = torch.get_autocast_dtype('cpu')
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast('cpu', enabled=False):
+            return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
+    return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
+
+
+torch.fx.wrap('depthwise_conv2d')
+
+try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference
+    _MKLDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):
+    _MKLDNN_LINEAR = None
+
+
+def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype to run :func:`linear_post` in as one oneDNN kernel, or None to run plain ops.
+
+    Only for CPU inference (no gradient needed) in eager mode: torch.compile fuses on its own,
+    FX proxies and dispatch modes (e.g. the FLOP counter) see plain aten ops.
+    """
+    if (_MKLDNN_LINEAR is None or not isinstance(x, torch.Tensor) or x.device.type != 'cpu'
+            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling() or is_in_torch_dispatch_mode()
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return None
+    if torch.is_autocast_enabled('cpu'):
+        dtype = torch.get_autocast_dtype('cpu')
+    elif x.dtype == weight.dtype:
+        dtype = x.dtype
+    else:
+        return None
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return dtype
+    return None
+
+
+def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = 'none',
+                other: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
+    ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
+
+    For CPU inference this is one oneDNN matmul with the bias and ``post`` fused into it: no extra
+    pass over the result for the bias (addmm copies it in first), the GELU, the gnConv gate or the
+    residual, each a full read and write of a large activation (HorNet-T fp32 inference: 1.2x
+    img/s). Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose
+    ``other`` has another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere
+    (training, CUDA, torch.compile, FX, dispatch modes) plain ops.
+    """
+    dtype = _fused_linear_dtype(x, weight)
+    if dtype is not None and not (post == 'add' and other.dtype != dtype):
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast('cpu', enabled=False):
+            if post in ('mul', 'add'):
+                return _MKLDNN_LINEAR.binary(x, other.to(dtype), weight, bias, post)
+            return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
+    y = F.linear(x, weight, bias)
+    if post == 'gelu':
+        return F.gelu(y)
+    if post == 'mul':
+        return y * other
+    if post == 'add':
+        return y + other
+    return y
 
 
 class GlobalLocalFilter(nn.Module):
@@ -253,39 +377,45 @@ class GnConv(nn.Module):
         if self.mixer == 'dwconv':
             m = self.dwconv
             weight, bias = (m.weight, m.bias) if self.scale == 1.0 else (m.weight * self.scale, m.bias * self.scale)
-            return F.conv2d(q, weight, bias, padding=m.padding, groups=m.groups)
+            return depthwise_conv2d(q, weight, bias, m.padding)
         if self.mixer == 'gf':
             return self.dwconv(q, scale=self.scale)
         return self.dwconv(q) * self.scale
 
-    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_scale: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         """gnConv of an NCHW ``x``; ``out_scale`` (per output channel) multiplies the result, folded
-        into ``proj_out`` (HorBlock passes its layer scale ``gamma1``).
+        into ``proj_out`` (HorBlock passes its layer scale ``gamma1``); ``residual`` (NCHW, the
+        shape of the result) is added to it, in the same kernel as ``proj_out`` for CPU inference.
 
         Speed: the 1x1 convs run as matrix products on the channels-last view (B, H, W, C), free
         for a channels_last ``x`` (as inside HorNet): no layout copies, and no fall-back to torch's
-        slow 1x1-conv path, which CPU convolution takes for small batches on one thread.
+        slow 1x1-conv path, which CPU convolution takes for small batches on one thread. For CPU
+        inference each gate product is fused into its matrix product (:func:`linear_post`).
         """
         x = x.permute(0, 2, 3, 1)
         w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
         d0 = self.dims[0]
-        # two products instead of one + split: p and q come out dense (a channel slice of a
-        # channels-last tensor is strided, and the depthwise conv would copy it)
-        p = F.linear(x, w[:d0], b[:d0])
-        q = F.linear(x, w[d0:], b[d0:]).permute(0, 3, 1, 2)
+        # q first, p in its own product: both come out dense (a channel slice of a channels-last
+        # tensor is strided, and the depthwise conv would copy it), and p's product takes the gate
+        q = linear_post(x, w[d0:], b[d0:]).permute(0, 3, 1, 2)
         gates = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
-        y = p * gates[0]
+        y = linear_post(x, w[:d0], b[:d0], 'mul', gates[0])
         for i in range(self.order - 1):  # indexed, not zipped: FX-traceable
             pw = self.pws[i]
-            y = F.linear(y, pw.weight.flatten(1), pw.bias) * gates[i + 1]
+            y = linear_post(y, pw.weight.flatten(1), pw.bias, 'mul', gates[i + 1])
         po = self.proj_out
+        res = residual.permute(0, 2, 3, 1) if residual is not None else None
         if isinstance(po, nn.Conv2d):
             weight, bias = po.weight.flatten(1), po.bias
             if out_scale is not None:
                 weight, bias = weight * out_scale[:, None], bias * out_scale
-            y = F.linear(y, weight, bias)
-        elif out_scale is not None:
-            y = y * out_scale
+            y = linear_post(y, weight, bias, 'add', res) if res is not None else F.linear(y, weight, bias)
+        else:
+            if out_scale is not None:
+                y = y * out_scale
+            if res is not None:
+                y = y + res
         return y.permute(0, 3, 1, 2)
 
 
@@ -329,15 +459,26 @@ class HorBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # layer scales are folded into the last linear map of each branch (one pass fewer each)
-        x = x + self.drop_path(self.gnconv(self.norm1(x), out_scale=self.gamma1))
-        # MLP channels-last; on a channels_last x the permutes are free views
-        y = self.act(self.pwconv1(self.norm2(x.permute(0, 2, 3, 1))))
-        if self.gamma2 is None:
-            y = self.pwconv2(y)
+        # layer scales are folded into the last linear map of each branch (one pass fewer each);
+        # without stochastic depth the residual adds go into those maps too (fused for CPU inference)
+        skip = isinstance(self.drop_path, nn.Identity) or not self.training
+        if skip:
+            x = self.gnconv(self.norm1(x), out_scale=self.gamma1, residual=x)
         else:
-            y = F.linear(y, self.pwconv2.weight * self.gamma2[:, None], self.pwconv2.bias * self.gamma2)
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+            x = x + self.drop_path(self.gnconv(self.norm1(x), out_scale=self.gamma1))
+        # MLP channels-last; on a channels_last x the permutes are free views
+        x_cl = x.permute(0, 2, 3, 1)
+        y = self.norm2(x_cl)
+        if isinstance(self.act, nn.GELU) and self.act.approximate == 'none':
+            y = linear_post(y, self.pwconv1.weight, self.pwconv1.bias, 'gelu')
+        else:
+            y = self.act(self.pwconv1(y))
+        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
+        if self.gamma2 is not None:
+            w2, b2 = w2 * self.gamma2[:, None], b2 * self.gamma2
+        if skip:
+            return linear_post(y, w2, b2, 'add', x_cl).permute(0, 3, 1, 2)
+        return x + self.drop_path(F.linear(y, w2, b2).permute(0, 3, 1, 2))
 
 
 def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,

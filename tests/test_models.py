@@ -658,3 +658,83 @@ def test_default_layout_is_channels_last_inside(name):
     z = torch.randn(2, 128, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(g(z), g(z.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape,k,channels_last,bias', [
+    ((3, 24, 13, 11), 7, True, True), ((2, 16, 9, 9), 5, False, True), ((2, 8, 6, 7), 7, True, False)])
+def test_depthwise_conv_fast_backward_equals_autograd(shape, k, channels_last, bias):
+    """The CPU depthwise conv whose backward runs as two forward convs (models.depthwise_conv2d):
+    same output and gradients as autograd's convolution backward, float32 and bf16 autocast."""
+    from models.hornet import depthwise_conv2d
+    C = shape[1]
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(C, 1, k, k, requires_grad=True)
+    b = torch.randn(C, requires_grad=True) if bias else None
+    inputs = (x, w, b) if bias else (x, w)
+    g = torch.randn(shape)
+    y = depthwise_conv2d(x, w, b, (k // 2, k // 2))
+    assert type(y.grad_fn).__name__ == '_DepthwiseConvFnBackward'  # the fast path ran
+    ref = F.conv2d(x, w, b, padding=k // 2, groups=C)
+    assert torch.equal(y, ref)
+    for a, e in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
+        assert _rel(a, e) < 1e-6
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = depthwise_conv2d(x, w, b, (k // 2, k // 2))
+        ref = F.conv2d(x, w, b, padding=k // 2, groups=C)
+    assert y.dtype == ref.dtype == torch.bfloat16 and torch.equal(y, ref)
+    for a, e in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
+        assert a.dtype == e.dtype == torch.float32 and _rel(a, e) < 1e-2  # bf16 rounding of the partial sums
+    # no gradient needed, a 3x3 kernel or another padding: plain F.conv2d
+    with torch.no_grad():
+        assert depthwise_conv2d(x, w, b, (k // 2, k // 2)).grad_fn is None
+    w3 = torch.randn(C, 1, 3, 3, requires_grad=True)
+    assert type(depthwise_conv2d(x, w3, None, (1, 1)).grad_fn).__name__ != '_DepthwiseConvFnBackward'
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
+    """CPU inference runs each block's matrix products with the bias, GELU, gates and residuals fused
+    (oneDNN, models.linear_post): same outputs as the plain ops within 1e-5 (float32) and within the
+    bf16 bound (autocast); training and the FLOP counter see plain ops."""
+    import models.hornet as mh
+    if mh._MKLDNN_LINEAR is None:
+        pytest.fail('this torch has no oneDNN fused linear (mkldnn._linear_pointwise)')
+    model = small(name, layer_scale_init_value=0.5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    calls = []
+    real = mh._MKLDNN_LINEAR
+
+    class Counting:
+        def __call__(self, *a):
+            calls.append('plain')
+            return real(*a)
+
+        def binary(self, *a):
+            calls.append(a[-1])
+            return real.binary(*a)
+    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
+    with torch.no_grad():
+        fused = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            fused_bf16 = model(x)
+    # per block: q and the GELU product plain, one gate product per order, residuals of both branches
+    blocks = sum(model.depths)
+    orders = sum(d * o for d, o in zip(model.depths, (2, 3, 4, 5), strict=True))
+    assert calls.count('plain') == 2 * 2 * blocks and calls.count('mul') == 2 * orders
+    assert calls.count('add') == 2 * 2 * blocks  # under CPU autocast the residual stream is bf16 too
+    calls.clear()
+    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', None)
+    with torch.no_grad():
+        plain = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            plain_bf16 = model(x)
+    assert _rel(fused, plain) < 1e-5
+    assert _rel(fused_bf16.float(), plain.float()) < 5e-2 and _rel(plain_bf16.float(), plain) < 5e-2
+    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
+    model.train()(x).mean().backward()  # gradients needed: plain ops
+    with torch.no_grad():
+        calc_flops.count_flops(model, (64, 64))  # the FLOP counter's dispatch mode: plain ops
+    assert calls == []
