@@ -284,10 +284,11 @@ class GlobalLocalFilter(nn.Module):
         """``post_norm(interleave(dw(x_local), global_filter(x_global))) * scale`` (the scale is
         folded into the post-norm's affine, one pass fewer over the largest gnConv tensor)."""
         c = self.dw.in_channels
-        x = self.pre_norm(x)
-        x_local = self.dw(x[:, :c])
+        # split, not two slices: the backward of a slice zero-fills a full-size gradient first
+        x_local, x_global = torch.split(self.pre_norm(x), c, dim=1)
+        x_local = self.dw(x_local)
         # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
-        x_global = self.global_filter(x[:, c:].contiguous()).to(x_local.dtype)
+        x_global = self.global_filter(x_global.contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
         # (B, H, W, C, 2) so the NCHW view of the result is channels_last, like the rest of the net
         x = torch.stack((x_local.permute(0, 2, 3, 1), x_global.permute(0, 2, 3, 1)), dim=-1).flatten(-2)
