@@ -100,6 +100,43 @@ def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
 
 
+class _GlobalFilterFn(torch.autograd.Function):
+    """``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
+    ``(C, H, W // 2 + 1, 2)`` of the complex filter) with a hand-written backward.
+
+    The filter is a linear map of ``x``, a real circular convolution, so its transpose is the
+    same filter with the conjugate spectrum: ``grad_x = irfft2(rfft2(g) * conj(w))``. The filter
+    gradient is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2``
+    counts twice (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward
+    FFT pair per pass instead of autograd's, whose ``rfft2`` backward pads the half spectrum and
+    runs a full complex FFT (HorNet-T stage 2, batch 8: fwd+bwd 5.9 -> 3.4 ms per filter). Equal to
+    autograd's gradients to float rounding (tests/test_models.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        H, W = x.shape[-2:]
+        spec = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
+        ctx.save_for_backward(spec, weight)
+        ctx.size = (H, W)
+        return torch.fft.irfft2(spec * torch.view_as_complex(weight), s=(H, W), dim=(-2, -1), norm='ortho')
+
+    @staticmethod
+    def backward(ctx, grad):
+        spec, weight = ctx.saved_tensors
+        H, W = ctx.size
+        grad_spec = torch.fft.rfft2(grad, dim=(-2, -1), norm='ortho')
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.fft.irfft2(grad_spec * torch.view_as_complex(weight).conj(), s=(H, W),
+                                      dim=(-2, -1), norm='ortho')
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad_spec * spec.conj()).sum(0)
+            grad_w[..., 1:(W + 1) // 2] *= 2
+            grad_w = torch.view_as_real(grad_w)
+        return grad_x, grad_w
+
+
 @register_notrace_function
 def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) -> torch.Tensor:
     """``irfft2(rfft2(x) * weight)`` over the last two axes (orthonormal), computed in float32.
@@ -118,6 +155,13 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
         weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
         if use_dft:
             x = _global_filter_dft(x, weight)
+        elif device_type == 'cpu' and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode():
+            weight = weight.contiguous()
+            if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+                x = _GlobalFilterFn.apply(x, weight)
+            else:  # eager complex product: one vectorized pass, no real/imaginary stack
+                x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho') * torch.view_as_complex(weight)
+                x = torch.fft.irfft2(x, s=(H, W), dim=(-2, -1), norm='ortho')
         else:
             x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
             x = _complex_mul(x, weight)
@@ -200,14 +244,13 @@ except (AttributeError, RuntimeError):
 
 
 def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
-    """The dtype to run :func:`linear_post` in as one oneDNN kernel, or None to run plain ops.
+    """The dtype to run :func:`linear_post` in on oneDNN, or None to run plain ops.
 
-    Only for CPU inference (no gradient needed) in eager mode: torch.compile fuses on its own,
-    FX proxies and dispatch modes (e.g. the FLOP counter) see plain aten ops.
+    Only on CPU in eager mode: torch.compile fuses on its own, FX proxies and dispatch modes (e.g.
+    the FLOP counter) see plain aten ops.
     """
     if (_MKLDNN_LINEAR is None or not isinstance(x, torch.Tensor) or x.device.type != 'cpu'
-            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling() or is_in_torch_dispatch_mode()
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling() or is_in_torch_dispatch_mode()):
         return None
     if torch.is_autocast_enabled('cpu'):
         dtype = torch.get_autocast_dtype('cpu')
@@ -220,26 +263,68 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+class _OneDNNLinearFn(torch.autograd.Function):
+    """``x @ weight.T + bias (+ other)`` for CPU training, its forward and input-gradient products
+    on oneDNN's matmul instead of MKL's sgemm (``F.linear``'s path).
+
+    Why: for HorNet's shapes oneDNN runs 5-25% faster (HorNet-T, 2 threads: 1568x256 @ 256x1024,
+    150 vs 185-198 GFLOP/s; 392x512 @ 512x2048, 149 vs 181-191), the bias comes in without addmm's
+    copy of it into the output, and the residual add (``other``) rides along. The weight gradient
+    stays ``torch.mm`` (MKL is as fast there and takes the transposed operand without a copy).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, other):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if other is not None:
+            return _MKLDNN_LINEAR.binary(x, other, weight, bias, 'add')
+        return _MKLDNN_LINEAR(x, weight, bias, 'none', [], '')
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _MKLDNN_LINEAR(grad, weight.t().contiguous(), None, 'none', [], '')
+        g2 = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
+
+
 def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = 'none',
                 other: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
     ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
 
-    For CPU inference this is one oneDNN matmul with the bias and ``post`` fused into it: no extra
-    pass over the result for the bias (addmm copies it in first), the GELU, the gnConv gate or the
-    residual, each a full read and write of a large activation (HorNet-T fp32 inference: 1.2x
-    img/s). Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose
-    ``other`` has another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere
-    (training, CUDA, torch.compile, FX, dispatch modes) plain ops.
+    On CPU the product runs on oneDNN. For inference it is one kernel with the bias and ``post``
+    fused in: no extra pass over the result for the bias (addmm copies it in first), the GELU, the
+    gnConv gate or the residual, each a full read and write of a large activation (HorNet-T fp32
+    inference: 1.2x img/s). For training, :class:`_OneDNNLinearFn` (bias and residual fused; the
+    GELU and the gate product stay separate ops, their backward needs the product's output).
+    Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
+    another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
+    torch.compile, FX, dispatch modes) plain ops.
     """
     dtype = _fused_linear_dtype(x, weight)
     if dtype is not None and not (post == 'add' and other.dtype != dtype):
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
+        other = other.to(dtype) if post in ('mul', 'add') else None
         with torch.autocast('cpu', enabled=False):
-            if post in ('mul', 'add'):
-                return _MKLDNN_LINEAR.binary(x, other.to(dtype), weight, bias, post)
-            return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
+            if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                                 or (bias is not None and bias.requires_grad)
+                                                 or (other is not None and other.requires_grad))):
+                if post in ('mul', 'add'):
+                    return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
+                return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
+            y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
+            if post == 'gelu':
+                return F.gelu(y)
+            return y * other if post == 'mul' else y
     y = F.linear(x, weight, bias)
     if post == 'gelu':
         return F.gelu(y)
@@ -411,7 +496,7 @@ class GnConv(nn.Module):
             weight, bias = po.weight.flatten(1), po.bias
             if out_scale is not None:
                 weight, bias = weight * out_scale[:, None], bias * out_scale
-            y = linear_post(y, weight, bias, 'add', res) if res is not None else F.linear(y, weight, bias)
+            y = linear_post(y, weight, bias, 'add', res) if res is not None else linear_post(y, weight, bias)
         else:
             if out_scale is not None:
                 y = y * out_scale
@@ -479,7 +564,7 @@ class HorBlock(nn.Module):
             w2, b2 = w2 * self.gamma2[:, None], b2 * self.gamma2
         if skip:
             return linear_post(y, w2, b2, 'add', x_cl).permute(0, 3, 1, 2)
-        return x + self.drop_path(F.linear(y, w2, b2).permute(0, 3, 1, 2))
+        return x + self.drop_path(linear_post(y, w2, b2).permute(0, 3, 1, 2))
 
 
 def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,

@@ -694,11 +694,41 @@ def test_depthwise_conv_fast_backward_equals_autograd(shape, k, channels_last, b
     assert type(depthwise_conv2d(x, w3, None, (1, 1)).grad_fn).__name__ != '_DepthwiseConvFnBackward'
 
 
+@pytest.mark.parametrize('shape,filter_hw', [((3, 6, 14, 14), (14, 8)), ((2, 4, 7, 7), (7, 4)),
+                                              ((2, 4, 6, 9), (6, 5)), ((2, 4, 16, 16), (14, 8))])
+def test_global_filter_fast_backward_equals_autograd(shape, filter_hw):
+    """The CPU global filter with the hand-written backward (models.hornet._GlobalFilterFn): same
+    output and gradients as autograd through irfft2(rfft2(x) * w), for even and odd widths and for
+    a filter resized to another input size; float64 to 1e-12, float32 to 1e-5."""
+    from models.hornet import global_filter, resize_complex_weight
+
+    def plain(x, w):
+        w = torch.view_as_complex(resize_complex_weight(w, (x.shape[-2], x.shape[-1] // 2 + 1)).contiguous())
+        return torch.fft.irfft2(torch.fft.rfft2(x, norm='ortho') * w, s=x.shape[-2:], norm='ortho')
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        x = torch.randn(shape, dtype=dtype, requires_grad=True)
+        w = torch.randn(shape[1], *filter_hw, 2, dtype=dtype, requires_grad=True)
+        g = torch.randn(shape, dtype=dtype)
+        if dtype == torch.float64:  # global_filter computes in float32; check the Function itself
+            from models.hornet import _GlobalFilterFn
+            y = _GlobalFilterFn.apply(x, resize_complex_weight(w, (shape[2], shape[3] // 2 + 1)).contiguous())
+        else:
+            y = global_filter(x, w)
+            assert type(y.grad_fn).__name__ == '_GlobalFilterFnBackward'  # the fast path ran
+        ref = plain(x, w)
+        assert _rel(y, ref) < tol
+        for a, e in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(ref, (x, w), g), strict=True):
+            assert _rel(a, e) < tol
+    with torch.no_grad():
+        assert global_filter(x, w).grad_fn is None and _rel(global_filter(x, w), plain(x, w)) < 1e-5
+
+
 @pytest.mark.parametrize('name', VARIANTS)
 def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
     """CPU inference runs each block's matrix products with the bias, GELU, gates and residuals fused
     (oneDNN, models.linear_post): same outputs as the plain ops within 1e-5 (float32) and within the
-    bf16 bound (autocast); training and the FLOP counter see plain ops."""
+    bf16 bound (autocast). Training runs them on oneDNN too (bias and residual fused), with the plain
+    ops' gradients within 1e-5; the FLOP counter sees plain ops."""
     import models.hornet as mh
     if mh._MKLDNN_LINEAR is None:
         pytest.fail('this torch has no oneDNN fused linear (mkldnn._linear_pointwise)')
@@ -733,8 +763,20 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
             plain_bf16 = model(x)
     assert _rel(fused, plain) < 1e-5
     assert _rel(fused_bf16.float(), plain.float()) < 5e-2 and _rel(plain_bf16.float(), plain) < 5e-2
+    # training: every product through _OneDNNLinearFn (residuals fused), same gradients as plain ops
+    model.train()
+    model(x).square().mean().backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
     monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
-    model.train()(x).mean().backward()  # gradients needed: plain ops
+    model(x).square().mean().backward()
+    fused_grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert _rel(fused_grads, torch.cat([g.flatten() for g in plain_grads])) < 1e-5
+    # per block order + 4 products (q, p, the order - 1 gate maps, proj_out, pwconv1, pwconv2), two of
+    # them with the residual; each one's input gradient is a product too
+    assert calls.count('add') == 2 * blocks and calls.count('mul') == 0
+    assert calls.count('plain') == (orders + 2 * blocks) + (orders + 4 * blocks)
+    calls.clear()
     with torch.no_grad():
         calc_flops.count_flops(model, (64, 64))  # the FLOP counter's dispatch mode: plain ops
     assert calls == []
