@@ -148,6 +148,28 @@ def setup_logging() -> None:
     root.propagate = False
 
 
+def keep_freed_cpu_memory() -> bool:
+    """Let this process keep the CPU memory it frees, for reuse, instead of handing it back to the OS.
+
+    glibc's malloc serves large blocks (128 KiB to 32 MiB and up) with a fresh ``mmap`` and unmaps
+    them when freed, and trims the top of its heap; every large activation of a CPU step is then
+    page-faulted in again, zero-filled by the kernel (HorNet-T GF, batch 8, 224 px: 185k page
+    faults and 0.38 s of system time per 1.8 s training step). With ``mmap`` off for the heap's
+    blocks and trimming off, freed blocks are reused: about one fault per step. The cost: the
+    process keeps its peak heap. Linux with glibc only (``mallopt``); returns whether it applied.
+    Fork-started data-loader workers inherit the setting.
+    """
+    if not sys.platform.startswith('linux'):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL('libc.so.6').mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+
+
 def seed_for(*keys: int) -> int:
     """A well-mixed 32-bit seed from integers such as (seed, rank, epoch)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])

@@ -8,7 +8,8 @@ For each HorNet variant the table has a row per implementation and mode (``infer
 - ``reference``: the straightforward formulation of the original release, written from the
   architecture specification (``benchmarks/reference_hornet.py``), same weights, always float32,
   NCHW, eager: the "original" the goals are stated against;
-- ``convnext``: timm's ConvNeXt of the same size (tiny/small/base/large), same settings as ``hornet``.
+- ``convnext``: timm's ConvNeXt of the same size (tiny/small/base/large), same settings as ``hornet``;
+- ``eager`` (with ``--compile``): this repo's model, same settings, not compiled.
   mmpretrain's HorNet is not installed in this project (mmpretrain is no dependency), so that
   column is absent.
 
@@ -17,9 +18,13 @@ implementations take turns iteration by iteration, so machine load hits them ali
 GFLOP/s (2 FLOPs per multiply-add of the model's forward, x3 for a training step), the fraction of
 the dense-matmul peak this script measures on the device at the run's dtype, peak memory of one
 step (``--memory``; CPU: peak RSS of a fresh subprocess running the step, minus its RSS before the
-step; CUDA: ``max_memory_allocated``), and the ratios ``x ref`` (img/s over the reference's) and
-``x cnx`` (over ConvNeXt's). ``warm-up s`` is the wall / CPU time of the warm-up iterations (with
-``--compile``: the compilation; CPU time includes the compiler subprocesses).
+step; CUDA: ``max_memory_allocated``), and the ratios ``x ref`` (img/s over the reference's),
+``x cnx`` (over ConvNeXt's) and ``x eager`` (over the uncompiled model's). ``warm-up s`` is the
+wall / CPU time of the warm-up iterations (with ``--compile``: the compilation; CPU time includes
+the compiler subprocesses).
+
+On CPU the run keeps freed memory for reuse, as ``main.py --device cpu`` does (``utils.keep_freed_cpu_memory``;
+``--keep_freed_memory false`` measures glibc's default, which page-faults every large activation in again).
 
 Examples::
 
@@ -47,6 +52,7 @@ if not __package__:  # run as a file: see _repo_root.py
 
 import calc_flops
 import models  # noqa: F401  (registers hornet_*)
+import utils
 from benchmarks.reference_hornet import reference_from
 
 DTYPES = {'none': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -122,6 +128,8 @@ def build(kind: str, name: str, args, device: torch.device, ours: nn.Module | No
 def memory_probe(spec: dict) -> dict:
     """Run in a fresh process: peak RSS growth (CPU) or max allocated (CUDA) of one step, in MiB."""
     torch.set_num_threads(spec['threads'])
+    if spec['device'] == 'cpu' and spec['keep_freed_memory']:
+        utils.keep_freed_cpu_memory()
     device = torch.device(spec['device'])
     ns = argparse.Namespace(channels_last=spec['channels_last'], grad_ckpt_on=spec['grad_ckpt'])
     ours = timm.create_model(spec['name'])
@@ -148,7 +156,7 @@ def memory_probe(spec: dict) -> dict:
 def measure_memory(kind: str, name: str, mode: str, args) -> float:
     spec = dict(kind=kind, name=name, mode=mode, device=args.device, batch=args.batch_size, size=args.input_size,
                 channels_last=args.channels_last, amp_dtype=args.amp_dtype, grad_ckpt=args.grad_ckpt_on,
-                threads=torch.get_num_threads())
+                threads=torch.get_num_threads(), keep_freed_memory=args.keep_freed_memory)
     out = subprocess.run([sys.executable, os.path.abspath(__file__), '--_memory_probe', json.dumps(spec)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])['mib']
@@ -165,6 +173,9 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
     nets = {'hornet': ours}
     for k in kinds[1:]:
         nets[k] = build(k, name, args, device, ours)
+    if args.compile and 'eager' in args.baselines:
+        kinds.append('eager')
+        nets['eager'] = ours  # the same module, run without the compiled wrapper
     macs = {k: calc_flops.count_flops(timm.create_model(name if k != 'convnext' else convnext_for(name)),
                                       (args.input_size, args.input_size))['total'] for k in kinds}
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
@@ -175,7 +186,7 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
         for k in kinds:
             fast = k != 'reference'
             model = nets[k]
-            if fast and args.compile:
+            if fast and args.compile and k != 'eager':
                 model = torch.compile(model, fullgraph=True)
             steps[k] = make_step(model, x_cl if fast else x, mode, args.amp if fast else None)
             t, c = time.perf_counter(), cpu_seconds()
@@ -191,18 +202,20 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
         rate = {k: args.batch_size / statistics.median(times[k]) for k in kinds}
         for k in kinds:
             fast = k != 'reference'
+            compiled = fast and args.compile and k != 'eager'
             flops = 2 * macs[k] * (3 if mode == 'train' else 1) * rate[k]
             peak = peaks['amp' if fast and args.amp else 'fp32']
             rows.append(dict(
-                model=name if k == 'hornet' else (f'reference({name})' if k == 'reference' else convnext_for(name)),
+                model={'hornet': name, 'eager': name, 'reference': f'reference({name})'}.get(k, convnext_for(name)),
                 mode=mode, dtype=f'{args.amp_dtype} autocast' if fast and args.amp else 'float32',
                 layout='channels_last' if fast and args.channels_last else 'NCHW',
-                compile=('fullgraph' if fast and args.compile else 'eager'), batch=args.batch_size, ips=rate[k],
+                compile='fullgraph' if compiled else 'eager', batch=args.batch_size, ips=rate[k],
                 gflops=flops / 1e9, peak_frac=flops / 1e9 / peak,
                 spread=(min(times[k]), max(times[k])), warmup_s=compile_s[k],
                 mem=measure_memory(k, name, mode, args) if args.memory else None,
                 x_ref=rate[k] / rate['reference'] if 'reference' in rate else None,
-                x_cnx=rate[k] / rate['convnext'] if 'convnext' in rate else None))
+                x_cnx=rate[k] / rate['convnext'] if 'convnext' in rate else None,
+                x_eager=rate[k] / rate['eager'] if 'eager' in rate else None))
     return rows
 
 
@@ -222,21 +235,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--compile', action='store_true', help='torch.compile(fullgraph=True) hornet and convnext')
     p.add_argument('--grad_ckpt', default='off', choices=['off', 'on', 'both'],
                    help='activation checkpointing for hornet/convnext (both: a table for each)')
-    p.add_argument('--baselines', nargs='*', default=['reference', 'convnext'],
-                   choices=['reference', 'convnext', 'none'])
+    p.add_argument('--baselines', nargs='*', default=['reference', 'convnext', 'eager'],
+                   choices=['reference', 'convnext', 'eager', 'none'],
+                   help='rows next to hornet (eager: the uncompiled model, with --compile)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
+    p.add_argument('--keep_freed_memory', default='true', choices=['true', 'false'],
+                   help='CPU: keep freed memory for reuse, as main.py does (false: glibc default)')
     p.add_argument('--memory', action='store_true', help='also measure the peak memory of one step')
     p.add_argument('--memory_only', action='store_true', help='only the peak memory column (no timing)')
     p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.keep_freed_memory = args.keep_freed_memory == 'true'
     if args._memory_probe:
         print(json.dumps(memory_probe(json.loads(args._memory_probe))))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    kept = device.type == 'cpu' and args.keep_freed_memory and utils.keep_freed_cpu_memory()
     args.amp = DTYPES[args.amp_dtype]
     peaks = {'fp32': matmul_peak(device, torch.float32) if not args.memory_only else float('nan')}
     peaks['amp'] = matmul_peak(device, args.amp) if args.amp and not args.memory_only else peaks['fp32']
@@ -246,19 +264,22 @@ def main(argv: list[str] | None = None) -> None:
           f'{args.input_size}px, load average at start {load:.1f}')
     print(f'# measured matmul peak: fp32 {peaks["fp32"]:.0f} GFLOP/s' +
           (f', {args.amp_dtype} {peaks["amp"]:.0f} GFLOP/s' if args.amp else ''))
+    if device.type == 'cpu':
+        print('# CPU allocator: ' + ('freed memory kept for reuse (utils.keep_freed_cpu_memory)' if kept
+                                     else "glibc's default (freed large blocks go back to the OS)"))
     print('# reference = original formulation (fp32, NCHW, eager); x ref / x cnx = img/s ratio to reference / '
           'ConvNeXt (same settings); mmpretrain HorNet: not installed, no column')
     for ckpt in ([False, True] if args.grad_ckpt == 'both' else [args.grad_ckpt == 'on']):
         args.grad_ckpt_on = ckpt
         print('\n| model | mode | dtype | layout | compile | grad ckpt | batch | img/s (min-max) | GFLOP/s | '
-              'of peak | peak mem MiB | warm-up s wall / CPU | x ref | x cnx |')
-        print('|---' * 14 + '|')
+              'of peak | peak mem MiB | warm-up s wall / CPU | x ref | x cnx | x eager |')
+        print('|---' * 15 + '|')
         for name in args.models:
             for r in run_model(name, args, device, peaks):
                 if args.memory_only:
                     print(f"| {r['model']} | {r['mode']} | {args.amp_dtype} | "
                           f"{'channels_last' if args.channels_last else 'NCHW'} | eager | {'on' if ckpt else 'off'} | "
-                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - |", flush=True)
+                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - | - |", flush=True)
                     continue
                 lo, hi = (args.batch_size / t for t in reversed(r['spread']))
                 print(f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['layout']} | {r['compile']} | "
@@ -266,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{r['gflops']:.0f} | {r['peak_frac']:.0%} | {fmt(r['mem'], '.0f')} | "
                       f"{r['warmup_s'][0]:.0f} / {r['warmup_s'][1]:.0f} | "
                       f"{fmt(r['x_ref'])} | "
-                      f"{fmt(r['x_cnx'])} |", flush=True)
+                      f"{fmt(r['x_cnx'])} | {fmt(r['x_eager'])} |", flush=True)
 
 
 if __name__ == '__main__':

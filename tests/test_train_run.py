@@ -81,6 +81,7 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert 'checkpoint-0.pth' in rerun.stdout and 'continuing at epoch 1' in rerun.stdout
+    assert 'CPU allocator: freed memory is kept for reuse' in rerun.stdout  # --keep_freed_memory default
     assert 'Epoch: [0]' not in rerun.stdout
     assert [r['epoch'] for r in read_log(out)] == [0, 1, 2]
     files = sorted(os.listdir(out))

@@ -1,0 +1,89 @@
+"""The documented benchmark commands, run scaled down (tiny input, one repeat), and the CPU allocator
+setting that main.py and the benchmark apply."""
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, run_python
+
+THROUGHPUT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
+
+
+def _table(stdout: str) -> list[dict[str, str]]:
+    lines = [line for line in stdout.splitlines() if line.startswith('|')]
+    head = [c.strip() for c in lines[0].strip('|').split('|')]
+    return [dict(zip(head, (c.strip() for c in line.strip('|').split('|')), strict=True)) for line in lines[2:]]
+
+
+@pytest.mark.slow
+def test_throughput_table_as_documented():
+    """`python benchmarks/throughput.py` (default baselines, both modes) at 64 px, batch 1: one row per
+    implementation and mode, the reference's ratio 1.00, achieved GFLOP/s = 2 x MACs x img/s (x3 for a
+    training step), and the CPU allocator line."""
+    r = run_python([THROUGHPUT, '--models', 'hornet_tiny_7x7', '--batch_size', '1', '--input_size', '64',
+                    '--warmup', '1', '--repeats', '1', '--threads', '1'], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert '# CPU allocator: freed memory kept for reuse' in r.stdout
+    rows = _table(r.stdout)
+    names = ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'convnext_tiny')
+    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('infer', 'train') for m in names]
+    for row in rows:
+        assert row['x eager'] == '-' and row['compile'] == 'eager'  # no --compile: no eager baseline
+        if row['model'].startswith('reference'):
+            assert row['x ref'] == '1.00'
+    import timm
+
+    import calc_flops
+    macs = calc_flops.count_flops(timm.create_model('hornet_tiny_7x7'), (64, 64))['total']
+    for row in rows:
+        if row['model'] == 'hornet_tiny_7x7':
+            ips = float(row['img/s (min-max)'].split()[0])
+            expected = 2 * macs * (3 if row['mode'] == 'train' else 1) * ips / 1e9
+            assert abs(float(row['GFLOP/s']) - expected) <= 0.5 + 0.06 * expected  # img/s is printed rounded
+    r = run_python([THROUGHPUT, '--models', 'hornet_tiny_gf', '--batch_size', '1', '--input_size', '64',
+                    '--warmup', '1', '--repeats', '1', '--threads', '1', '--modes', 'infer', '--baselines', 'none',
+                    '--keep_freed_memory', 'false'], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "# CPU allocator: glibc's default" in r.stdout
+    assert [(row['model'], row['mode']) for row in _table(r.stdout)] == [('hornet_tiny_gf', 'infer')]
+
+
+FAULTS = '''
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+import utils
+if sys.argv[1] == 'keep':
+    assert utils.keep_freed_cpu_memory()
+SIZES = {sizes!r}
+def step():  # activations of mixed sizes, some freed along the way, the rest at the end
+    live = []
+    for i, size in enumerate(SIZES):
+        live.append(torch.empty(size // 4).fill_(1.0))
+        if i % 3 == 0:
+            live.pop(0)
+faults = []
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(faults[2:])[2])  # the median step after two warm-up steps
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt: Linux only')
+def test_keep_freed_cpu_memory_stops_page_faults():
+    """utils.keep_freed_cpu_memory (main.py --device cpu, the benchmark): a step's worth of activations
+    from 0.25 to 48 MiB (290 MiB in all) page-faults most of its pages in again every step with glibc's
+    default (blocks over 32 MiB are always mapped afresh and unmapped when freed), and hardly any with
+    the setting (median step after two warm-up steps)."""
+    sizes = [int((0.25 + (i * 7 % 13) / 2) * 2 ** 20) for i in range(40)] + [48 * 2 ** 20, 40 * 2 ** 20, 36 * 2 ** 20]
+    code = FAULTS.format(root=ROOT, sizes=sizes)
+    faults = {}
+    for mode in ('default', 'keep'):
+        r = run_python(['-c', code, mode])
+        assert r.returncode == 0, r.stderr[-2000:]
+        faults[mode] = int(r.stdout.split()[-1])
+    pages = sum(sizes) // 4096
+    assert faults['default'] > 0.4 * pages, faults
+    assert faults['keep'] < 0.01 * pages, faults
