@@ -264,13 +264,14 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
 
 
 class _OneDNNLinearFn(torch.autograd.Function):
-    """``x @ weight.T + bias (+ other)`` for CPU training, its forward and input-gradient products
-    on oneDNN's matmul instead of MKL's sgemm (``F.linear``'s path).
+    """``x @ weight.T + bias (+ other)`` for CPU training, its forward on oneDNN's matmul instead of
+    MKL's sgemm (``F.linear``'s path); the backward products stay ``torch.mm``.
 
-    Why: for HorNet's shapes oneDNN runs 5-25% faster (HorNet-T, 2 threads: 1568x256 @ 256x1024,
-    150 vs 185-198 GFLOP/s; 392x512 @ 512x2048, 149 vs 181-191), the bias comes in without addmm's
-    copy of it into the output, and the residual add (``other``) rides along. The weight gradient
-    stays ``torch.mm`` (MKL is as fast there and takes the transposed operand without a copy).
+    Why: for HorNet's shapes oneDNN's forward runs 5-25% faster (HorNet-T, 2 threads: 1568x256 @
+    256x1024, 150 vs 185-198 GFLOP/s; 392x512 @ 512x2048, 149 vs 181-191), the bias comes in without
+    addmm's copy of it into the output, and the residual add (``other``) rides along. In the backward
+    MKL takes the weight as it is stored; oneDNN would need a transposed copy of it, which costs more
+    than oneDNN saves (measured).
     """
 
     @staticmethod
@@ -285,9 +286,9 @@ class _OneDNNLinearFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _MKLDNN_LINEAR(grad, weight.t().contiguous(), None, 'none', [], '')
         g2 = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = g2.mm(weight).view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
             grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -303,8 +304,8 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     On CPU the product runs on oneDNN. For inference it is one kernel with the bias and ``post``
     fused in: no extra pass over the result for the bias (addmm copies it in first), the GELU, the
     gnConv gate or the residual, each a full read and write of a large activation (HorNet-T fp32
-    inference: 1.2x img/s). For training, :class:`_OneDNNLinearFn` (bias and residual fused; the
-    GELU and the gate product stay separate ops, their backward needs the product's output).
+    inference: 1.2x img/s). For training, :class:`_OneDNNLinearFn` (bias and residual fused into the
+    forward; the GELU and the gate product stay separate ops, their backward needs the product's output).
     Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
     another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
     torch.compile, FX, dispatch modes) plain ops.
