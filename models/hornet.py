@@ -263,6 +263,11 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+# below this many multiply-adds per product the autograd Function's fixed cost (~0.1 ms) outweighs
+# oneDNN's gain (measured: 0.35-0.9x for 0.03-13 M MACs): plain F.linear
+_ONEDNN_TRAIN_MIN_MACS = 2 ** 26
+
+
 class _OneDNNLinearFn(torch.autograd.Function):
     """``x @ weight.T + bias (+ other)`` for CPU training, its forward on oneDNN's matmul instead of
     MKL's sgemm (``F.linear``'s path); the backward products stay ``torch.mm``.
@@ -304,8 +309,9 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     On CPU the product runs on oneDNN. For inference it is one kernel with the bias and ``post``
     fused in: no extra pass over the result for the bias (addmm copies it in first), the GELU, the
     gnConv gate or the residual, each a full read and write of a large activation (HorNet-T fp32
-    inference: 1.2x img/s). For training, :class:`_OneDNNLinearFn` (bias and residual fused into the
-    forward; the GELU and the gate product stay separate ops, their backward needs the product's output).
+    inference: 1.2x img/s). For training, products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and
+    more go through :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and
+    the gate product stay separate ops, their backward needs the product's output).
     Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
     another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
     torch.compile, FX, dispatch modes) plain ops.
@@ -322,10 +328,11 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 if post in ('mul', 'add'):
                     return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
                 return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
-            y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
-            if post == 'gelu':
-                return F.gelu(y)
-            return y * other if post == 'mul' else y
+            if x.numel() * weight.shape[0] >= _ONEDNN_TRAIN_MIN_MACS:
+                y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
+                if post == 'gelu':
+                    return F.gelu(y)
+                return y * other if post == 'mul' else y
     y = F.linear(x, weight, bias)
     if post == 'gelu':
         return F.gelu(y)
