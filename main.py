@@ -64,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--channels_last', type=str2bool, default=False, help='(new) NHWC memory format')
     g.add_argument('--keep_freed_memory', type=str2bool, default=True,
                    help='(new) --device cpu: keep freed CPU memory for reuse instead of returning it to the OS '
-                        '(glibc mallopt): no page faults on every activation, 5-10%% faster steps')
+                        '(glibc mallopt): no page faults on every activation, 2-15%% faster steps')
     g.add_argument('--grad_ckpt', type=str2bool, default=False,
                    help='(new) gradient checkpointing of every block: recomputes activations in backward, '
                         'same gradients, far less activation memory (HorNet-B batch 16: -66%% in benchmarks/results)')
