@@ -180,13 +180,14 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
                                       (args.input_size, args.input_size))['total'] for k in kinds}
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+    compiled = {k: args.compile and k not in ('reference', 'eager') for k in kinds}
     rows = []
     for mode in args.modes:
         steps, compile_s = {}, {}
         for k in kinds:
             fast = k != 'reference'
             model = nets[k]
-            if fast and args.compile and k != 'eager':
+            if compiled[k]:
                 model = torch.compile(model, fullgraph=True)
             steps[k] = make_step(model, x_cl if fast else x, mode, args.amp if fast else None)
             t, c = time.perf_counter(), cpu_seconds()
@@ -202,14 +203,13 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
         rate = {k: args.batch_size / statistics.median(times[k]) for k in kinds}
         for k in kinds:
             fast = k != 'reference'
-            compiled = fast and args.compile and k != 'eager'
             flops = 2 * macs[k] * (3 if mode == 'train' else 1) * rate[k]
             peak = peaks['amp' if fast and args.amp else 'fp32']
             rows.append(dict(
                 model={'hornet': name, 'eager': name, 'reference': f'reference({name})'}.get(k, convnext_for(name)),
                 mode=mode, dtype=f'{args.amp_dtype} autocast' if fast and args.amp else 'float32',
                 layout='channels_last' if fast and args.channels_last else 'NCHW',
-                compile='fullgraph' if compiled else 'eager', batch=args.batch_size, ips=rate[k],
+                compile='fullgraph' if compiled[k] else 'eager', batch=args.batch_size, ips=rate[k],
                 gflops=flops / 1e9, peak_frac=flops / 1e9 / peak,
                 spread=(min(times[k]), max(times[k])), warmup_s=compile_s[k],
                 mem=measure_memory(k, name, mode, args) if args.memory else None,

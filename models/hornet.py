@@ -156,12 +156,8 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
         if use_dft:
             x = _global_filter_dft(x, weight)
         elif device_type == 'cpu' and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode():
-            weight = weight.contiguous()
-            if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-                x = _GlobalFilterFn.apply(x, weight)
-            else:  # eager complex product: one vectorized pass, no real/imaginary stack
-                x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho') * torch.view_as_complex(weight)
-                x = torch.fft.irfft2(x, s=(H, W), dim=(-2, -1), norm='ortho')
+            # eager: the complex product in one vectorized pass; without gradients no graph is built
+            x = _GlobalFilterFn.apply(x, weight.contiguous())
         else:
             x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
             x = _complex_mul(x, weight)

@@ -1,7 +1,6 @@
 """The documented benchmark commands, run scaled down (tiny input, one repeat), and the CPU allocator
 setting that main.py and the benchmark apply."""
 import os
-import sys
 
 import pytest
 
@@ -71,12 +70,12 @@ print(sorted(faults[2:])[2])  # the median step after two warm-up steps
 '''
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc mallopt: Linux only')
 def test_keep_freed_cpu_memory_stops_page_faults():
     """utils.keep_freed_cpu_memory (main.py --device cpu, the benchmark): a step's worth of activations
     from 0.25 to 48 MiB (290 MiB in all) page-faults most of its pages in again every step with glibc's
     default (blocks over 32 MiB are always mapped afresh and unmapped when freed), and hardly any with
-    the setting (median step after two warm-up steps)."""
+    the setting (median step after two warm-up steps). Linux/glibc, as CI: elsewhere the setting is
+    unavailable and the test fails rather than skips."""
     sizes = [int((0.25 + (i * 7 % 13) / 2) * 2 ** 20) for i in range(40)] + [48 * 2 ** 20, 40 * 2 ** 20, 36 * 2 ** 20]
     code = FAULTS.format(root=ROOT, sizes=sizes)
     faults = {}
