@@ -728,8 +728,8 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
     """CPU inference runs each block's matrix products with the bias, GELU, gates and residuals fused
     (oneDNN, models.linear_post): same outputs as the plain ops within 1e-5 (float32) and within the
     bf16 bound (autocast). Training runs the forward of products of 2**26 multiply-adds and more on
-    oneDNN too (bias and residual fused), with the plain ops' gradients within 1e-5; the FLOP counter
-    sees plain ops."""
+    oneDNN too (bias and residual fused), and their input gradients, with the plain ops' gradients
+    within 1e-5; the FLOP counter sees plain ops."""
     import models.hornet as mh
     if mh._MKLDNN_LINEAR is None:
         pytest.fail('this torch has no oneDNN fused linear (mkldnn._linear_pointwise)')
@@ -767,21 +767,29 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
     # training: products at or above the size threshold through _OneDNNLinearFn (residuals fused),
     # same gradients as the plain ops
     model.train()
-    model(x).square().mean().backward()
-    plain_grads = [p.grad.clone() for p in model.parameters()]
+    xg = x.clone().requires_grad_()
+    model(xg).square().mean().backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()] + [xg.grad]
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
     model(x).square().mean().backward()  # this model's products are all below the size threshold
     assert calls == []
     model.zero_grad(set_to_none=True)
     monkeypatch.setattr(mh, '_ONEDNN_TRAIN_MIN_MACS', 0)
-    model(x).square().mean().backward()
-    fused_grads = torch.cat([p.grad.flatten() for p in model.parameters()])
-    assert _rel(fused_grads, torch.cat([g.flatten() for g in plain_grads])) < 1e-5
+    xg = x.clone().requires_grad_()
+    loss = model(xg).square().mean()
     # per block order + 4 forward products (q, p, the order - 1 gate maps, proj_out, pwconv1, pwconv2),
-    # two of them with the residual (the backward's products are torch.mm)
+    # two of them with the residual
     assert calls.count('add') == 2 * blocks and calls.count('mul') == 0
     assert calls.count('plain') == orders + 2 * blocks
+    calls.clear()
+    loss.backward()
+    fused_grads = torch.cat([p.grad.flatten() for p in model.parameters()] + [xg.grad.flatten()])
+    assert _rel(fused_grads, torch.cat([g.flatten() for g in plain_grads])) < 1e-5
+    assert _rel(xg.grad, plain_grads[-1]) < 1e-5
+    # the backward: each product's input gradient on oneDNN (the weight's transposed view), the
+    # weight gradients torch.mm
+    assert calls == ['plain'] * (orders + 4 * blocks)
     calls.clear()
     with torch.no_grad():
         calc_flops.count_flops(model, (64, 64))  # the FLOP counter's dispatch mode: plain ops
