@@ -259,8 +259,12 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
     return None
 
 
-# below this many multiply-adds per product the autograd Function's fixed cost (~0.1 ms) outweighs
-# oneDNN's gain (measured: 0.35-0.9x for 0.03-13 M MACs): plain F.linear
+# Below these many multiply-adds per product plain ops are faster than oneDNN: its primitive lookup
+# and this file's checks cost ~50 us a call. float32 inference: fused 0.2-0.6x of plain up to 2**22
+# MACs, even around 2**24, 1.1-1.5x from 2**26 (2 threads; HorNet-T batch 1 at 64 px 1.19x, 224 px
+# batch 8 unchanged). bf16 inference keeps every product fused: the threshold cost 2-4% at 224 px.
+# Training: the autograd Function's fixed cost (~0.1 ms) made 0.03-13 M MAC products 0.35-0.9x.
+_ONEDNN_INFER_MIN_MACS = 2 ** 24
 _ONEDNN_TRAIN_MIN_MACS = 2 ** 26
 
 
@@ -309,29 +313,34 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
     ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
 
-    On CPU the product runs on oneDNN. For inference it is one kernel with the bias and ``post``
-    fused in: no extra pass over the result for the bias (addmm copies it in first), the GELU, the
-    gnConv gate or the residual, each a full read and write of a large activation (HorNet-T fp32
-    inference: 1.2x img/s). For training, products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and
-    more go through :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and
-    the gate product stay separate ops, their backward needs the product's output).
+    On CPU the product runs on oneDNN (in float32 from ``_ONEDNN_INFER_MIN_MACS`` multiply-adds). For
+    inference it is one kernel with the bias and ``post`` fused in: no extra pass over the result
+    for the bias (addmm copies it in first), the GELU, the gnConv gate or the residual, each a full
+    read and write of a large activation (HorNet-T fp32 inference: 1.2x img/s). For training,
+    products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
+    :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and the gate
+    product stay separate ops, their backward needs the product's output).
     Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
     another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
     torch.compile, FX, dispatch modes) plain ops.
     """
-    dtype = _fused_linear_dtype(x, weight)
-    if dtype is not None and not (post == 'add' and other.dtype != dtype):
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-        other = other.to(dtype) if post in ('mul', 'add') else None
-        with torch.autocast('cpu', enabled=False):
-            if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                                 or (bias is not None and bias.requires_grad)
-                                                 or (other is not None and other.requires_grad))):
-                if post in ('mul', 'add'):
-                    return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
-                return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
-            if x.numel() * weight.shape[0] >= _ONEDNN_TRAIN_MIN_MACS:
+    dtype = _fused_linear_dtype(x, weight)  # None for FX proxies, under torch.compile, ...
+    macs = x.numel() * weight.shape[0] if dtype is not None else -1
+    min_macs = _ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
+    if macs >= min_macs and not (post == 'add' and other.dtype != dtype):
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad)
+                                            or (other is not None and other.requires_grad))
+        if not grad or macs >= _ONEDNN_TRAIN_MIN_MACS:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+            other = other.to(dtype) if post in ('mul', 'add') else None
+            no_autocast = torch.is_autocast_enabled('cpu')
+            with torch.autocast('cpu', enabled=False) if no_autocast else contextlib.nullcontext():
+                if not grad:
+                    if post in ('mul', 'add'):
+                        return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
+                    return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
                 y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
                 if post == 'gelu':
                     return F.gelu(y)
