@@ -308,6 +308,17 @@ class _OneDNNLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
 
 
+def _apply_post(y: torch.Tensor, post: str, other: torch.Tensor | None) -> torch.Tensor:
+    """``post`` of :func:`linear_post` as a separate op on the product ``y``."""
+    if post == 'gelu':
+        return F.gelu(y)
+    if post == 'mul':
+        return y * other
+    if post == 'add':
+        return y + other
+    return y
+
+
 def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = 'none',
                 other: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
@@ -325,9 +336,9 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     torch.compile, FX, dispatch modes) plain ops.
     """
     dtype = _fused_linear_dtype(x, weight)  # None for FX proxies, under torch.compile, ...
-    macs = x.numel() * weight.shape[0] if dtype is not None else -1
+    macs = x.numel() * weight.shape[0] if dtype is not None else 0
     min_macs = _ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
-    if macs >= min_macs and not (post == 'add' and other.dtype != dtype):
+    if dtype is not None and macs >= min_macs and not (post == 'add' and other.dtype != dtype):
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                             or (bias is not None and bias.requires_grad)
                                             or (other is not None and other.requires_grad))
@@ -344,17 +355,8 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                         return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
                     return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
                 y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
-                if post == 'gelu':
-                    return F.gelu(y)
-                return y * other if post == 'mul' else y
-    y = F.linear(x, weight, bias)
-    if post == 'gelu':
-        return F.gelu(y)
-    if post == 'mul':
-        return y * other
-    if post == 'add':
-        return y + other
-    return y
+                return y if post == 'add' else _apply_post(y, post, other)  # the add is fused in
+    return _apply_post(F.linear(x, weight, bias), post, other)
 
 
 class GlobalLocalFilter(nn.Module):
