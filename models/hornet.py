@@ -91,6 +91,14 @@ def _no_torchscript(self):
         'Use torch.compile, torch.export or export.py (ONNX / torch.export) instead.')
 
 
+def _cpu_eager(x) -> bool:
+    """Whether ``x`` is a real CPU tensor in plain eager mode, where this file's hand-written CPU
+    paths run: not an FX proxy, not under torch.compile, not under a dispatch mode (e.g. the FLOP
+    counter), which see plain aten ops."""
+    return (isinstance(x, torch.Tensor) and x.device.type == 'cpu' and not torch.compiler.is_compiling()
+            and not is_in_torch_dispatch_mode())
+
+
 def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x * complex(weight[..., 0], weight[..., 1])`` for complex ``x`` in real arithmetic, so that
     inductor generates a kernel for it instead of falling back to an eager complex op."""
@@ -155,7 +163,7 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
         weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
         if use_dft:
             x = _global_filter_dft(x, weight)
-        elif device_type == 'cpu' and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode():
+        elif _cpu_eager(x):
             # eager: the complex product in one vectorized pass; without gradients no graph is built
             x = _GlobalFilterFn.apply(x, weight.contiguous())
         else:
@@ -245,8 +253,7 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
     Only on CPU in eager mode: torch.compile fuses on its own, FX proxies and dispatch modes (e.g.
     the FLOP counter) see plain aten ops.
     """
-    if (_MKLDNN_LINEAR is None or not isinstance(x, torch.Tensor) or x.device.type != 'cpu'
-            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling() or is_in_torch_dispatch_mode()):
+    if _MKLDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _cpu_eager(x):
         return None
     if torch.is_autocast_enabled('cpu'):
         dtype = torch.get_autocast_dtype('cpu')
