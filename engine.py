@@ -80,6 +80,7 @@ def train_one_epoch(
             metric_logger.log_every(data_loader, print_freq, header, total=num_batches)):
         if data_iter_step >= num_batches:
             break
+        utils.run_deferred_signals()  # e.g. a preemption: checkpoint and requeue between steps
         step = data_iter_step // update_freq
         last_micro = (data_iter_step + 1) % update_freq == 0
         if data_iter_step % update_freq == 0 and schedules is not None:
@@ -154,6 +155,7 @@ def evaluate(data_loader: Iterable, model: torch.nn.Module, device: torch.device
     metric_logger = utils.MetricLogger()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
     for images, target in metric_logger.log_every(data_loader, print_freq, header):
+        utils.run_deferred_signals()
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         with autocast(device, amp_dtype):

@@ -5,7 +5,10 @@ job, each task takes its global rank, local rank, world size and master address 
 ``JobEnvironment`` and ``main.py`` joins the process group through ``env://`` (NCCL on GPUs,
 gloo with ``--device cpu``). On preemption or timeout SLURM signals the job, submitit calls
 :meth:`Trainer.checkpoint`, and the same job is requeued resuming from the newest
-``checkpoint-N.pth`` in the output folder, so finished epochs are never trained again.
+``checkpoint-N.pth`` in the output folder, so finished epochs are never trained again. The signal
+is handled between two training or evaluation steps (``utils.defer_signal``): a handler that exits
+in the middle of a checkpoint write would break the file, and one inside TensorBoard's writer would
+leave the process unable to exit.
 
 Examples::
 
@@ -85,13 +88,14 @@ class Trainer:
         self.args = args
 
     def __call__(self) -> dict[str, Any]:
-        import main as trainer
         job_env = submitit.JobEnvironment()
+        # submitit's preemption/timeout handler checkpoints and exits: run it between two steps,
+        # never inside a checkpoint write or a TensorBoard update (see utils.defer_signal)
+        utils.defer_signal(job_env._usr_sig())
         self._resolve_paths(job_env.job_id)
         self._export_distributed_env(job_env)
         # main() fills args (rank, resume, start epoch...); keep ours pristine for checkpoint()
-        stats = trainer.main(copy.deepcopy(self.args))
-        import utils
+        stats = trainer_main.main(copy.deepcopy(self.args))
         return dict(stats, rank=utils.get_rank(), world_size=utils.get_world_size(), job_id=job_env.job_id)
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:

@@ -8,10 +8,12 @@ import datetime
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -180,6 +182,45 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- deferred signals
+
+_pending_signals: dict[int, Callable[..., Any]] = {}
+
+
+def defer_signal(signum: int) -> bool:
+    """Run the Python handler now installed for ``signum`` at the next :func:`run_deferred_signals`
+    (called between training and evaluation steps) instead of between two arbitrary bytecodes.
+
+    A handler that checkpoints and exits (submitit's preemption handler raises ``SystemExit``) must
+    not fire in the middle of a step: inside ``torch.save`` the exception becomes a failed write
+    (torch reports it as a ``RuntimeError``), and inside TensorBoard's writer queue it leaves the
+    writer's exit hook waiting forever, while the other ranks wait for this one. The same signal
+    arriving again before it is handled is handled once.
+
+    Returns whether the handler was deferred: False (nothing changed) when no Python handler is
+    installed for ``signum`` or when not called on the main thread.
+    """
+    handler = signal.getsignal(signum)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        return False
+
+    def record(sig: int, frame: Any) -> None:
+        if sig not in _pending_signals:
+            _pending_signals[sig] = handler
+            # os.write: the interrupted code may be in the middle of writing to sys.stderr
+            os.write(2, f'[hornet] {signal.Signals(sig).name} received: handled after the current step\n'.encode())
+
+    signal.signal(signum, record)
+    return True
+
+
+def run_deferred_signals() -> None:
+    """Call the handlers of the signals :func:`defer_signal` held back since the last call."""
+    while _pending_signals:
+        sig, handler = _pending_signals.popitem()
+        handler(sig, None)
 
 
 # ----------------------------------------------------------------------------- progress

@@ -38,8 +38,20 @@ def _log_epochs(job_dir):
         return [json.loads(line)['epoch'] for line in f if line.strip()]
 
 
-def _task_log(job, task):
-    with open(os.path.join(job.paths.folder, f'{job.job_id}_{task}_log.out')) as f:
+def _results(job, timeout: float = 300):
+    """``job.results()`` with a deadline: a job whose tasks never exit fails the test (with the
+    tasks' logs) instead of hanging CI; the caller's ``job.cancel()`` then stops the tasks."""
+    deadline = time.time() + timeout
+    while not job.done():
+        if time.time() > deadline:
+            logs = '\n'.join(f'--- task {t}:\n{_task_log(job, t, "err")[-3000:]}' for t in (0, 1))
+            raise AssertionError(f'job {job.job_id} still running after {timeout} s\n{logs}')
+        time.sleep(0.2)
+    return job.results()  # one per task; raises if a task failed
+
+
+def _task_log(job, task, kind='out'):
+    with open(os.path.join(job.paths.folder, f'{job.job_id}_{task}_log.{kind}')) as f:
         return f.read()
 
 
@@ -49,7 +61,7 @@ def test_local_two_tasks_one_epoch(tmp_path, job_env):
     job_dir = str(tmp_path / 'job')
     job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=1)))
     try:
-        results = job.results()  # one per task; raises if a task failed
+        results = _results(job)
     finally:
         job.cancel()  # no-op once finished; never leave tasks running after a failure
     assert sorted(r['rank'] for r in results) == [0, 1]
@@ -90,13 +102,15 @@ def test_preemption_requeues_and_resumes(tmp_path, job_env):
         # what SLURM does on preemption: USR2 to the job; submitit's handler on rank 0 calls
         # Trainer.checkpoint() and requeues the job (locally: the controller restarts all tasks)
         os.kill(_rank0_pid(int(job.job_id)), signal.SIGUSR2)
-        results = job.results()
+        results = _results(job)
     finally:
         job.cancel()
     assert [r['world_size'] for r in results] == [2, 2]
 
     log0 = _task_log(job, 0)
     assert 'this job is preempted' in log0 and 'Requeued job' in log0
+    # the handler ran between two steps (utils.defer_signal), not where the signal landed
+    assert 'SIGUSR2 received: handled after the current step' in _task_log(job, 0, 'err')
     assert log0.count('Starting with JobEnvironment') == 2  # the same job ran twice
     resumed_from = int(re.search(r'will resume from \S*checkpoint-(\d+)\.pth', log0).group(1))
     continued_at = int(re.search(r'continuing at epoch (\d+)', log0).group(1))

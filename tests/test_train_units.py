@@ -1,8 +1,11 @@
 """Unit tests of the training pieces: layer-decay groups, schedules, EMA, mixup, gradient
-accumulation, bf16 autocast, fine-tuning with head maps and GF filter resizing."""
+accumulation, bf16 autocast, fine-tuning with head maps and GF filter resizing, preemption
+signals deferred to step boundaries."""
 import copy
+import io
 import math
 import os
+import signal
 
 import pytest
 import timm
@@ -13,7 +16,7 @@ import main as train_main
 import models
 import utils
 from conftest import ROOT, SMALL
-from engine import train_one_epoch
+from engine import evaluate, train_one_epoch
 from optim_factory import Schedules, create_optimizer, param_groups_layer_decay
 
 
@@ -346,3 +349,83 @@ def test_grad_ckpt_flag_same_gradients():
         grads[flag] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert grads['true'].abs().max() > 0
     torch.testing.assert_close(grads['true'], grads['false'], rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture
+def usr2_exits():
+    """SIGUSR2 handled as submitit's preemption handler: records the call, raises SystemExit."""
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+        raise SystemExit(144)
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    try:
+        yield calls
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+        utils._pending_signals.clear()
+
+
+def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
+    """A preemption signal that arrives inside a training step (twice) runs its handler once,
+    after that step's optimizer update, at the start of the next step; evaluation checks too."""
+    assert utils.defer_signal(signal.SIGUSR2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = []
+    optimizer.register_step_post_hook(lambda opt, a, kw: steps.append(len(steps)))
+    calls = []
+
+    def criterion(output, target):
+        calls.append(len(calls))
+        if len(calls) == 2:  # inside step 1, before its backward and update
+            signal.raise_signal(signal.SIGUSR2)
+            signal.raise_signal(signal.SIGUSR2)
+        return torch.nn.functional.cross_entropy(output, target)
+
+    with pytest.raises(SystemExit) as e:
+        train_one_epoch(model, criterion, _batches(5, 2), optimizer, torch.device('cpu'), 0,
+                        utils.LossScaler('cpu', enabled=False))
+    assert e.value.code == 144 and usr2_exits == [signal.SIGUSR2]
+    assert len(calls) == 2 and len(steps) == 2  # step 1 finished; step 2 never started
+
+    signal.raise_signal(signal.SIGUSR2)
+    assert usr2_exits == [signal.SIGUSR2]  # held back until a step boundary
+    with pytest.raises(SystemExit):
+        evaluate(_batches(2, 2), model, torch.device('cpu'))
+    assert usr2_exits == [signal.SIGUSR2] * 2
+
+
+def test_deferred_signal_keeps_a_checkpoint_write_whole(usr2_exits, tmp_path):
+    """The failure deferral prevents: a handler raising inside torch.save's writes breaks the
+    file (torch reports a RuntimeError, which a save reports as a write failure); deferred, the
+    save completes, loads back equal, and the handler runs at the next step boundary."""
+    class SignalledWrite(io.BytesIO):
+        def __init__(self):
+            super().__init__()
+            self.writes = 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 3:
+                signal.raise_signal(signal.SIGUSR2)
+            return super().write(b)
+
+    state = {'w': torch.arange(1000.0), 'epoch': 3}
+    with pytest.raises(RuntimeError):  # not deferred: the exception surfaces from torch's writer
+        torch.save(state, SignalledWrite())
+    assert usr2_exits == [signal.SIGUSR2]
+
+    assert utils.defer_signal(signal.SIGUSR2)
+    f = SignalledWrite()
+    torch.save(state, f)
+    assert f.writes > 3 and usr2_exits == [signal.SIGUSR2]
+    loaded = torch.load(io.BytesIO(f.getvalue()), weights_only=True)
+    assert torch.equal(loaded['w'], state['w']) and loaded['epoch'] == 3
+    with pytest.raises(SystemExit):
+        utils.run_deferred_signals()
+    assert usr2_exits == [signal.SIGUSR2] * 2
+    utils.run_deferred_signals()  # nothing left
+    assert usr2_exits == [signal.SIGUSR2] * 2
