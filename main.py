@@ -485,6 +485,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
     # (e.g. a --data_path DEMO did not create), stop with its message instead of hanging at a barrier
     on_main(lambda: datasets.prepare_data(args))
+    utils.run_deferred_signals()  # a Ctrl-C / SIGTERM / preemption during a long preparation
     dataset_train = None
     if not args.eval:
         dataset_train, nb_classes = datasets.build_dataset(True, args)
@@ -582,6 +583,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     start_time = time.time()
     stats: dict[str, float] = {}
     for epoch in range(start_epoch, last_epoch):
+        utils.run_deferred_signals()
         epoch_start = time.time()
         datasets.set_epoch(train_loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
@@ -683,7 +685,10 @@ def _user_message(e: BaseException) -> str:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: parse, run, and turn user errors into a message and an exit code:
-    2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes)."""
+    2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes).
+
+    Ctrl-C and SIGTERM stop the run at the next step boundary (utils.defer_signal), so they never
+    break a checkpoint write or the TensorBoard writer; a second one stops it at once."""
     args = parse_args(argv)
     # keep a handler someone else installed (submitit, SLURM tools); signals need the main thread
     own_sigterm = threading.current_thread() is threading.main_thread() and \
@@ -691,6 +696,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if own_sigterm:
         _SIGTERM_OWNER[0] = os.getpid()
         signal.signal(signal.SIGTERM, _on_sigterm)
+    restore = [utils.defer_signal(signal.SIGINT)] + ([utils.defer_signal(signal.SIGTERM)] if own_sigterm else [])
     try:
         main(args)
     except (TrainingError, models.CheckpointMismatchError) as e:
@@ -703,6 +709,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         logger.error('terminated (SIGTERM); rerun the same command to resume')
         return 143
     finally:
+        for put_back in restore:
+            if put_back is not None:
+                put_back()
         if own_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if torch.distributed.is_available() and torch.distributed.is_initialized():

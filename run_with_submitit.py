@@ -91,7 +91,7 @@ class Trainer:
         job_env = submitit.JobEnvironment()
         # submitit's preemption/timeout handler checkpoints and exits: run it between two steps,
         # never inside a checkpoint write or a TensorBoard update (see utils.defer_signal)
-        utils.defer_signal(job_env._usr_sig())
+        utils.defer_signal(job_env._usr_sig(), announce=True)
         self._resolve_paths(job_env.job_id)
         self._export_distributed_env(job_env)
         # main() fills args (rank, resume, start epoch...); keep ours pristine for checkpoint()

@@ -189,31 +189,40 @@ def seed_everything(seed: int) -> None:
 _pending_signals: dict[int, Callable[..., Any]] = {}
 
 
-def defer_signal(signum: int) -> bool:
+def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | None:
     """Run the Python handler now installed for ``signum`` at the next :func:`run_deferred_signals`
     (called between training and evaluation steps) instead of between two arbitrary bytecodes.
 
-    A handler that checkpoints and exits (submitit's preemption handler raises ``SystemExit``) must
-    not fire in the middle of a step: inside ``torch.save`` the exception becomes a failed write
-    (torch reports it as a ``RuntimeError``), and inside TensorBoard's writer queue it leaves the
-    writer's exit hook waiting forever, while the other ranks wait for this one. The same signal
-    arriving again before it is handled is handled once.
+    A handler that raises to stop the run (submitit's preemption handler raises ``SystemExit``,
+    Ctrl-C ``KeyboardInterrupt``) must not fire in the middle of a step: inside ``torch.save`` the
+    exception becomes a failed write (torch reports it as a ``RuntimeError``), and inside
+    TensorBoard's writer queue it leaves the writer's exit hook waiting forever, while the other
+    ranks wait for this one. A second signal before the next step boundary runs the handler at
+    once (a way out of a step that never ends), as does the signal in a forked child (a DataLoader
+    worker: it keeps the handler's own behaviour). ``announce``: say on stderr that it was deferred.
 
-    Returns whether the handler was deferred: False (nothing changed) when no Python handler is
-    installed for ``signum`` or when not called on the main thread.
+    Returns a function that puts the original handler back (dropping a pending call), or None
+    (nothing changed) when no Python handler is installed or not on the main thread.
     """
     handler = signal.getsignal(signum)
     if not callable(handler) or threading.current_thread() is not threading.main_thread():
-        return False
+        return None
+    owner = os.getpid()
 
     def record(sig: int, frame: Any) -> None:
-        if sig not in _pending_signals:
-            _pending_signals[sig] = handler
-            # os.write: the interrupted code may be in the middle of writing to sys.stderr
+        if os.getpid() != owner or _pending_signals.pop(sig, None) is not None:
+            handler(sig, frame)
+            return
+        _pending_signals[sig] = handler
+        if announce:  # os.write: the interrupted code may be in the middle of writing to sys.stderr
             os.write(2, f'[hornet] {signal.Signals(sig).name} received: handled after the current step\n'.encode())
 
+    def restore() -> None:
+        _pending_signals.pop(signum, None)
+        signal.signal(signum, handler)
+
     signal.signal(signum, record)
-    return True
+    return restore
 
 
 def run_deferred_signals() -> None:

@@ -369,9 +369,11 @@ def usr2_exits():
 
 
 def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
-    """A preemption signal that arrives inside a training step (twice) runs its handler once,
-    after that step's optimizer update, at the start of the next step; evaluation checks too."""
-    assert utils.defer_signal(signal.SIGUSR2)
+    """A preemption signal that arrives inside a training step runs its handler after that step's
+    optimizer update, at the start of the next step; evaluation checks too; a second signal before
+    a step boundary runs it at once; the returned function puts the handler back."""
+    installed = signal.getsignal(signal.SIGUSR2)
+    restore = utils.defer_signal(signal.SIGUSR2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     steps = []
@@ -381,7 +383,6 @@ def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
     def criterion(output, target):
         calls.append(len(calls))
         if len(calls) == 2:  # inside step 1, before its backward and update
-            signal.raise_signal(signal.SIGUSR2)
             signal.raise_signal(signal.SIGUSR2)
         return torch.nn.functional.cross_entropy(output, target)
 
@@ -396,6 +397,16 @@ def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
     with pytest.raises(SystemExit):
         evaluate(_batches(2, 2), model, torch.device('cpu'))
     assert usr2_exits == [signal.SIGUSR2] * 2
+
+    signal.raise_signal(signal.SIGUSR2)
+    with pytest.raises(SystemExit):  # the second one: at once
+        signal.raise_signal(signal.SIGUSR2)
+    assert usr2_exits == [signal.SIGUSR2] * 3
+    utils.run_deferred_signals()  # the first was consumed by the second, not run again
+    assert usr2_exits == [signal.SIGUSR2] * 3
+    signal.raise_signal(signal.SIGUSR2)
+    restore()
+    assert signal.getsignal(signal.SIGUSR2) is installed and not utils._pending_signals
 
 
 def test_deferred_signal_keeps_a_checkpoint_write_whole(usr2_exits, tmp_path):
