@@ -80,61 +80,62 @@ def train_one_epoch(
             metric_logger.log_every(data_loader, print_freq, header, total=num_batches)):
         if data_iter_step >= num_batches:
             break
-        utils.run_deferred_signals()  # e.g. a preemption: checkpoint and requeue between steps
-        step = data_iter_step // update_freq
-        last_micro = (data_iter_step + 1) % update_freq == 0
-        if data_iter_step % update_freq == 0 and schedules is not None:
-            schedules.step(start_steps + step)
+        # Ctrl-C, SIGTERM or a preemption during the step is handled when it ends (utils.defer_signal)
+        with utils.signals_held():
+            step = data_iter_step // update_freq
+            last_micro = (data_iter_step + 1) % update_freq == 0
+            if data_iter_step % update_freq == 0 and schedules is not None:
+                schedules.step(start_steps + step)
 
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            samples, targets = mixup_fn(samples, targets)
+            samples = samples.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                samples, targets = mixup_fn(samples, targets)
 
-        # DDP: skip the gradient all-reduce on micro-batches that do not step, unless each
-        # micro-batch's accumulated gradient is clipped (it must be the global one, as the original)
-        skip_sync = not last_micro and not clip_each_micro and hasattr(model, 'no_sync')
-        with model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast(device, amp_dtype):
-                output = model(samples)
-                loss = criterion(output, targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise utils.NonFiniteLossError(
-                    f'loss is {loss_value} at epoch {epoch}, step {data_iter_step} (batch) / '
-                    f'{start_steps + step} (optimizer step); training stopped, the last good '
-                    'checkpoint in the output dir is untouched')
-            if clip_each_micro:
-                (loss / update_freq).backward()
-                norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-                grad_norm = None
-                if last_micro:
-                    optimizer.step()
-                    grad_norm = float(norm)  # norm before the last clip
+            # DDP: skip the gradient all-reduce on micro-batches that do not step, unless each
+            # micro-batch's accumulated gradient is clipped (it must be the global one, as the original)
+            skip_sync = not last_micro and not clip_each_micro and hasattr(model, 'no_sync')
+            with model.no_sync() if skip_sync else contextlib.nullcontext():
+                with autocast(device, amp_dtype):
+                    output = model(samples)
+                    loss = criterion(output, targets)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise utils.NonFiniteLossError(
+                        f'loss is {loss_value} at epoch {epoch}, step {data_iter_step} (batch) / '
+                        f'{start_steps + step} (optimizer step); training stopped, the last good '
+                        'checkpoint in the output dir is untouched')
+                if clip_each_micro:
+                    (loss / update_freq).backward()
+                    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                    grad_norm = None
+                    if last_micro:
+                        optimizer.step()
+                        grad_norm = float(norm)  # norm before the last clip
+                else:
+                    grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=step_clip,
+                                            parameters=parameters, update_grad=last_micro)
+            if last_micro:
+                optimizer.zero_grad(set_to_none=True)
+                if model_ema is not None:
+                    model_ema.update(model)
+
+            if mixup_fn is None:
+                class_acc = (output.argmax(-1) == targets).float().mean().item()
             else:
-                grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=step_clip,
-                                        parameters=parameters, update_grad=last_micro)
-        if last_micro:
-            optimizer.zero_grad(set_to_none=True)
-            if model_ema is not None:
-                model_ema.update(model)
-
-        if mixup_fn is None:
-            class_acc = (output.argmax(-1) == targets).float().mean().item()
-        else:
-            class_acc = None
-        lr = max(g['lr'] for g in optimizer.param_groups)
-        min_lr = min(g['lr'] for g in optimizer.param_groups)
-        wd = max(g['weight_decay'] for g in optimizer.param_groups)
-        metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, min_lr=min_lr, weight_decay=wd)
-        if last_micro:
-            metric_logger.update(grad_norm=grad_norm)
-        if log_writer is not None:
-            # the original's tags and x axis: every micro-batch, counted from epoch start
-            it = start_steps * update_freq + data_iter_step
-            log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=it)
-            log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
-                              grad_norm=grad_norm if last_micro else None, step=it)
+                class_acc = None
+            lr = max(g['lr'] for g in optimizer.param_groups)
+            min_lr = min(g['lr'] for g in optimizer.param_groups)
+            wd = max(g['weight_decay'] for g in optimizer.param_groups)
+            metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, min_lr=min_lr, weight_decay=wd)
+            if last_micro:
+                metric_logger.update(grad_norm=grad_norm)
+            if log_writer is not None:
+                # the original's tags and x axis: every micro-batch, counted from epoch start
+                it = start_steps * update_freq + data_iter_step
+                log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=it)
+                log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
+                                  grad_norm=grad_norm if last_micro else None, step=it)
 
     metric_logger.synchronize_between_processes()
     logger.info(f'Averaged stats: {metric_logger}')
@@ -155,18 +156,18 @@ def evaluate(data_loader: Iterable, model: torch.nn.Module, device: torch.device
     metric_logger = utils.MetricLogger()
     totals = torch.zeros(4, dtype=torch.float64)  # loss sum, top-1 hits, top-5 hits, count
     for images, target in metric_logger.log_every(data_loader, print_freq, header):
-        utils.run_deferred_signals()
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            output = model(images)
-        output = output.float()
-        n = images.shape[0]
-        acc1, acc5 = accuracy(output, target, topk=(1, min(5, output.shape[1])))
-        loss_sum = criterion(output, target)
-        totals += torch.tensor([loss_sum.item(), acc1.item() * n / 100, acc5.item() * n / 100, n],
-                               dtype=torch.float64)
-        metric_logger.update(loss=loss_sum.item() / n, acc1=acc1.item(), acc5=acc5.item())
+        with utils.signals_held():
+            images = images.to(device, non_blocking=True)
+            target = target.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                output = model(images)
+            output = output.float()
+            n = images.shape[0]
+            acc1, acc5 = accuracy(output, target, topk=(1, min(5, output.shape[1])))
+            loss_sum = criterion(output, target)
+            totals += torch.tensor([loss_sum.item(), acc1.item() * n / 100, acc5.item() * n / 100, n],
+                                   dtype=torch.float64)
+            metric_logger.update(loss=loss_sum.item() / n, acc1=acc1.item(), acc5=acc5.item())
     if distributed and utils.is_dist_avail_and_initialized():
         reduced = totals.to(utils.reduce_device())
         dist.all_reduce(reduced)

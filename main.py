@@ -485,7 +485,6 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
     # (e.g. a --data_path DEMO did not create), stop with its message instead of hanging at a barrier
     on_main(lambda: datasets.prepare_data(args))
-    utils.run_deferred_signals()  # a Ctrl-C / SIGTERM / preemption during a long preparation
     dataset_train = None
     if not args.eval:
         dataset_train, nb_classes = datasets.build_dataset(True, args)
@@ -583,7 +582,6 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     start_time = time.time()
     stats: dict[str, float] = {}
     for epoch in range(start_epoch, last_epoch):
-        utils.run_deferred_signals()
         epoch_start = time.time()
         datasets.set_epoch(train_loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
@@ -630,14 +628,15 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
             stats['max_accuracy'] = best['max_accuracy']
             if model_ema is not None and args.model_ema_eval:
                 stats['max_ema_accuracy'] = best['max_accuracy_ema']
-        if manager is not None and utils.is_main_process():
-            checkpoint.append_log(args.output_dir, stats)
         # a run stopping on --run_epochs always saves, so the rerun continues from here
         if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 in (args.epochs, last_epoch):
             to_save.append(str(epoch))
-        if manager is not None and args.save_ckpt and to_save:
-            on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp, optimizer,
-                                      loss_scaler, model_ema, best))
+        with utils.signals_held():  # Ctrl-C, SIGTERM or a preemption waits for these files
+            if manager is not None and utils.is_main_process():
+                checkpoint.append_log(args.output_dir, stats)
+            if manager is not None and args.save_ckpt and to_save:
+                on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp,
+                                          optimizer, loss_scaler, model_ema, best))
         if log_writer is not None:
             log_writer.flush()
         if wandb_logger is not None:
@@ -687,8 +686,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: parse, run, and turn user errors into a message and an exit code:
     2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes).
 
-    Ctrl-C and SIGTERM stop the run at the next step boundary (utils.defer_signal), so they never
-    break a checkpoint write or the TensorBoard writer; a second one stops it at once."""
+    Ctrl-C and SIGTERM that arrive during a training step, a checkpoint write or a TensorBoard update
+    stop the run when it ends (utils.defer_signal), so they never break a file or the writer; a
+    second one stops it at once."""
     args = parse_args(argv)
     # keep a handler someone else installed (submitit, SLURM tools); signals need the main thread
     own_sigterm = threading.current_thread() is threading.main_thread() and \
@@ -697,17 +697,23 @@ def run(argv: Sequence[str] | None = None) -> int:
         _SIGTERM_OWNER[0] = os.getpid()
         signal.signal(signal.SIGTERM, _on_sigterm)
     restore = [utils.defer_signal(signal.SIGINT)] + ([utils.defer_signal(signal.SIGTERM)] if own_sigterm else [])
+    stops = {signal.SIGINT: (130, 'interrupted; rerun the same command to resume'),
+             signal.SIGTERM: (143, 'terminated (SIGTERM); rerun the same command to resume')}
     try:
         main(args)
-    except (TrainingError, models.CheckpointMismatchError) as e:
-        logger.error(f'error: {_user_message(e)}')
-        return 2
-    except KeyboardInterrupt:
-        logger.error('interrupted; rerun the same command to resume')
-        return 130
-    except Terminated:
-        logger.error('terminated (SIGTERM); rerun the same command to resume')
-        return 143
+    except BaseException as e:
+        # a terminal's Ctrl-C or SLURM's SIGTERM reaches the DataLoader workers too: an error that
+        # their death raised here (before or instead of ours) is reported as the stop it is
+        sig = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM if isinstance(e, Terminated) \
+            else next((s for s in stops if utils.signal_received(s)), None)
+        if sig is not None:
+            code, message = stops[sig]
+            logger.error(message)
+            return code
+        if isinstance(e, (TrainingError, models.CheckpointMismatchError)):
+            logger.error(f'error: {_user_message(e)}')
+            return 2
+        raise
     finally:
         for put_back in restore:
             if put_back is not None:

@@ -6,9 +6,10 @@ job, each task takes its global rank, local rank, world size and master address 
 gloo with ``--device cpu``). On preemption or timeout SLURM signals the job, submitit calls
 :meth:`Trainer.checkpoint`, and the same job is requeued resuming from the newest
 ``checkpoint-N.pth`` in the output folder, so finished epochs are never trained again. The signal
-is handled between two training or evaluation steps (``utils.defer_signal``): a handler that exits
-in the middle of a checkpoint write would break the file, and one inside TensorBoard's writer would
-leave the process unable to exit.
+that arrives during a training or evaluation step, a checkpoint write or a TensorBoard update is
+handled when it ends (``utils.defer_signal``): a handler that exits in the middle of a checkpoint
+write would break the file, and one inside TensorBoard's writer would leave the process unable to
+exit.
 
 Examples::
 
@@ -89,8 +90,8 @@ class Trainer:
 
     def __call__(self) -> dict[str, Any]:
         job_env = submitit.JobEnvironment()
-        # submitit's preemption/timeout handler checkpoints and exits: run it between two steps,
-        # never inside a checkpoint write or a TensorBoard update (see utils.defer_signal)
+        # submitit's preemption/timeout handler checkpoints and exits: never in the middle of a
+        # step, a checkpoint write or a TensorBoard update (see utils.defer_signal)
         utils.defer_signal(job_env._usr_sig(), announce=True)
         self._resolve_paths(job_env.job_id)
         self._export_distributed_env(job_env)

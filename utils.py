@@ -4,6 +4,7 @@
 Everything here is plumbing for ``main.py`` and ``engine.py``; nothing here knows about HorNet.
 """
 import argparse
+import contextlib
 import datetime
 import logging
 import os
@@ -187,19 +188,23 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------- deferred signals
 
 _pending_signals: dict[int, Callable[..., Any]] = {}
+_received: set[int] = set()  # deferred signals that reached this process since defer_signal
+_held = [0]  # depth of signals_held() blocks
 
 
 def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | None:
-    """Run the Python handler now installed for ``signum`` at the next :func:`run_deferred_signals`
-    (called between training and evaluation steps) instead of between two arbitrary bytecodes.
+    """Make the Python handler now installed for ``signum`` wait while a :func:`signals_held` block
+    runs (a training or evaluation step, a checkpoint write, a TensorBoard update); it runs when the
+    outermost block ends. Elsewhere (waiting for data, start-up) it runs at once, as before.
 
     A handler that raises to stop the run (submitit's preemption handler raises ``SystemExit``,
-    Ctrl-C ``KeyboardInterrupt``) must not fire in the middle of a step: inside ``torch.save`` the
-    exception becomes a failed write (torch reports it as a ``RuntimeError``), and inside
+    Ctrl-C ``KeyboardInterrupt``) must not fire in the middle of such a block: inside ``torch.save``
+    the exception becomes a failed write (torch reports it as a ``RuntimeError``), and inside
     TensorBoard's writer queue it leaves the writer's exit hook waiting forever, while the other
-    ranks wait for this one. A second signal before the next step boundary runs the handler at
-    once (a way out of a step that never ends), as does the signal in a forked child (a DataLoader
-    worker: it keeps the handler's own behaviour). ``announce``: say on stderr that it was deferred.
+    ranks wait for this one. A second signal while one waits runs the handler at once (a way out of
+    a step that never ends), as does the signal in a forked child (a DataLoader worker keeps the
+    handler's own behaviour). A handler run at once whose exception is swallowed where it landed
+    runs again when the next held block ends. ``announce``: say on stderr when it is held back.
 
     Returns a function that puts the original handler back (dropping a pending call), or None
     (nothing changed) when no Python handler is installed or not on the main thread.
@@ -210,26 +215,50 @@ def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | No
     owner = os.getpid()
 
     def record(sig: int, frame: Any) -> None:
-        if os.getpid() != owner or _pending_signals.pop(sig, None) is not None:
+        if os.getpid() != owner:
             handler(sig, frame)
             return
+        _received.add(sig)
+        if _held[0] and sig not in _pending_signals:
+            _pending_signals[sig] = handler
+            if announce:  # os.write: the interrupted code may be in the middle of writing to sys.stderr
+                os.write(2, f'[hornet] {signal.Signals(sig).name} received: handled when the current step '
+                            'or write ends\n'.encode())
+            return
+        # at once; it stays pending until the handler returns, so a stop request raised where the
+        # exception is swallowed (logging's at-fork hook while a DataLoader starts its workers)
+        # is raised again when the next held block ends
         _pending_signals[sig] = handler
-        if announce:  # os.write: the interrupted code may be in the middle of writing to sys.stderr
-            os.write(2, f'[hornet] {signal.Signals(sig).name} received: handled after the current step\n'.encode())
+        handler(sig, frame)
+        _pending_signals.pop(sig, None)
 
     def restore() -> None:
         _pending_signals.pop(signum, None)
+        _received.discard(signum)
         signal.signal(signum, handler)
 
     signal.signal(signum, record)
     return restore
 
 
-def run_deferred_signals() -> None:
-    """Call the handlers of the signals :func:`defer_signal` held back since the last call."""
-    while _pending_signals:
-        sig, handler = _pending_signals.popitem()
-        handler(sig, None)
+def signal_received(signum: int) -> bool:
+    """Whether ``signum``, deferred with :func:`defer_signal`, reached this process (until restored)."""
+    return signum in _received
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Signals set up with :func:`defer_signal` that arrive inside the block are handled when the
+    outermost block ends, also when an exception leaves it: the stop request then wins over the
+    error (which the same signal may have caused, e.g. a DataLoader worker it killed)."""
+    _held[0] += 1
+    try:
+        yield
+    finally:
+        _held[0] -= 1
+        while not _held[0] and _pending_signals:
+            sig, handler = _pending_signals.popitem()
+            handler(sig, None)
 
 
 # ----------------------------------------------------------------------------- progress
@@ -396,15 +425,17 @@ class TensorboardLogger:
 
     def update(self, head: str, step: int, **kwargs: float) -> None:
         """Write each ``kwargs`` value as ``<head>/<name>`` at ``step`` (``None`` values are skipped)."""
-        for k, v in kwargs.items():
-            if v is None:
-                continue
-            if isinstance(v, torch.Tensor):
-                v = v.item()
-            self.writer.add_scalar(f'{head}/{k}', float(v), step)
+        with signals_held():  # an exception inside the writer's queue would hang its exit hook
+            for k, v in kwargs.items():
+                if v is None:
+                    continue
+                if isinstance(v, torch.Tensor):
+                    v = v.item()
+                self.writer.add_scalar(f'{head}/{k}', float(v), step)
 
     def flush(self) -> None:
-        self.writer.flush()
+        with signals_held():
+            self.writer.flush()
 
 
 class WandbLogger:

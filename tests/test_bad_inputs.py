@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import checkpoint
+import datasets
 import export
 import main as train_main
 from conftest import (
@@ -381,6 +382,34 @@ def test_signal_inside_a_checkpoint_write_waits_for_it(data, tmp_path, capsys, m
     assert [r['epoch'] for r in read_log(out)] == [0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run() put the handlers back
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig,code,message', [
+    (signal.SIGINT, 130, 'interrupted; rerun the same command to resume'),
+    (signal.SIGTERM, 143, 'terminated (SIGTERM); rerun the same command to resume'),
+])
+def test_error_caused_by_the_stop_signal_reports_the_stop(data, tmp_path, capsys, monkeypatch, sig, code, message):
+    """A Ctrl-C / SIGTERM sent to the process group also kills the DataLoader workers; when their
+    death surfaces first (torch raises "DataLoader worker ... is killed by signal") or the signal's
+    own exception was swallowed where it landed (logging's at-fork hook), the run still ends with
+    the signal's line and exit code, not a traceback."""
+    real_set_epoch = datasets.set_epoch
+
+    def set_epoch(loader, epoch, *a):
+        if epoch == 1:
+            try:
+                signal.raise_signal(sig)
+            except (KeyboardInterrupt, train_main.Terminated):
+                pass  # swallowed, as in an at-fork hook
+            raise RuntimeError('DataLoader worker (pid 4242) is killed by signal: Terminated.')
+        return real_set_epoch(loader, epoch, *a)
+    monkeypatch.setattr(datasets, 'set_epoch', set_epoch)
+    out = str(tmp_path / 'run')
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out, epochs=3)) == code
+    assert capsys.readouterr().err.strip() == message
+    assert [r['epoch'] for r in read_log(out)] == [0]
 
 
 @pytest.mark.slow

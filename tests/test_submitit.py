@@ -109,8 +109,6 @@ def test_preemption_requeues_and_resumes(tmp_path, job_env):
 
     log0 = _task_log(job, 0)
     assert 'this job is preempted' in log0 and 'Requeued job' in log0
-    # the handler ran between two steps (utils.defer_signal), not where the signal landed
-    assert 'SIGUSR2 received: handled after the current step' in _task_log(job, 0, 'err')
     assert log0.count('Starting with JobEnvironment') == 2  # the same job ran twice
     resumed_from = int(re.search(r'will resume from \S*checkpoint-(\d+)\.pth', log0).group(1))
     continued_at = int(re.search(r'continuing at epoch (\d+)', log0).group(1))

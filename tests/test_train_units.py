@@ -369,9 +369,11 @@ def usr2_exits():
 
 
 def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
-    """A preemption signal that arrives inside a training step runs its handler after that step's
-    optimizer update, at the start of the next step; evaluation checks too; a second signal before
-    a step boundary runs it at once; the returned function puts the handler back."""
+    """A preemption signal that arrives inside a training step runs its handler when the step ends
+    (after its optimizer update, before the next batch); the same for an evaluation step and for
+    nested held blocks (the outermost end) and when an error leaves the block (the signal wins);
+    outside a step it runs at once (again at the next step's end if its exception was swallowed),
+    and so does a second signal while one waits; the returned function puts the handler back."""
     installed = signal.getsignal(signal.SIGUSR2)
     restore = utils.defer_signal(signal.SIGUSR2)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3))
@@ -392,27 +394,48 @@ def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
     assert e.value.code == 144 and usr2_exits == [signal.SIGUSR2]
     assert len(calls) == 2 and len(steps) == 2  # step 1 finished; step 2 never started
 
-    signal.raise_signal(signal.SIGUSR2)
-    assert usr2_exits == [signal.SIGUSR2]  # held back until a step boundary
+    forwards = []
+    model.register_forward_hook(lambda m, i, o: forwards.append(signal.raise_signal(signal.SIGUSR2)))
     with pytest.raises(SystemExit):
-        evaluate(_batches(2, 2), model, torch.device('cpu'))
-    assert usr2_exits == [signal.SIGUSR2] * 2
+        evaluate(_batches(3, 2), model, torch.device('cpu'))
+    assert len(forwards) == 1 and usr2_exits == [signal.SIGUSR2] * 2
 
-    signal.raise_signal(signal.SIGUSR2)
-    with pytest.raises(SystemExit):  # the second one: at once
+    with pytest.raises(SystemExit):  # outside a held block: at once ...
         signal.raise_signal(signal.SIGUSR2)
     assert usr2_exits == [signal.SIGUSR2] * 3
-    utils.run_deferred_signals()  # the first was consumed by the second, not run again
-    assert usr2_exits == [signal.SIGUSR2] * 3
-    signal.raise_signal(signal.SIGUSR2)
-    restore()
+    with pytest.raises(SystemExit):  # ... and, its exception caught (swallowed, as an at-fork hook
+        with utils.signals_held():  # does), again when the next held block ends
+            pass
+    assert usr2_exits == [signal.SIGUSR2] * 4
+    with pytest.raises(SystemExit):
+        with utils.signals_held():
+            with utils.signals_held():
+                signal.raise_signal(signal.SIGUSR2)
+            assert usr2_exits == [signal.SIGUSR2] * 4  # the inner end is not the step's end
+    assert usr2_exits == [signal.SIGUSR2] * 5
+    with utils.signals_held():
+        signal.raise_signal(signal.SIGUSR2)
+        with pytest.raises(SystemExit):  # the second one: at once
+            signal.raise_signal(signal.SIGUSR2)
+        restore()  # drops the signal still pending: the handler raised
+    assert usr2_exits == [signal.SIGUSR2] * 6
+    restore = utils.defer_signal(signal.SIGUSR2)
+    with pytest.raises(SystemExit) as e:  # an error leaving the block: the waiting signal wins
+        with utils.signals_held():
+            signal.raise_signal(signal.SIGUSR2)
+            raise RuntimeError('DataLoader worker killed by the same signal')
+    assert isinstance(e.value.__context__, RuntimeError) and usr2_exits == [signal.SIGUSR2] * 7
+    with utils.signals_held():
+        signal.raise_signal(signal.SIGUSR2)
+        restore()  # drops the waiting one
+    assert usr2_exits == [signal.SIGUSR2] * 7
     assert signal.getsignal(signal.SIGUSR2) is installed and not utils._pending_signals
 
 
 def test_deferred_signal_keeps_a_checkpoint_write_whole(usr2_exits, tmp_path):
     """The failure deferral prevents: a handler raising inside torch.save's writes breaks the
-    file (torch reports a RuntimeError, which a save reports as a write failure); deferred, the
-    save completes, loads back equal, and the handler runs at the next step boundary."""
+    file (torch reports a RuntimeError, which a save reports as a write failure); held back, the
+    save completes and loads back equal, and the handler runs when the held block ends."""
     class SignalledWrite(io.BytesIO):
         def __init__(self):
             super().__init__()
@@ -431,12 +454,10 @@ def test_deferred_signal_keeps_a_checkpoint_write_whole(usr2_exits, tmp_path):
 
     assert utils.defer_signal(signal.SIGUSR2)
     f = SignalledWrite()
-    torch.save(state, f)
-    assert f.writes > 3 and usr2_exits == [signal.SIGUSR2]
+    with pytest.raises(SystemExit):
+        with utils.signals_held():
+            torch.save(state, f)
+            assert f.writes > 3 and usr2_exits == [signal.SIGUSR2]
+    assert usr2_exits == [signal.SIGUSR2] * 2
     loaded = torch.load(io.BytesIO(f.getvalue()), weights_only=True)
     assert torch.equal(loaded['w'], state['w']) and loaded['epoch'] == 3
-    with pytest.raises(SystemExit):
-        utils.run_deferred_signals()
-    assert usr2_exits == [signal.SIGUSR2] * 2
-    utils.run_deferred_signals()  # nothing left
-    assert usr2_exits == [signal.SIGUSR2] * 2
