@@ -219,7 +219,10 @@ def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | No
             handler(sig, frame)
             return
         _received.add(sig)
-        if _held[0] and sig not in _pending_signals:
+        if _held[0]:
+            if _pending_signals.pop(sig, None) is not None:
+                handler(sig, frame)  # the second one: at once (what it raises leaves the block)
+                return
             _pending_signals[sig] = handler
             if announce:  # os.write: the interrupted code may be in the middle of writing to sys.stderr
                 os.write(2, f'[hornet] {signal.Signals(sig).name} received: handled when the current step '

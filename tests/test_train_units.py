@@ -417,8 +417,8 @@ def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
         signal.raise_signal(signal.SIGUSR2)
         with pytest.raises(SystemExit):  # the second one: at once
             signal.raise_signal(signal.SIGUSR2)
-        restore()  # drops the signal still pending: the handler raised
-    assert usr2_exits == [signal.SIGUSR2] * 6
+    assert usr2_exits == [signal.SIGUSR2] * 6  # and once: the block's end has nothing left to run
+    restore()
     restore = utils.defer_signal(signal.SIGUSR2)
     with pytest.raises(SystemExit) as e:  # an error leaving the block: the waiting signal wins
         with utils.signals_held():
