@@ -366,6 +366,7 @@ def usr2_exits():
     finally:
         signal.signal(signal.SIGUSR2, old)
         utils._pending_signals.clear()
+        utils._received.clear()
 
 
 def test_deferred_preemption_signal_waits_for_the_step(usr2_exits):
