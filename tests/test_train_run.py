@@ -93,6 +93,35 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     assert _weights_only(f'{out}/checkpoint-2.pth')['epoch'] == 2
 
 
+@pytest.mark.slow
+def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, monkeypatch):
+    """``--compile true`` (TRAINING.md) as documented: a GF model (7x7 dwconv stages and the global
+    filter) trains and evaluates compiled with the losses and accuracy of the eager run, saves
+    checkpoints without torch.compile's ``_orig_mod.`` prefix, and ``--eval true --compile true``
+    evaluates the checkpoint compiled too."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
+    runs = {}
+    for compiled in ('false', 'true'):
+        out = str(tmp_path / f'compile_{compiled}')
+        assert train_main.run(tiny_argv(data, out, epochs=1, compile=compiled)) == 0
+        runs[compiled] = read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']
+    out = capsys.readouterr().out
+    assert out.count('torch.compile: the first training and evaluation steps compile the model') == 1
+    (eager_log, eager_sd), (log, sd) = runs['false'], runs['true']
+    assert list(sd) == list(eager_sd)
+    for key in ('train_loss', 'test_loss'):
+        assert log[key] == pytest.approx(eager_log[key], rel=1e-4), key
+    assert log['test_acc1'] == eager_log['test_acc1']
+    for k in sd:
+        torch.testing.assert_close(sd[k], eager_sd[k], rtol=1e-3, atol=1e-4, msg=k)
+
+    ckpt = str(tmp_path / 'compile_true' / 'checkpoint-0.pth')
+    assert train_main.run(tiny_argv(data, '', eval='true', resume=ckpt, compile='true')) == 0
+    out = capsys.readouterr().out
+    assert 'torch.compile: the first' in out
+    assert f'* Acc@1 {log["test_acc1"]:.3f}' in out and f'loss {log["test_loss"]:.3f}' in out
+
+
 def _run_err(argv, capsys):
     code = train_main.run(argv)
     err = capsys.readouterr().err
