@@ -122,6 +122,27 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
     assert f'* Acc@1 {log["test_acc1"]:.3f}' in out and f'loss {log["test_loss"]:.3f}' in out
 
 
+@pytest.mark.slow
+def test_channels_last_flag_trains_like_default(data, tmp_path):
+    """``--channels_last true`` as documented: same losses, accuracy and weights as the default
+    layout; the checkpoint it writes loads into a fresh model."""
+    runs = {}
+    for flag in ('false', 'true'):
+        out = str(tmp_path / f'cl_{flag}')
+        assert train_main.run(tiny_argv(data, out, epochs=1, channels_last=flag)) == 0
+        runs[flag] = read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']
+    (log0, sd0), (log1, sd1) = runs['false'], runs['true']
+    for key in ('train_loss', 'test_loss'):
+        assert log1[key] == pytest.approx(log0[key], rel=1e-5), key
+    assert log1['test_acc1'] == log0['test_acc1']
+    assert list(sd1) == list(sd0)
+    for k in sd0:
+        torch.testing.assert_close(sd1[k], sd0[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert sd1['downsample_layers.0.0.weight'].is_contiguous(memory_format=torch.channels_last)
+    model = train_main.build_model(train_main.get_args_parser().parse_args(tiny_argv(data, '')))
+    model.load_state_dict(sd1)
+
+
 def _run_err(argv, capsys):
     code = train_main.run(argv)
     err = capsys.readouterr().err
