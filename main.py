@@ -525,7 +525,11 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     if args.compile:  # also for --eval; the weights loaded below are the wrapped module's
         logger.info('torch.compile: the first training and evaluation steps compile the model '
                     '(HorNet-T on a 2-core CPU: about 1 (evaluation) and 2-3 (training) minutes)')
-        model = torch.compile(model)
+        # static shapes: a new batch size (the last evaluation batch) compiles one more graph. With
+        # symbolic sizes, which a second size in the process brings about, torch 2.14's inductor
+        # fails on HorNet's training graph ("cannot determine truth value of Relational" in its
+        # stride sorting; pytorch issues 172204, 185510)
+        model = torch.compile(model, dynamic=False)
     if args.eval:
         load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
         result = evaluate(val_loader, model, device, amp_dtype, dist_eval)

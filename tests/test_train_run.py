@@ -100,11 +100,17 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
     checkpoints without torch.compile's ``_orig_mod.`` prefix, and ``--eval true --compile true``
     evaluates the checkpoint compiled too."""
     monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
+    # as in a fresh process: graphs that other tests compiled at other sizes are forgotten (with
+    # symbolic sizes, which they would otherwise bring about, torch 2.14's inductor fails; main.py
+    # compiles with dynamic=False)
+    torch._dynamo.reset()
     runs = {}
     for compiled in ('false', 'true'):
         out = str(tmp_path / f'compile_{compiled}')
         assert train_main.run(tiny_argv(data, out, epochs=1, compile=compiled)) == 0
         runs[compiled] = read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']
+    # compiled: a training graph (forward + backward); evaluation after the epoch runs the plain model
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 1
     out = capsys.readouterr().out
     assert out.count('torch.compile: the first training and evaluation steps compile the model') == 1
     (eager_log, eager_sd), (log, sd) = runs['false'], runs['true']
@@ -116,10 +122,17 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
         torch.testing.assert_close(sd[k], eager_sd[k], rtol=1e-3, atol=1e-4, msg=k)
 
     ckpt = str(tmp_path / 'compile_true' / 'checkpoint-0.pth')
-    assert train_main.run(tiny_argv(data, '', eval='true', resume=ckpt, compile='true')) == 0
+    assert train_main.run(tiny_argv(data, '', eval='true', resume=ckpt, compile='true', batch_size=10)) == 0
     out = capsys.readouterr().out
+    # 24 images in batches of 15: a static evaluation graph per batch size
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 3
     assert 'torch.compile: the first' in out
     assert f'* Acc@1 {log["test_acc1"]:.3f}' in out and f'loss {log["test_loss"]:.3f}' in out
+
+    # a second compiled training run at another size in the same process (a sweep): with symbolic
+    # sizes, which the size change would bring about, inductor failed to compile
+    assert train_main.run(tiny_argv(data, str(tmp_path / 'size48'), epochs=1, compile='true', input_size=48)) == 0
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] == 4
 
 
 @pytest.mark.slow
