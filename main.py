@@ -523,8 +523,8 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
 
     if args.compile:  # also for --eval; the weights loaded below are the wrapped module's
-        logger.info('torch.compile: the first training and evaluation steps compile the model '
-                    '(HorNet-T on a 2-core CPU: about 1 (evaluation) and 2-3 (training) minutes)')
+        logger.info('torch.compile: the first steps compile the model (HorNet-T on a 2-core CPU: about '
+                    '1 minute for --eval, 2-3 for training; the evaluation after each epoch runs uncompiled)')
         # static shapes: a new batch size (the last evaluation batch) compiles one more graph. With
         # symbolic sizes, which a second size in the process brings about, torch 2.14's inductor
         # fails on HorNet's training graph ("cannot determine truth value of Relational" in its

@@ -118,7 +118,7 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
     # compiled: a training graph (forward + backward); evaluation after the epoch runs the plain model
     assert new_graphs() == 1
     out = capsys.readouterr().out
-    assert out.count('torch.compile: the first training and evaluation steps compile the model') == 1
+    assert out.count('torch.compile: the first steps compile the model') == 1
     (eager_log, eager_sd), (log, sd) = runs['false'], runs['true']
     assert list(sd) == list(eager_sd)
     for key in ('train_loss', 'test_loss'):
