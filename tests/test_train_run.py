@@ -93,6 +93,29 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     assert _weights_only(f'{out}/checkpoint-2.pth')['epoch'] == 2
 
 
+def _one_epoch_without_and_with(data, tmp_path, flag: str) -> list[tuple[dict, dict]]:
+    """``main.py`` for one epoch with ``--<flag> false`` then ``true``: each run's log record and
+    saved model weights."""
+    runs = []
+    for value in ('false', 'true'):
+        out = str(tmp_path / f'{flag}_{value}')
+        assert train_main.run(tiny_argv(data, out, epochs=1, **{flag: value})) == 0
+        runs.append((read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']))
+    return runs
+
+
+def _assert_same_training(runs, rel: float, rtol: float, atol: float) -> None:
+    """The two runs of :func:`_one_epoch_without_and_with` logged the same losses (within ``rel``)
+    and accuracy, and saved the same weight names and values (within ``rtol``/``atol``)."""
+    (log0, sd0), (log1, sd1) = runs
+    for key in ('train_loss', 'test_loss'):
+        assert log1[key] == pytest.approx(log0[key], rel=rel), key
+    assert log1['test_acc1'] == log0['test_acc1']
+    assert list(sd1) == list(sd0)
+    for k in sd0:
+        torch.testing.assert_close(sd1[k], sd0[k], rtol=rtol, atol=atol, msg=k)
+
+
 @pytest.mark.slow
 def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, monkeypatch):
     """``--compile true`` (TRAINING.md) as documented: a GF model (7x7 dwconv stages and the global
@@ -110,23 +133,14 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
     def new_graphs():
         return stats['unique_graphs'] - graphs
 
-    runs = {}
-    for compiled in ('false', 'true'):
-        out = str(tmp_path / f'compile_{compiled}')
-        assert train_main.run(tiny_argv(data, out, epochs=1, compile=compiled)) == 0
-        runs[compiled] = read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']
+    runs = _one_epoch_without_and_with(data, tmp_path, 'compile')
     # compiled: a training graph (forward + backward); evaluation after the epoch runs the plain model
     assert new_graphs() == 1
     out = capsys.readouterr().out
     assert out.count('torch.compile: the first steps compile the model') == 1
-    (eager_log, eager_sd), (log, sd) = runs['false'], runs['true']
-    assert list(sd) == list(eager_sd)
-    for key in ('train_loss', 'test_loss'):
-        assert log[key] == pytest.approx(eager_log[key], rel=1e-4), key
-    assert log['test_acc1'] == eager_log['test_acc1']
-    for k in sd:
-        torch.testing.assert_close(sd[k], eager_sd[k], rtol=1e-3, atol=1e-4, msg=k)
+    _assert_same_training(runs, rel=1e-4, rtol=1e-3, atol=1e-4)
 
+    log = runs[1][0]
     ckpt = str(tmp_path / 'compile_true' / 'checkpoint-0.pth')
     assert train_main.run(tiny_argv(data, '', eval='true', resume=ckpt, compile='true', batch_size=10)) == 0
     out = capsys.readouterr().out
@@ -145,21 +159,11 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
 def test_channels_last_flag_trains_like_default(data, tmp_path):
     """``--channels_last true`` as documented: same losses, accuracy and weights as the default
     layout; the checkpoint it writes loads into a fresh model."""
-    runs = {}
-    for flag in ('false', 'true'):
-        out = str(tmp_path / f'cl_{flag}')
-        assert train_main.run(tiny_argv(data, out, epochs=1, channels_last=flag)) == 0
-        runs[flag] = read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']
-    (log0, sd0), (log1, sd1) = runs['false'], runs['true']
-    for key in ('train_loss', 'test_loss'):
-        assert log1[key] == pytest.approx(log0[key], rel=1e-5), key
-    assert log1['test_acc1'] == log0['test_acc1']
-    assert list(sd1) == list(sd0)
-    for k in sd0:
-        torch.testing.assert_close(sd1[k], sd0[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert sd1['downsample_layers.0.0.weight'].is_contiguous(memory_format=torch.channels_last)
-    model = train_main.build_model(train_main.get_args_parser().parse_args(tiny_argv(data, '')))
-    model.load_state_dict(sd1)
+    runs = _one_epoch_without_and_with(data, tmp_path, 'channels_last')
+    _assert_same_training(runs, rel=1e-5, rtol=1e-4, atol=1e-5)
+    sd = runs[1][1]
+    assert sd['downsample_layers.0.0.weight'].is_contiguous(memory_format=torch.channels_last)
+    train_main.build_model(train_main.parse_args(tiny_argv(data, ''))).load_state_dict(sd)
 
 
 def _run_err(argv, capsys):
