@@ -8,10 +8,11 @@ For each HorNet variant the table has a row per implementation and mode (``infer
 - ``reference``: the straightforward formulation of the original release, written from the
   architecture specification (``benchmarks/reference_hornet.py``), same weights, always float32,
   NCHW, eager: the "original" the goals are stated against;
+- ``mmpretrain``: mmpretrain's HorNet classifier (``benchmarks/mmpretrain_hornet.py``), same
+  architecture, same weights, same settings as ``hornet``; by default only where mmpretrain is
+  installed (``bash tools/install_openmmlab.sh`` installs it);
 - ``convnext``: timm's ConvNeXt of the same size (tiny/small/base/large), same settings as ``hornet``;
 - ``eager`` (with ``--compile``): this repo's model, same settings, not compiled.
-  mmpretrain's HorNet is not installed in this project (mmpretrain is no dependency), so that
-  column is absent.
 
 Columns: images/s (median over ``--repeats`` timed iterations after ``--warmup``; the
 implementations take turns iteration by iteration, so machine load hits them alike), achieved
@@ -19,7 +20,8 @@ GFLOP/s (2 FLOPs per multiply-add of the model's forward, x3 for a training step
 the dense-matmul peak this script measures on the device at the run's dtype, peak memory of one
 step (``--memory``; CPU: peak RSS of a fresh subprocess running the step, minus its RSS before the
 step; CUDA: ``max_memory_allocated``), and the ratios ``x ref`` (img/s over the reference's),
-``x cnx`` (over ConvNeXt's) and ``x eager`` (over the uncompiled model's). ``warm-up s`` is the
+``x mmp`` (over mmpretrain's HorNet's), ``x cnx`` (over ConvNeXt's) and ``x eager`` (over the
+uncompiled model's). ``warm-up s`` is the
 wall / CPU time of the warm-up iterations (with ``--compile``: the compilation; CPU time includes
 the compiler subprocesses).
 
@@ -53,6 +55,7 @@ if not __package__:  # run as a file: see _repo_root.py
 import calc_flops
 import models  # noqa: F401  (registers hornet_*)
 import utils
+from benchmarks.mmpretrain_hornet import INSTALL_HINT, mmpretrain_available, mmpretrain_from
 from benchmarks.reference_hornet import reference_from
 
 DTYPES = {'none': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
@@ -115,6 +118,9 @@ def build(kind: str, name: str, args, device: torch.device, ours: nn.Module | No
             model.set_grad_checkpointing(True)
     elif kind == 'reference':
         return reference_from(ours).to(device)
+    elif kind == 'mmpretrain':
+        model = mmpretrain_from(ours)
+        model.classifier.backbone.with_cp = args.grad_ckpt_on
     else:
         model = timm.create_model(convnext_for(name))
         if args.grad_ckpt_on:
@@ -163,9 +169,10 @@ def measure_memory(kind: str, name: str, mode: str, args) -> float:
 
 
 def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> list[dict]:
-    kinds = ['hornet'] + [k for k in ('reference', 'convnext') if k in args.baselines]
+    kinds = ['hornet'] + [k for k in ('reference', 'mmpretrain', 'convnext') if k in args.baselines]
+    label = {'hornet': name, 'eager': name, 'reference': f'reference({name})', 'mmpretrain': f'mmpretrain({name})',
+             'convnext': convnext_for(name)}
     if args.memory_only:  # each measurement in its own process: nothing to build here
-        label = {'hornet': name, 'reference': f'reference({name})', 'convnext': convnext_for(name)}
         return [dict(model=label[k], mode=mode, mem=measure_memory(k, name, mode, args))
                 for mode in args.modes for k in kinds]
     torch.manual_seed(0)
@@ -206,7 +213,7 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
             flops = 2 * macs[k] * (3 if mode == 'train' else 1) * rate[k]
             peak = peaks['amp' if fast and args.amp else 'fp32']
             rows.append(dict(
-                model={'hornet': name, 'eager': name, 'reference': f'reference({name})'}.get(k, convnext_for(name)),
+                model=label[k],
                 mode=mode, dtype=f'{args.amp_dtype} autocast' if fast and args.amp else 'float32',
                 layout='channels_last' if fast and args.channels_last else 'NCHW',
                 compile='fullgraph' if compiled[k] else 'eager', batch=args.batch_size, ips=rate[k],
@@ -214,6 +221,7 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
                 spread=(min(times[k]), max(times[k])), warmup_s=compile_s[k],
                 mem=measure_memory(k, name, mode, args) if args.memory else None,
                 x_ref=rate[k] / rate['reference'] if 'reference' in rate else None,
+                x_mmp=rate[k] / rate['mmpretrain'] if 'mmpretrain' in rate else None,
                 x_cnx=rate[k] / rate['convnext'] if 'convnext' in rate else None,
                 x_eager=rate[k] / rate['eager'] if 'eager' in rate else None))
     return rows
@@ -235,9 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--compile', action='store_true', help='torch.compile(fullgraph=True) hornet and convnext')
     p.add_argument('--grad_ckpt', default='off', choices=['off', 'on', 'both'],
                    help='activation checkpointing for hornet/convnext (both: a table for each)')
-    p.add_argument('--baselines', nargs='*', default=['reference', 'convnext', 'eager'],
-                   choices=['reference', 'convnext', 'eager', 'none'],
-                   help='rows next to hornet (eager: the uncompiled model, with --compile)')
+    p.add_argument('--baselines', nargs='*', default=None,
+                   choices=['reference', 'mmpretrain', 'convnext', 'eager', 'none'],
+                   help='rows next to hornet (eager: the uncompiled model, with --compile); default: all, '
+                        'mmpretrain where it is installed')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--repeats', type=int, default=7)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
@@ -248,6 +257,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.keep_freed_memory = args.keep_freed_memory == 'true'
+    has_mmp = mmpretrain_available()
+    if args.baselines is None:
+        args.baselines = ['reference', 'convnext', 'eager'] + (['mmpretrain'] if has_mmp else [])
+    elif 'mmpretrain' in args.baselines and not has_mmp:
+        p.error(f'--baselines mmpretrain: {INSTALL_HINT}')
     if args._memory_probe:
         print(json.dumps(memory_probe(json.loads(args._memory_probe))))
         return
@@ -267,27 +281,27 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == 'cpu':
         print('# CPU allocator: ' + ('freed memory kept for reuse (utils.keep_freed_cpu_memory)' if kept
                                      else "glibc's default (freed large blocks go back to the OS)"))
-    print('# reference = original formulation (fp32, NCHW, eager); x ref / x cnx = img/s ratio to reference / '
-          'ConvNeXt (same settings); mmpretrain HorNet: not installed, no column')
+    print('# reference = original formulation (fp32, NCHW, eager); mmpretrain = its HorNet, same weights and '
+          'settings as ours' + ('' if has_mmp else ' (not installed: no rows)') +
+          '; x ref / x mmp / x cnx = img/s ratio to reference / mmpretrain / ConvNeXt (same settings)')
     for ckpt in ([False, True] if args.grad_ckpt == 'both' else [args.grad_ckpt == 'on']):
         args.grad_ckpt_on = ckpt
         print('\n| model | mode | dtype | layout | compile | grad ckpt | batch | img/s (min-max) | GFLOP/s | '
-              'of peak | peak mem MiB | warm-up s wall / CPU | x ref | x cnx | x eager |')
-        print('|---' * 15 + '|')
+              'of peak | peak mem MiB | warm-up s wall / CPU | x ref | x mmp | x cnx | x eager |')
+        print('|---' * 16 + '|')
         for name in args.models:
             for r in run_model(name, args, device, peaks):
                 if args.memory_only:
                     print(f"| {r['model']} | {r['mode']} | {args.amp_dtype} | "
                           f"{'channels_last' if args.channels_last else 'NCHW'} | eager | {'on' if ckpt else 'off'} | "
-                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - | - |", flush=True)
+                          f"{args.batch_size} | - | - | - | {r['mem']:.0f} | - | - | - | - | - |", flush=True)
                     continue
                 lo, hi = (args.batch_size / t for t in reversed(r['spread']))
                 print(f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['layout']} | {r['compile']} | "
                       f"{'on' if ckpt else 'off'} | {r['batch']} | {r['ips']:.1f} ({lo:.1f}-{hi:.1f}) | "
                       f"{r['gflops']:.0f} | {r['peak_frac']:.0%} | {fmt(r['mem'], '.0f')} | "
                       f"{r['warmup_s'][0]:.0f} / {r['warmup_s'][1]:.0f} | "
-                      f"{fmt(r['x_ref'])} | "
-                      f"{fmt(r['x_cnx'])} | {fmt(r['x_eager'])} |", flush=True)
+                      f"{fmt(r['x_ref'])} | {fmt(r['x_mmp'])} | {fmt(r['x_cnx'])} | {fmt(r['x_eager'])} |", flush=True)
 
 
 if __name__ == '__main__':

@@ -18,19 +18,21 @@ def _table(stdout: str) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_throughput_table_as_documented():
     """`python benchmarks/throughput.py` (default baselines, both modes) at 64 px, batch 1: one row per
-    implementation and mode, the reference's ratio 1.00, achieved GFLOP/s = 2 x MACs x img/s (x3 for a
-    training step), and the CPU allocator line."""
+    implementation and mode (mmpretrain's HorNet included: CI installs it), each yardstick's ratio to
+    itself 1.00, achieved GFLOP/s = 2 x MACs x img/s (x3 for a training step), and the CPU allocator
+    line. `--baselines mmpretrain` without mmpretrain is an error that says how to install it."""
     r = run_python([THROUGHPUT, '--models', 'hornet_tiny_7x7', '--batch_size', '1', '--input_size', '64',
                     '--warmup', '1', '--repeats', '1', '--threads', '1'], timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '# CPU allocator: freed memory kept for reuse' in r.stdout
     rows = _table(r.stdout)
-    names = ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'convnext_tiny')
+    names = ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'mmpretrain(hornet_tiny_7x7)', 'convnext_tiny')
     assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('infer', 'train') for m in names]
     for row in rows:
         assert row['x eager'] == '-' and row['compile'] == 'eager'  # no --compile: no eager baseline
-        if row['model'].startswith('reference'):
-            assert row['x ref'] == '1.00'
+        own = {'reference': 'x ref', 'mmpretrain': 'x mmp', 'convnext': 'x cnx'}.get(row['model'].split('(')[0][:10])
+        if own:
+            assert row[own] == '1.00', row
     import timm
 
     import calc_flops
@@ -46,6 +48,12 @@ def test_throughput_table_as_documented():
     assert r.returncode == 0, r.stderr[-3000:]
     assert "# CPU allocator: glibc's default" in r.stdout
     assert [(row['model'], row['mode']) for row in _table(r.stdout)] == [('hornet_tiny_gf', 'infer')]
+    hide = ('import os, sys, runpy; sys.modules["mmpretrain"] = None; sys.argv = sys.argv[1:]; '
+            'sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name="__main__")')
+    # the script as `python benchmarks/throughput.py` runs it, as if mmpretrain were not installed
+    r = run_python(['-c', hide, THROUGHPUT, '--baselines', 'mmpretrain'], timeout=600)
+    assert r.returncode == 2 and "--baselines mmpretrain: mmpretrain is not installed; " \
+        "'bash tools/install_openmmlab.sh' installs it" in r.stderr, r.stderr[-2000:]
 
 
 FAULTS = '''

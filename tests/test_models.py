@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import calc_flops
 import models
+from benchmarks.mmpretrain_hornet import to_mmpretrain_state_dict
 from conftest import SMALL, quick_tier
 from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
 from models.hornet import _from_mmpretrain
@@ -309,26 +310,13 @@ def test_layer_decay_grouping_matches_spec():
 
 
 # ---------------------------------------------------------------- checkpoints
-def _to_mmpretrain(sd):
-    out = {}
-    for k, v in sd.items():
-        if k.startswith('head.'):
-            out['head.fc.' + k[5:]] = v
-            continue
-        k = 'backbone.norm3.' + k[5:] if k.startswith('norm.') else 'backbone.' + k
-        k = k.replace('.gnconv.pws.', '.gnconv.projs.')
-        k = k.replace('.gamma1', '.gamma1.weight').replace('.gamma2', '.gamma2.weight')
-        out[k] = v
-    return out
-
-
 @pytest.mark.parametrize('fmt', ['model', 'module', 'bare', 'ddp_prefix', 'mmpretrain'])
 def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
     src = small(num_classes=1000)
     sd = src.state_dict()
     obj = {'model': {'model': sd, 'epoch': 3}, 'module': {'module': sd}, 'bare': sd,
            'ddp_prefix': {'model': {'module.' + k: v for k, v in sd.items()}},
-           'mmpretrain': {'meta': {}, 'state_dict': _to_mmpretrain(sd)}}[fmt]
+           'mmpretrain': {'meta': {}, 'state_dict': to_mmpretrain_state_dict(sd)}}[fmt]
     path = tmp_path / 'ckpt.pth'
     torch.save(obj, path)
     model = small(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -340,9 +328,9 @@ def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
 
 def test_mmpretrain_key_mapping():
     sd = small().state_dict()
-    mapped = _from_mmpretrain(_to_mmpretrain(sd))
+    mapped = _from_mmpretrain(to_mmpretrain_state_dict(sd))
     assert list(mapped) == list(sd)
-    assert 'backbone.stages.3.0.gnconv.projs.3.weight' in _to_mmpretrain(sd)
+    assert 'backbone.stages.3.0.gnconv.projs.3.weight' in to_mmpretrain_state_dict(sd)
 
 
 def test_gf_filter_resize_and_head_drop(tmp_path):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the OpenMMLab 2.0 stack used by object_detection/ and semantic_segmentation/:
-#   mmengine 0.10.7, mmcv 2.1.0 (with compiled ops), mmdet 3.3.0, mmsegmentation 1.2.2.
+#   mmengine 0.10.7, mmcv 2.1.0 (with compiled ops), mmdet 3.3.0, mmsegmentation 1.2.2;
+# and mmpretrain 1.2.0, whose HorNet is a yardstick of benchmarks/throughput.py and of the
+# checkpoint conformance tests (tests/test_mmpretrain.py).
 #
 # mmcv 2.1.0 ships no wheel for current torch, so it is built from the PyPI sdist
 # (C++20 for torch >= 2.10 headers, -O3 because setuptools >= 80 replaces CFLAGS) and the
@@ -18,6 +20,7 @@ MMENGINE_VER=0.10.7
 MMCV_VER=2.1.0
 MMDET_VER=3.3.0
 MMSEG_VER=1.2.2
+MMPRETRAIN_VER=1.2.0
 PY=${PYTHON:-python}
 
 log() { echo "[install_openmmlab] $*"; }
@@ -183,13 +186,23 @@ else
     log "mmsegmentation $MMSEG_VER already installed"
 fi
 
+# mmpretrain's own dependencies are pure python (einops, mat4py, modelindex, ...); mmcv/mmengine are
+# only in its `mim` extra, so a plain install (torch pinned by the constraints) changes nothing above
+if [ "$(installed mmpretrain)" != "$MMPRETRAIN_VER" ]; then
+    log "installing mmpretrain==$MMPRETRAIN_VER"
+    "${PIP[@]}" -q "mmpretrain==$MMPRETRAIN_VER"
+else
+    log "mmpretrain $MMPRETRAIN_VER already installed"
+fi
+
 # --- verify --------------------------------------------------------------------------------
 "$PY" - "$TORCH_VER" <<'EOF'
 import sys
 import torch
 if torch.__version__ != sys.argv[1]:
     raise SystemExit(f"[install_openmmlab] ERROR: torch changed from {sys.argv[1]} to {torch.__version__}")
-import mmcv, mmcv.ops, mmdet, mmdet.models, mmengine, mmseg, mmseg.models
+import mmcv, mmcv.ops, mmdet, mmdet.models, mmengine, mmpretrain, mmpretrain.models, mmseg, mmseg.models
 print(f"[install_openmmlab] OK: torch {torch.__version__}, mmengine {mmengine.__version__}, "
-      f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")
+      f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, "
+      f"mmpretrain {mmpretrain.__version__}")
 EOF
