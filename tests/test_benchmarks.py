@@ -56,6 +56,61 @@ def test_throughput_table_as_documented():
         "'bash tools/install_openmmlab.sh' installs it" in r.stderr, r.stderr[-2000:]
 
 
+TINY = ['--batch_size', '1', '--input_size', '64', '--warmup', '1', '--repeats', '1', '--threads', '1']
+
+
+def _run(*flags: str, timeout: float = 900) -> list[dict[str, str]]:
+    r = run_python([THROUGHPUT, *flags], timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return _table(r.stdout)
+
+
+@pytest.mark.slow
+def test_throughput_bf16_channels_last_as_documented():
+    """`python benchmarks/throughput.py --amp_dtype bfloat16 --channels_last` (default baselines), GF at
+    64 px: ours, mmpretrain's HorNet (whose filter mixes a float32 FFT output with bf16 maps) and ConvNeXt
+    run under bf16 autocast with channels_last, the reference in float32 NCHW; the rows in order."""
+    rows = _run('--amp_dtype', 'bfloat16', '--channels_last', '--models', 'hornet_tiny_gf', *TINY)
+    names = ('hornet_tiny_gf', 'reference(hornet_tiny_gf)', 'mmpretrain(hornet_tiny_gf)', 'convnext_tiny')
+    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('infer', 'train') for m in names]
+    for row in rows:
+        ref = row['model'].startswith('reference')
+        assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
+        assert float(row['img/s (min-max)'].split()[0]) > 0
+
+
+@pytest.mark.slow
+def test_throughput_compile_as_documented():
+    """`--compile --modes train infer` with the README's `--baselines reference eager`, 7x7 at 64 px: our
+    model compiled (fullgraph) in both modes next to the same module run eagerly (`x eager` 1.00 on that
+    row) and the uncompiled reference; the warm-up, which compiles, takes longer than an eager one."""
+    rows = _run('--compile', '--modes', 'train', 'infer', '--models', 'hornet_tiny_7x7',
+                '--baselines', 'reference', 'eager', *TINY)
+    names = ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'hornet_tiny_7x7')
+    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('train', 'infer') for m in names]
+    assert [row['compile'] for row in rows] == ['fullgraph', 'eager', 'eager'] * 2
+    for compiled, eager in ((rows[0], rows[2]), (rows[3], rows[5])):
+        assert eager['x eager'] == '1.00' and compiled['x eager'] != '-'
+        wall = [float(r['warm-up s wall / CPU'].split('/')[0]) for r in (compiled, eager)]
+        assert wall[0] > wall[1], (compiled, eager)
+
+
+@pytest.mark.slow
+def test_throughput_grad_ckpt_memory_as_documented():
+    """The documented memory command (`--models hornet_base_7x7 --batch_size 16 --modes train --memory
+    --grad_ckpt both --baselines none`), scaled down to HorNet-T, batch 4, 128 px: a table per setting,
+    and activation checkpointing lowers the training step's measured peak memory by more than a third."""
+    r = run_python([THROUGHPUT, '--models', 'hornet_tiny_7x7', '--batch_size', '4', '--input_size', '128',
+                    '--modes', 'train', '--memory', '--grad_ckpt', 'both', '--baselines', 'none',
+                    '--warmup', '1', '--repeats', '1', '--threads', '1'], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _table(r.stdout)  # both tables: the second header row is skipped as data, drop it
+    rows = [row for row in rows if row['model'] != 'model' and not row['model'].startswith('---')]
+    assert [(row['model'], row['grad ckpt']) for row in rows] == [('hornet_tiny_7x7', 'off'), ('hornet_tiny_7x7', 'on')]
+    off, on = (float(row['peak mem MiB']) for row in rows)
+    assert on < 0.67 * off, (off, on)
+
+
 FAULTS = '''
 import resource, sys, torch
 sys.path.insert(0, {root!r})
