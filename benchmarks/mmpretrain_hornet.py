@@ -64,11 +64,10 @@ class MMPretrainHorNet(nn.Module):
             from mmpretrain.models import ImageClassifier
         except ImportError as e:
             raise ImportError(INSTALL_HINT) from e
-        dims = arch['base_dim'] * 8
         self.classifier = ImageClassifier(
             backbone=dict(type='HorNet', arch=arch, in_channels=in_chans, scale=scale,
                           drop_path_rate=drop_path_rate),
-            head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=dims))
+            head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=arch['base_dim'] * 8))  # last stage
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.head(self.classifier.backbone(x))

@@ -238,11 +238,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--input_size', type=int, default=224)
     p.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
-    p.add_argument('--amp_dtype', default='none', choices=list(DTYPES), help='autocast dtype for hornet/convnext')
+    p.add_argument('--amp_dtype', default='none', choices=list(DTYPES),
+                   help='autocast dtype for hornet/mmpretrain/convnext')
     p.add_argument('--channels_last', action='store_true', help='channels_last input and weights')
-    p.add_argument('--compile', action='store_true', help='torch.compile(fullgraph=True) hornet and convnext')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile(fullgraph=True) hornet, mmpretrain and convnext')
     p.add_argument('--grad_ckpt', default='off', choices=['off', 'on', 'both'],
-                   help='activation checkpointing for hornet/convnext (both: a table for each)')
+                   help='activation checkpointing for hornet/mmpretrain/convnext (both: a table for each)')
     p.add_argument('--baselines', nargs='*', default=None,
                    choices=['reference', 'mmpretrain', 'convnext', 'eager', 'none'],
                    help='rows next to hornet (eager: the uncompiled model, with --compile); default: all, '
@@ -257,14 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--_memory_probe', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.keep_freed_memory = args.keep_freed_memory == 'true'
+    if args._memory_probe:
+        print(json.dumps(memory_probe(json.loads(args._memory_probe))))
+        return
     has_mmp = mmpretrain_available()
     if args.baselines is None:
         args.baselines = ['reference', 'convnext', 'eager'] + (['mmpretrain'] if has_mmp else [])
     elif 'mmpretrain' in args.baselines and not has_mmp:
         p.error(f'--baselines mmpretrain: {INSTALL_HINT}')
-    if args._memory_probe:
-        print(json.dumps(memory_probe(json.loads(args._memory_probe))))
-        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == 'cpu':
         print('# CPU allocator: ' + ('freed memory kept for reuse (utils.keep_freed_cpu_memory)' if kept
                                      else "glibc's default (freed large blocks go back to the OS)"))
-    print('# reference = original formulation (fp32, NCHW, eager); mmpretrain = its HorNet, same weights and '
+    print('# reference = original formulation (fp32, NCHW, eager); mmpretrain = mmpretrain\'s HorNet, same weights and '
           'settings as ours' + ('' if has_mmp else ' (not installed: no rows)') +
           '; x ref / x mmp / x cnx = img/s ratio to reference / mmpretrain / ConvNeXt (same settings)')
     for ckpt in ([False, True] if args.grad_ckpt == 'both' else [args.grad_ckpt == 'on']):
