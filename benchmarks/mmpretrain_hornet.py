@@ -61,13 +61,17 @@ class MMPretrainHorNet(nn.Module):
                  drop_path_rate: float = 0.):
         super().__init__()
         try:
+            from mmengine.registry import DefaultScope
             from mmpretrain.models import ImageClassifier
         except ImportError as e:
             raise ImportError(INSTALL_HINT) from e
-        self.classifier = ImageClassifier(
-            backbone=dict(type='HorNet', arch=arch, in_channels=in_chans, scale=scale,
-                          drop_path_rate=drop_path_rate),
-            head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=arch['base_dim'] * 8))  # last stage
+        # the type names resolve in mmpretrain's registry whatever scope is current (an mmdet/mmseg
+        # run leaves its own, where 'HorNet' is this project's backbone and mmpretrain's heads are missing)
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            self.classifier = ImageClassifier(
+                backbone=dict(type='HorNet', arch=arch, in_channels=in_chans, scale=scale,
+                              drop_path_rate=drop_path_rate),
+                head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=arch['base_dim'] * 8))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier.head(self.classifier.backbone(x))

@@ -4,6 +4,7 @@ weights load into ours through timm. benchmarks/mmpretrain_hornet.py builds the 
 import pytest
 import timm
 import torch
+from mmengine.registry import DefaultScope
 
 import models  # noqa: F401  (registers hornet_*)
 from benchmarks.mmpretrain_hornet import MMPretrainHorNet, mmpretrain_arch, mmpretrain_from, to_mmpretrain_state_dict
@@ -23,15 +24,20 @@ def _randomize_(model: torch.nn.Module) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * (1 / p[0].numel()) ** 0.5)
 
 
+@pytest.mark.parametrize('scope', [None, 'mmseg'])
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
-def test_mmpretrain_twin_has_our_logits_and_gradients(name):
+def test_mmpretrain_twin_has_our_logits_and_gradients(name, scope):
     """mmpretrain's ImageClassifier with our weights (every key maps, strict) gives our logits within
     1e-5 and the same input gradient, at the filter's native 64 px and, for GF, at 96 px (both resize
-    the frequency filter)."""
+    the frequency filter). Built under no default scope and under mmseg's, which a segmentation run
+    leaves current (there 'HorNet' is our OpenMMLab backbone): the twin is mmpretrain's either way."""
     ours = timm.create_model(name, **SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if name.endswith('gf') \
         else timm.create_model(name, **SMALL)
     _randomize_(ours)
-    twin = mmpretrain_from(ours)
+    import models.mm_hornet  # noqa: F401  (registers our 'HorNet' in the root registry, as downstream runs do)
+    with DefaultScope.overwrite_default_scope(scope):
+        twin = mmpretrain_from(ours)
+    assert type(twin.classifier.backbone).__module__ == 'mmpretrain.models.backbones.hornet'
     assert sum(p.numel() for p in twin.parameters()) == sum(p.numel() for p in ours.parameters())
     ours.eval()
     twin.eval()
