@@ -28,8 +28,8 @@ def _randomize_(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_mmpretrain_twin_has_our_logits_and_gradients(name, scope):
     """mmpretrain's ImageClassifier with our weights (every key maps, strict) gives our logits within
-    1e-5 and the same input gradient, at the filter's native 64 px and, for GF, at 96 px (both resize
-    the frequency filter). Built under no default scope and under mmseg's, which a segmentation run
+    1e-5 and the same input gradient, at 64 px (where the GF filters fit the feature maps) and at 96 px
+    (where both implementations resize them). Built under no default scope and under mmseg's, which a segmentation run
     leaves current (there 'HorNet' is our OpenMMLab backbone): the twin is mmpretrain's either way."""
     ours = timm.create_model(name, **SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if name.endswith('gf') \
         else timm.create_model(name, **SMALL)
