@@ -10,9 +10,12 @@ THROUGHPUT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
 
 
 def _table(stdout: str) -> list[dict[str, str]]:
+    """The rows of every table in ``stdout`` (one per ``--grad_ckpt`` setting), as dicts by column."""
     lines = [line for line in stdout.splitlines() if line.startswith('|')]
-    head = [c.strip() for c in lines[0].strip('|').split('|')]
-    return [dict(zip(head, (c.strip() for c in line.strip('|').split('|')), strict=True)) for line in lines[2:]]
+    head_line, rule = lines[:2]
+    head = [c.strip() for c in head_line.strip('|').split('|')]
+    return [dict(zip(head, (c.strip() for c in line.strip('|').split('|')), strict=True))
+            for line in lines if line not in (head_line, rule)]
 
 
 @pytest.mark.slow
@@ -30,7 +33,8 @@ def test_throughput_table_as_documented():
     assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('infer', 'train') for m in names]
     for row in rows:
         assert row['x eager'] == '-' and row['compile'] == 'eager'  # no --compile: no eager baseline
-        own = {'reference': 'x ref', 'mmpretrain': 'x mmp', 'convnext': 'x cnx'}.get(row['model'].split('(')[0][:10])
+        own = {'reference(hornet_tiny_7x7)': 'x ref', 'mmpretrain(hornet_tiny_7x7)': 'x mmp',
+               'convnext_tiny': 'x cnx'}.get(row['model'])
         if own:
             assert row[own] == '1.00', row
     import timm
@@ -100,12 +104,9 @@ def test_throughput_grad_ckpt_memory_as_documented():
     """The documented memory command (`--models hornet_base_7x7 --batch_size 16 --modes train --memory
     --grad_ckpt both --baselines none`), scaled down to HorNet-T, batch 4, 128 px: a table per setting,
     and activation checkpointing lowers the training step's measured peak memory by more than a third."""
-    r = run_python([THROUGHPUT, '--models', 'hornet_tiny_7x7', '--batch_size', '4', '--input_size', '128',
-                    '--modes', 'train', '--memory', '--grad_ckpt', 'both', '--baselines', 'none',
-                    '--warmup', '1', '--repeats', '1', '--threads', '1'], timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = _table(r.stdout)  # both tables: the second header row is skipped as data, drop it
-    rows = [row for row in rows if row['model'] != 'model' and not row['model'].startswith('---')]
+    rows = _run('--models', 'hornet_tiny_7x7', '--batch_size', '4', '--input_size', '128', '--modes', 'train',
+                '--memory', '--grad_ckpt', 'both', '--baselines', 'none', '--warmup', '1', '--repeats', '1',
+                '--threads', '1')
     assert [(row['model'], row['grad ckpt']) for row in rows] == [('hornet_tiny_7x7', 'off'), ('hornet_tiny_7x7', 'on')]
     off, on = (float(row['peak mem MiB']) for row in rows)
     assert on < 0.67 * off, (off, on)

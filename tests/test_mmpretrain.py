@@ -12,6 +12,11 @@ from conftest import SMALL
 from models.hornet import _from_mmpretrain
 
 
+def _small_kwargs(name: str) -> dict:
+    """Test-size variant kwargs; GF filters that fit the 4x4 / 2x2 maps of stages 2-3 at 64 px."""
+    return dict(SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if name.endswith('gf') else dict(SMALL)
+
+
 def _randomize_(model: torch.nn.Module) -> None:
     """Weights of order one everywhere, layer scales included (at their 1e-6 init the blocks would be
     the identity and a wrong block would go unnoticed)."""
@@ -31,8 +36,7 @@ def test_mmpretrain_twin_has_our_logits_and_gradients(name, scope):
     1e-5 and the same input gradient, at 64 px (where the GF filters fit the feature maps) and at 96 px
     (where both implementations resize them). Built under no default scope and under mmseg's, which a segmentation run
     leaves current (there 'HorNet' is our OpenMMLab backbone): the twin is mmpretrain's either way."""
-    ours = timm.create_model(name, **SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if name.endswith('gf') \
-        else timm.create_model(name, **SMALL)
+    ours = timm.create_model(name, **_small_kwargs(name))
     _randomize_(ours)
     import models.mm_hornet  # noqa: F401  (registers our 'HorNet' in the root registry, as downstream runs do)
     with DefaultScope.overwrite_default_scope(scope):
@@ -67,9 +71,7 @@ def test_mmpretrain_checkpoint_loads_into_ours(tmp_path, name):
     """A checkpoint saved from mmpretrain's own classifier ({'meta', 'state_dict'} with ``backbone.`` /
     ``head.fc.`` keys, per-stage ``norm3``, ``projs``, ``gamma*.weight``) loads into ours with timm's
     ``pretrained_cfg_overlay`` (strict), and both give the same logits."""
-    gf = name.endswith('gf')
-    skeleton = timm.create_model(name, **SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if gf \
-        else timm.create_model(name, **SMALL)
+    skeleton = timm.create_model(name, **_small_kwargs(name))
     theirs = MMPretrainHorNet(mmpretrain_arch(skeleton), num_classes=1000)
     _randomize_(theirs)
     state = theirs.classifier.state_dict()
@@ -78,8 +80,8 @@ def test_mmpretrain_checkpoint_loads_into_ours(tmp_path, name):
     assert to_mmpretrain_state_dict(_from_mmpretrain(state)).keys() == state.keys()
     path = tmp_path / 'mmpretrain_hornet.pth'
     torch.save({'meta': {'epoch': 300}, 'state_dict': state}, path)
-    kwargs = dict(SMALL, gf_sizes=(None, None, (4, 3), (2, 2))) if gf else SMALL
-    ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs).eval()
+    ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                             **_small_kwargs(name)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a, b = ours(x), theirs.eval()(x)
