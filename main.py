@@ -44,6 +44,17 @@ IN1K_TO_IN22K_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'da
 warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')
 
 
+def compile_scope(v: Any) -> str:
+    """``argparse`` type of ``--compile``: ``''`` (off), ``'model'`` (true/model) or ``'blocks'``."""
+    s = str(v).strip().lower()
+    if s in ('model', 'blocks'):
+        return s
+    try:
+        return 'model' if str2bool(v) else ''
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f'expected false, true, model or blocks, got {v!r}') from None
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """All flags (``add_help=False`` so launchers can use it as a parent parser)."""
     p = argparse.ArgumentParser('HorNet training and evaluation', add_help=False)
@@ -68,7 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad_ckpt', type=str2bool, default=False,
                    help='(new) gradient checkpointing of every block: recomputes activations in backward, '
                         'same gradients, far less activation memory (HorNet-B batch 16: -66%% in benchmarks/results)')
-    g.add_argument('--compile', type=str2bool, default=False, help='(new) torch.compile the model')
+    g.add_argument('--compile', type=compile_scope, default='', metavar='{false,true,model,blocks}',
+                   help='(new) torch.compile: true/model = the whole model (one graph); blocks = each HorNet '
+                        'block on its own (models.compile_blocks: same speed, a fraction of the compile time)')
 
     g = p.add_argument_group('EMA')
     g.add_argument('--model_ema', type=str2bool, default=False)
@@ -522,14 +535,18 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     # a stream is split over the ranks whatever --dist_eval says, so its counts are always summed
     dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
 
-    if args.compile:  # also for --eval; the weights loaded below are the wrapped module's
+    # static shapes: a new batch size (the last evaluation batch) compiles one more graph. With
+    # symbolic sizes, which a second size in the process brings about, torch 2.14's inductor
+    # fails on HorNet's training graph ("cannot determine truth value of Relational" in its
+    # stride sorting; pytorch issues 172204, 185510)
+    if args.compile == 'model':  # also for --eval; the weights loaded below are the wrapped module's
         logger.info('torch.compile: the first steps compile the model (HorNet-T on a 2-core CPU: about '
                     '1 minute for --eval, 2-3 for training; the evaluation after each epoch runs uncompiled)')
-        # static shapes: a new batch size (the last evaluation batch) compiles one more graph. With
-        # symbolic sizes, which a second size in the process brings about, torch 2.14's inductor
-        # fails on HorNet's training graph ("cannot determine truth value of Relational" in its
-        # stride sorting; pytorch issues 172204, 185510)
         model = torch.compile(model, dynamic=False)
+    elif args.compile == 'blocks':  # in place: the EMA copy above stays eager, the state dict unchanged
+        models.compile_blocks(model_without_ddp)
+        logger.info('torch.compile: the first steps compile each kind of HorNet block, once for training and '
+                    'once per evaluation batch size (HorNet-T GF on a 2-core CPU: about 1 minute for training)')
     if args.eval:
         load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
         result = evaluate(val_loader, model, device, amp_dtype, dist_eval)

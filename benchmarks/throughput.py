@@ -4,7 +4,8 @@ For each HorNet variant the table has a row per implementation and mode (``infer
 ``no_grad`` in eval mode; ``train``: forward + backward of a mean loss in train mode):
 
 - ``hornet``: this repo's model (``timm.create_model(name)``) with the run's settings
-  (``--amp_dtype``, ``--channels_last``, ``--compile``);
+  (``--amp_dtype``, ``--channels_last``, ``--compile`` for the whole model or ``--compile blocks``
+  for each block on its own, ``models.compile_blocks``);
 - ``reference``: the straightforward formulation of the original release, written from the
   architecture specification (``benchmarks/reference_hornet.py``), same weights, always float32,
   NCHW, eager: the "original" the goals are stated against;
@@ -33,10 +34,12 @@ Examples::
     python benchmarks/throughput.py                                  # fp32 eager, NCHW input
     python benchmarks/throughput.py --amp_dtype bfloat16 --channels_last
     python benchmarks/throughput.py --compile --modes train infer
+    python benchmarks/throughput.py --compile blocks --modes train infer
     python benchmarks/throughput.py --models hornet_base_7x7 --batch_size 16 --modes train \\
         --memory --grad_ckpt both --baselines none
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -168,6 +171,24 @@ def measure_memory(kind: str, name: str, mode: str, args) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])['mib']
 
 
+COMPILE_LABEL = {'model': 'fullgraph', 'blocks': 'blocks'}  # the table's compile column
+
+
+def compile_blocks_of(model: nn.Module) -> None:
+    """``--compile blocks``: HorNet through :func:`models.compile_blocks` (what users call); the
+    yardsticks alike, each module whose class name ends in ``Block`` (timm's ``ConvNeXtBlock``,
+    mmpretrain's ``HorNetBlock``) compiled in place with ``fullgraph=True`` and static shapes."""
+    if any(isinstance(m, models.HorBlock) for m in model.modules()):
+        models.compile_blocks(model)
+        return
+    blocks = [m for m in model.modules() if type(m).__name__.endswith('Block')]
+    if not blocks:
+        raise ValueError(f'--compile blocks: {type(model).__name__} has no module named *Block')
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # as compile_blocks
+    for m in blocks:
+        m.compile(fullgraph=True, dynamic=False)
+
+
 def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> list[dict]:
     kinds = ['hornet'] + [k for k in ('reference', 'mmpretrain', 'convnext') if k in args.baselines]
     label = {'hornet': name, 'eager': name, 'reference': f'reference({name})', 'mmpretrain': f'mmpretrain({name})',
@@ -182,19 +203,24 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
         nets[k] = build(k, name, args, device, ours)
     if args.compile and 'eager' in args.baselines:
         kinds.append('eager')
-        nets['eager'] = ours  # the same module, run without the compiled wrapper
+        # the same module, run without the compiled wrapper; --compile blocks compiles in place, so a copy
+        nets['eager'] = copy.deepcopy(ours) if args.compile == 'blocks' else ours
     macs = {k: calc_flops.count_flops(timm.create_model(name if k != 'convnext' else convnext_for(name)),
                                       (args.input_size, args.input_size))['total'] for k in kinds}
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     x_cl = x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
-    compiled = {k: args.compile and k not in ('reference', 'eager') for k in kinds}
+    compiled = {k: bool(args.compile) and k not in ('reference', 'eager') for k in kinds}
+    if args.compile == 'blocks':
+        for k in kinds:
+            if compiled[k]:
+                compile_blocks_of(nets[k])
     rows = []
     for mode in args.modes:
         steps, compile_s = {}, {}
         for k in kinds:
             fast = k != 'reference'
             model = nets[k]
-            if compiled[k]:
+            if compiled[k] and args.compile == 'model':
                 model = torch.compile(model, fullgraph=True)
             steps[k] = make_step(model, x_cl if fast else x, mode, args.amp if fast else None)
             t, c = time.perf_counter(), cpu_seconds()
@@ -216,7 +242,7 @@ def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) ->
                 model=label[k],
                 mode=mode, dtype=f'{args.amp_dtype} autocast' if fast and args.amp else 'float32',
                 layout='channels_last' if fast and args.channels_last else 'NCHW',
-                compile='fullgraph' if compiled[k] else 'eager', batch=args.batch_size, ips=rate[k],
+                compile=COMPILE_LABEL[args.compile] if compiled[k] else 'eager', batch=args.batch_size, ips=rate[k],
                 gflops=flops / 1e9, peak_frac=flops / 1e9 / peak,
                 spread=(min(times[k]), max(times[k])), warmup_s=compile_s[k],
                 mem=measure_memory(k, name, mode, args) if args.memory else None,
@@ -241,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument('--amp_dtype', default='none', choices=list(DTYPES),
                    help='autocast dtype for hornet/mmpretrain/convnext')
     p.add_argument('--channels_last', action='store_true', help='channels_last input and weights')
-    p.add_argument('--compile', action='store_true',
-                   help='torch.compile(fullgraph=True) hornet, mmpretrain and convnext')
+    p.add_argument('--compile', nargs='?', const='model', default='', choices=['model', 'blocks'],
+                   help='torch.compile hornet, mmpretrain and convnext with fullgraph=True: the whole model '
+                        '(no value or model), or each block on its own (blocks; models.compile_blocks)')
     p.add_argument('--grad_ckpt', default='off', choices=['off', 'on', 'both'],
                    help='activation checkpointing for hornet/mmpretrain/convnext (both: a table for each)')
     p.add_argument('--baselines', nargs='*', default=None,

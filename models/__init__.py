@@ -13,6 +13,7 @@ from .hornet import (
     HorNetFeatures,
     check_state_dict,
     checkpoint_filter_fn,
+    compile_blocks,
     global_filter,
     layer_id,
     resize_complex_weight,
@@ -23,8 +24,8 @@ from .hornet import (
 
 __all__ = [
     'CheckpointMismatchError', 'GlobalLocalFilter', 'GnConv', 'HORNET_ARCHS', 'HorBlock', 'HorNet', 'HorNetFeatures',
-    'check_state_dict', 'checkpoint_filter_fn', 'global_filter', 'layer_id', 'resize_complex_weight', 'run_stage',
-    'set_dft_filter', 'unwrap_checkpoint',
+    'check_state_dict', 'checkpoint_filter_fn', 'compile_blocks', 'global_filter', 'layer_id', 'resize_complex_weight',
+    'run_stage', 'set_dft_filter', 'unwrap_checkpoint',
 ]
 
 alias_other_name(__name__)  # `hornet` (pip install -e .) and `models` (repo root) are this one module

@@ -25,7 +25,7 @@ __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
     'layer_id', 'resize_complex_weight', 'run_stage', 'set_dft_filter', 'CheckpointMismatchError',
     'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures', 'depthwise_conv2d',
-    'linear_post',
+    'linear_post', 'compile_blocks',
 ]
 
 FilterSize = tuple[int, int]
@@ -108,41 +108,81 @@ def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
 
 
-class _GlobalFilterFn(torch.autograd.Function):
-    """``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
-    ``(C, H, W // 2 + 1, 2)`` of the complex filter) with a hand-written backward.
+# The global filter ``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
+# ``(C, H, W // 2 + 1, 2)`` of the complex filter) as two custom ops with a hand-written backward.
+#
+# The filter is a linear map of ``x``, a real circular convolution, so its transpose is the same
+# filter with the conjugate spectrum: ``grad_x = irfft2(rfft2(g) * conj(w))``. The filter gradient
+# is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2`` counts twice
+# (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward FFT pair per pass
+# instead of autograd's, whose ``rfft2`` backward pads the half spectrum and runs a full complex FFT
+# (HorNet-T stage 2, batch 8: fwd+bwd 5.9 -> 3.4 ms per filter). Equal to autograd's gradients to
+# float rounding (tests/test_models.py).
+#
+# Custom ops, not an autograd.Function, so that torch.compile keeps them whole: the graph holds two
+# opaque real-valued ops instead of complex FFT and product nodes, which inductor cannot generate
+# code for (it falls back op by op and warns), and the compiled backward is this one.
 
-    The filter is a linear map of ``x``, a real circular convolution, so its transpose is the
-    same filter with the conjugate spectrum: ``grad_x = irfft2(rfft2(g) * conj(w))``. The filter
-    gradient is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2``
-    counts twice (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward
-    FFT pair per pass instead of autograd's, whose ``rfft2`` backward pads the half spectrum and
-    runs a full complex FFT (HorNet-T stage 2, batch 8: fwd+bwd 5.9 -> 3.4 ms per filter). Equal to
-    autograd's gradients to float rounding (tests/test_models.py).
-    """
+@torch.library.custom_op('hornet::global_filter', mutates_args=())
+def _global_filter_op(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the filtered ``x`` and ``rfft2(x)`` as a real view (saved for the backward)."""
+    spec = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
+    y = torch.fft.irfft2(spec * torch.view_as_complex(weight), s=x.shape[-2:], dim=(-2, -1), norm='ortho')
+    return y, torch.view_as_real(spec)
 
-    @staticmethod
-    def forward(ctx, x, weight):
-        H, W = x.shape[-2:]
-        spec = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
-        ctx.save_for_backward(spec, weight)
-        ctx.size = (H, W)
-        return torch.fft.irfft2(spec * torch.view_as_complex(weight), s=(H, W), dim=(-2, -1), norm='ortho')
 
-    @staticmethod
-    def backward(ctx, grad):
-        spec, weight = ctx.saved_tensors
-        H, W = ctx.size
-        grad_spec = torch.fft.rfft2(grad, dim=(-2, -1), norm='ortho')
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.fft.irfft2(grad_spec * torch.view_as_complex(weight).conj(), s=(H, W),
-                                      dim=(-2, -1), norm='ortho')
-        if ctx.needs_input_grad[1]:
-            grad_w = (grad_spec * spec.conj()).sum(0)
-            grad_w[..., 1:(W + 1) // 2] *= 2
-            grad_w = torch.view_as_real(grad_w)
-        return grad_x, grad_w
+@_global_filter_op.register_fake
+def _(x, weight):
+    # the FFTs return dense tensors whatever the input's strides
+    return x.new_empty(x.shape), x.new_empty((*x.shape[:-1], x.shape[-1] // 2 + 1, 2))
+
+
+# conj_physical, not conj: a product with a lazily conjugated view came out unconjugated when
+# the op ran inside a compiled graph (torch 2.14, aot_eager and inductor; tests/test_models.py)
+@torch.library.custom_op('hornet::global_filter_backward', mutates_args=())
+def _global_filter_backward_op(grad: torch.Tensor, spec: torch.Tensor, weight: torch.Tensor, need_x: bool,
+                               need_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients for ``x`` and ``weight`` (an empty tensor for the one not needed)."""
+    H, W = grad.shape[-2:]
+    grad_spec = torch.fft.rfft2(grad, dim=(-2, -1), norm='ortho')
+    grad_x, grad_w = grad.new_empty(0), weight.new_empty(0)
+    if need_x:
+        grad_x = torch.fft.irfft2(grad_spec * torch.view_as_complex(weight).conj_physical(), s=(H, W),
+                                  dim=(-2, -1), norm='ortho')
+    if need_weight:
+        grad_w = (grad_spec * torch.view_as_complex(spec).conj_physical()).sum(0)
+        grad_w[..., 1:(W + 1) // 2] *= 2
+        grad_w = torch.view_as_real(grad_w)
+    return grad_x, grad_w
+
+
+@_global_filter_backward_op.register_fake
+def _(grad, spec, weight, need_x, need_weight):
+    return (grad.new_empty(grad.shape) if need_x else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_weight else weight.new_empty(0))
+
+
+def _global_filter_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[1])
+
+
+def _global_filter_grad(ctx, grad, _grad_spec):
+    spec, weight = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad
+    grad_x, grad_w = _global_filter_backward_op(grad, spec, weight, need_x, need_w)
+    return grad_x if need_x else None, grad_w if need_w else None
+
+
+_global_filter_op.register_autograd(_global_filter_grad, setup_context=_global_filter_setup)
+
+
+def _use_global_filter_op(x) -> bool:
+    """Whether :func:`global_filter` runs the custom ops: in eager mode and under torch.compile, but
+    not under torch.export (its programs keep plain ``torch.fft`` ops, loadable without this file),
+    FX proxies or dispatch modes (the FLOP counter counts the FFT ops)."""
+    if torch.compiler.is_compiling():
+        return not torch.compiler.is_exporting()
+    return isinstance(x, torch.Tensor) and not is_in_torch_dispatch_mode()
 
 
 @register_notrace_function
@@ -163,9 +203,8 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
         weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
         if use_dft:
             x = _global_filter_dft(x, weight)
-        elif _cpu_eager(x):
-            # eager: the complex product in one vectorized pass; without gradients no graph is built
-            x = _GlobalFilterFn.apply(x, weight.contiguous())
+        elif _use_global_filter_op(x):
+            x = _global_filter_op(x, weight.contiguous())[0]
         else:
             x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
             x = _complex_mul(x, weight)
@@ -885,6 +924,35 @@ def set_dft_filter(model: nn.Module, enable: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, GlobalLocalFilter):
             m.use_dft = enable
+    return model
+
+
+# Compiled graphs per compiled block kind: one per stage width (4) for each of training and evaluation,
+# for each batch size (training, evaluation, the last smaller batches), with margin
+_BLOCK_RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(model: nn.Module, **compile_kwargs) -> nn.Module:
+    """Regional compilation: ``torch.compile`` every :class:`HorBlock` of ``model`` in place
+    (``nn.Module.compile``), with ``fullgraph=True`` and static shapes unless ``compile_kwargs`` say
+    otherwise; stems, downsampling layers and the head stay eager.
+
+    Blocks of one width share their compiled graph, so the compiler traces, lowers and builds each
+    block kind once instead of all 25 (HorNet-T) of a whole-model graph: HorNet-T GF training on a
+    2-core CPU compiles in about a minute instead of two to three, at the same step time
+    (benchmarks/throughput.py ``--compile blocks``). Parameter names and the state dict stay the same.
+    Every compiled module shares one code object (``Module._call_impl``), whose graph count dynamo
+    limits (``torch._dynamo.config.recompile_limit``, 8 by default); it is raised to
+    ``_BLOCK_RECOMPILE_LIMIT`` so that training and evaluation at a few batch sizes all stay compiled.
+    """
+    kwargs = dict(fullgraph=True, dynamic=False) | compile_kwargs
+    import torch._dynamo
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _BLOCK_RECOMPILE_LIMIT)
+    blocks = [m for m in model.modules() if isinstance(m, HorBlock)]
+    if not blocks:
+        raise ValueError(f'compile_blocks: {type(model).__name__} has no HorBlock to compile')
+    for m in blocks:
+        m.compile(**kwargs)
     return model
 
 

@@ -100,6 +100,24 @@ def test_throughput_compile_as_documented():
 
 
 @pytest.mark.slow
+def test_throughput_compile_blocks_as_documented():
+    """`--compile blocks --modes train infer` (regional compilation), GF at 64 px with the eager and
+    ConvNeXt baselines: our blocks through models.compile_blocks and ConvNeXt's blocks alike, labelled
+    `blocks`; the eager row is a separate uncompiled copy (compile_blocks works in place), `x eager`
+    1.00 there, and the compiling warm-up takes longer than its eager one."""
+    rows = _run('--compile', 'blocks', '--modes', 'train', 'infer', '--models', 'hornet_tiny_gf',
+                '--baselines', 'convnext', 'eager', *TINY)
+    names = ('hornet_tiny_gf', 'convnext_tiny', 'hornet_tiny_gf')
+    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('train', 'infer') for m in names]
+    assert [row['compile'] for row in rows] == ['blocks', 'blocks', 'eager'] * 2
+    assert rows[0]['x cnx'] != '-' and rows[1]['x cnx'] == '1.00'
+    for compiled, eager in ((rows[0], rows[2]), (rows[3], rows[5])):
+        assert eager['x eager'] == '1.00' and compiled['x eager'] != '-'
+        wall = [float(r['warm-up s wall / CPU'].split('/')[0]) for r in (compiled, eager)]
+        assert wall[0] > wall[1], (compiled, eager)
+
+
+@pytest.mark.slow
 def test_throughput_grad_ckpt_memory_as_documented():
     """The documented memory command (`--models hornet_base_7x7 --batch_size 16 --modes train --memory
     --grad_ckpt both --baselines none`), scaled down to HorNet-T, batch 4, 128 px: a table per setting,

@@ -596,6 +596,45 @@ def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-3, atol=1e-5, msg=n)
 
 
+@pytest.mark.slow  # compiling takes seconds (aot_eager) to minutes (inductor)
+@pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
+def test_compile_blocks_equals_eager(backend, monkeypatch):
+    """models.compile_blocks (regional compilation, main.py --compile blocks): every HorBlock compiled
+    in place with fullgraph=True; blocks of one kind share a graph (stage 2's two blocks: one), the
+    state dict keeps its keys, training (also with gradient checkpointing) and evaluation give eager's
+    numbers, and no graph falls back to eager at the 8-graph default recompile limit."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)
+    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', torch._dynamo.config.recompile_limit)
+    torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters['stats']
+    kw = dict(depths=(1, 1, 2, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0,
+              gf_sizes=(None, None, (5, 3), (3, 2)))
+    model, ref = timm.create_model('hornet_tiny_gf', **kw), timm.create_model('hornet_tiny_gf', **kw)
+    ref.load_state_dict(model.state_dict())
+    assert models.compile_blocks(model, backend=backend) is model
+    assert list(model.state_dict()) == list(ref.state_dict())
+    with pytest.raises(ValueError, match='no HorBlock'):
+        models.compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    x = torch.randn(4, 3, 64, 64)
+    graphs = stats['unique_graphs']
+    for grad_ckpt in (False, True):  # checkpointing recomputes through the same graphs
+        model.set_grad_checkpointing(grad_ckpt)
+        ref.set_grad_checkpointing(grad_ckpt)
+        model.train()(x).square().mean().backward()
+        ref.train()(x).square().mean().backward()
+        for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+            p.grad = q.grad = None
+        assert stats['unique_graphs'] - graphs == 4  # 4 block kinds
+    batches = (6, 3) if backend == 'aot_eager' else (6,)
+    with torch.no_grad():
+        for b in batches:
+            xb = torch.randn(b, 3, 64, 64)
+            torch.testing.assert_close(model.eval()(xb), ref.eval()(xb), rtol=1e-4, atol=1e-4)
+    # past the default limit of 8: each graph compiled, none left to eager
+    assert stats['unique_graphs'] - graphs == 4 + 4 * len(batches)
+
+
 # ---------------------------------------------------------------- optimized model vs reference (issue 13)
 def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
@@ -685,9 +724,9 @@ def test_depthwise_conv_fast_backward_equals_autograd(shape, k, channels_last, b
 @pytest.mark.parametrize('shape,filter_hw', [((3, 6, 14, 14), (14, 8)), ((2, 4, 7, 7), (7, 4)),
                                               ((2, 4, 6, 9), (6, 5)), ((2, 4, 16, 16), (14, 8))])
 def test_global_filter_fast_backward_equals_autograd(shape, filter_hw):
-    """The CPU global filter with the hand-written backward (models.hornet._GlobalFilterFn): same
-    output and gradients as autograd through irfft2(rfft2(x) * w), for even and odd widths and for
-    a filter resized to another input size; float64 to 1e-12, float32 to 1e-5."""
+    """The global filter's custom ops with the hand-written backward (models.hornet._global_filter_op):
+    same output and gradients as autograd through irfft2(rfft2(x) * w), for even and odd widths and
+    for a filter resized to another input size; float64 to 1e-12, float32 to 1e-5."""
     from models.hornet import global_filter, resize_complex_weight
 
     def plain(x, w):
@@ -697,18 +736,31 @@ def test_global_filter_fast_backward_equals_autograd(shape, filter_hw):
         x = torch.randn(shape, dtype=dtype, requires_grad=True)
         w = torch.randn(shape[1], *filter_hw, 2, dtype=dtype, requires_grad=True)
         g = torch.randn(shape, dtype=dtype)
-        if dtype == torch.float64:  # global_filter computes in float32; check the Function itself
-            from models.hornet import _GlobalFilterFn
-            y = _GlobalFilterFn.apply(x, resize_complex_weight(w, (shape[2], shape[3] // 2 + 1)).contiguous())
+        if dtype == torch.float64:  # global_filter computes in float32; check the op itself
+            from models.hornet import _global_filter_op
+            y = _global_filter_op(x, resize_complex_weight(w, (shape[2], shape[3] // 2 + 1)).contiguous())[0]
         else:
             y = global_filter(x, w)
-            assert type(y.grad_fn).__name__ == '_GlobalFilterFnBackward'  # the fast path ran
+        assert 'hornet_global_filter' in type(y.grad_fn).__name__  # the custom op ran
         ref = plain(x, w)
         assert _rel(y, ref) < tol
         for a, e in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(ref, (x, w), g), strict=True):
             assert _rel(a, e) < tol
     with torch.no_grad():
         assert global_filter(x, w).grad_fn is None and _rel(global_filter(x, w), plain(x, w)) < 1e-5
+
+
+def test_global_filter_custom_ops_pass_opcheck():
+    """torch.library.opcheck on the global filter's custom ops: schema, autograd registration, fake
+    (meta) kernels for channels_last inputs, and the same outputs inside an AOT-compiled graph
+    (the backward op once failed that: a lazily conjugated view lost its conjugation there)."""
+    from models.hornet import _global_filter_backward_op, _global_filter_op
+    x = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(4, 7, 4, 2, requires_grad=True)
+    torch.library.opcheck(_global_filter_op, (x, w))
+    g, spec = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last), torch.randn(2, 4, 7, 4, 2)
+    for need_x, need_w in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(_global_filter_backward_op, (g, spec, w.detach(), need_x, need_w))
 
 
 @pytest.mark.parametrize('name', VARIANTS)

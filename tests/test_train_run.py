@@ -93,11 +93,11 @@ def test_kill_9_mid_epoch_then_rerun_continues(data, tmp_path):
     assert _weights_only(f'{out}/checkpoint-2.pth')['epoch'] == 2
 
 
-def _one_epoch_without_and_with(data, tmp_path, flag: str) -> list[tuple[dict, dict]]:
-    """``main.py`` for one epoch with ``--<flag> false`` then ``true``: each run's log record and
+def _one_epoch_without_and_with(data, tmp_path, flag: str, on: str = 'true') -> list[tuple[dict, dict]]:
+    """``main.py`` for one epoch with ``--<flag> false`` then ``on``: each run's log record and
     saved model weights."""
     runs = []
-    for value in ('false', 'true'):
+    for value in ('false', on):
         out = str(tmp_path / f'{flag}_{value}')
         assert train_main.run(tiny_argv(data, out, epochs=1, **{flag: value})) == 0
         runs.append((read_log(out)[0], _weights_only(f'{out}/checkpoint-0.pth')['model']))
@@ -153,6 +153,27 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
     # sizes, which the size change would bring about, inductor failed to compile
     assert train_main.run(tiny_argv(data, str(tmp_path / 'size48'), epochs=1, compile='true', input_size=48)) == 0
     assert new_graphs() == 4
+
+
+@pytest.mark.slow
+def test_compile_blocks_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, monkeypatch):
+    """``--compile blocks`` (TRAINING.md): each HorNet block compiled on its own, in place. Same losses,
+    accuracy and weights as the eager run; checkpoint keys unchanged; one graph per block kind for
+    training and one per block kind and evaluation batch size (the per-epoch evaluation runs compiled
+    too); a bad value is refused with the choices."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
+    torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters['stats']
+    graphs = stats['unique_graphs']
+    runs = _one_epoch_without_and_with(data, tmp_path, 'compile', on='blocks')
+    # 4 stages, 1 block each: 4 block kinds (16-128 wide; 7x7, 7x7, GF, GF), trained at batch 8 and
+    # evaluated in batches of 12 (24 images)
+    assert stats['unique_graphs'] - graphs == 4 + 4
+    assert capsys.readouterr().out.count('torch.compile: the first steps compile each kind of HorNet block') == 1
+    _assert_same_training(runs, rel=1e-4, rtol=1e-3, atol=1e-4)
+    with pytest.raises(SystemExit):
+        train_main.parse_args(tiny_argv(data, '', compile='layers'))
+    assert "expected false, true, model or blocks, got 'layers'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
