@@ -79,7 +79,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--grad_ckpt', type=str2bool, default=False,
                    help='(new) gradient checkpointing of every block: recomputes activations in backward, '
                         'same gradients, far less activation memory (HorNet-B batch 16: -66%% in benchmarks/results)')
-    g.add_argument('--compile', type=compile_scope, default='', metavar='{false,true,model,blocks}',
+    g.add_argument('--compile', type=compile_scope, default='false', metavar='{false,true,model,blocks}',
                    help='(new) torch.compile: true/model = the whole model (one graph); blocks = each HorNet '
                         'block on its own (models.compile_blocks: same speed, a fraction of the compile time)')
 
