@@ -541,7 +541,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     # stride sorting; pytorch issues 172204, 185510)
     if args.compile == 'model':  # also for --eval; the weights loaded below are the wrapped module's
         logger.info('torch.compile: the first steps compile the model (HorNet-T on a 2-core CPU: about '
-                    '1 minute for --eval, 2-3 for training; the evaluation after each epoch runs uncompiled)')
+                    '1 minute for --eval, 2 for training; the evaluation after each epoch runs uncompiled)')
         model = torch.compile(model, dynamic=False)
     elif args.compile == 'blocks':  # in place: the EMA copy above stays eager, the state dict unchanged
         models.compile_blocks(model_without_ddp)

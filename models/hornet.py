@@ -939,8 +939,8 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> nn.Module:
 
     Blocks of one width share their compiled graph, so the compiler traces, lowers and builds each
     block kind once instead of all 25 (HorNet-T) of a whole-model graph: HorNet-T GF training on a
-    2-core CPU compiles in about a minute instead of two to three, at the same step time
-    (benchmarks/throughput.py ``--compile blocks``). Parameter names and the state dict stay the same.
+    2-core CPU compiles in 54 s instead of 121 s, at the same step time (benchmarks/throughput.py
+    ``--compile blocks``). Parameter names and the state dict stay the same.
     Every compiled module shares one code object (``Module._call_impl``), whose graph count dynamo
     limits (``torch._dynamo.config.recompile_limit``, 8 by default); it is raised to
     ``_BLOCK_RECOMPILE_LIMIT`` so that training and evaluation at a few batch sizes all stay compiled.
