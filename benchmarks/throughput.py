@@ -175,18 +175,12 @@ COMPILE_LABEL = {'model': 'fullgraph', 'blocks': 'blocks'}  # the table's compil
 
 
 def compile_blocks_of(model: nn.Module) -> None:
-    """``--compile blocks``: HorNet through :func:`models.compile_blocks` (what users call); the
-    yardsticks alike, each module whose class name ends in ``Block`` (timm's ``ConvNeXtBlock``,
-    mmpretrain's ``HorNetBlock``) compiled in place with ``fullgraph=True`` and static shapes."""
-    if any(isinstance(m, models.HorBlock) for m in model.modules()):
-        models.compile_blocks(model)
-        return
-    blocks = [m for m in model.modules() if type(m).__name__.endswith('Block')]
-    if not blocks:
+    """``--compile blocks``: :func:`models.compile_blocks` (what users call) on the modules whose class
+    name ends in ``Block``: our ``HorBlock``, timm's ``ConvNeXtBlock``, mmpretrain's ``HorNetBlock``."""
+    types = tuple({type(m) for m in model.modules() if type(m).__name__.endswith('Block')})
+    if not types:
         raise ValueError(f'--compile blocks: {type(model).__name__} has no module named *Block')
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # as compile_blocks
-    for m in blocks:
-        m.compile(fullgraph=True, dynamic=False)
+    models.compile_blocks(model, block_types=types)
 
 
 def run_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> list[dict]:

@@ -932,10 +932,11 @@ def set_dft_filter(model: nn.Module, enable: bool = True) -> nn.Module:
 _BLOCK_RECOMPILE_LIMIT = 64
 
 
-def compile_blocks(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """Regional compilation: ``torch.compile`` every :class:`HorBlock` of ``model`` in place
-    (``nn.Module.compile``), with ``fullgraph=True`` and static shapes unless ``compile_kwargs`` say
-    otherwise; stems, downsampling layers and the head stay eager.
+def compile_blocks(model: nn.Module, block_types: tuple[type[nn.Module], ...] = (HorBlock,),
+                   **compile_kwargs) -> nn.Module:
+    """Regional compilation: ``torch.compile`` every :class:`HorBlock` of ``model`` (every module of
+    ``block_types``) in place (``nn.Module.compile``), with ``fullgraph=True`` and static shapes
+    unless ``compile_kwargs`` say otherwise; stems, downsampling layers and the head stay eager.
 
     Blocks of one width share their compiled graph, so the compiler traces, lowers and builds each
     block kind once instead of all 25 (HorNet-T) of a whole-model graph: HorNet-T GF training on a
@@ -948,9 +949,10 @@ def compile_blocks(model: nn.Module, **compile_kwargs) -> nn.Module:
     kwargs = dict(fullgraph=True, dynamic=False) | compile_kwargs
     import torch._dynamo
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _BLOCK_RECOMPILE_LIMIT)
-    blocks = [m for m in model.modules() if isinstance(m, HorBlock)]
+    blocks = [m for m in model.modules() if isinstance(m, block_types)]
     if not blocks:
-        raise ValueError(f'compile_blocks: {type(model).__name__} has no HorBlock to compile')
+        names = ' or '.join(t.__name__ for t in block_types)
+        raise ValueError(f'compile_blocks: {type(model).__name__} has no {names} to compile')
     for m in blocks:
         m.compile(**kwargs)
     return model

@@ -40,6 +40,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def new_graphs(monkeypatch):
+    """For compile tests: dynamo as in a fresh process, and a callable counting the graphs compiled
+    since. Cached graphs of other tests are forgotten (with symbolic sizes, which other input sizes
+    would bring about, torch 2.14's inductor fails; main.py compiles with dynamic=False); inductor
+    compiles in this process (no worker pool for a tiny model); a raised recompile limit
+    (models.compile_blocks) is put back afterwards."""
+    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)
+    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', torch._dynamo.config.recompile_limit)
+    torch._dynamo.reset()
+    stats = torch._dynamo.utils.counters['stats']
+    start = stats['unique_graphs']  # counted since the process started
+    return lambda: stats['unique_graphs'] - start
+
+
 def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, val_per_class: int = 8,
                       size: int = 16, seed: int = 0) -> str:
     """ImageNet-layout folder of noisy images whose class is the dominant colour channel

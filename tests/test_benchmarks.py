@@ -83,6 +83,18 @@ def test_throughput_bf16_channels_last_as_documented():
         assert float(row['img/s (min-max)'].split()[0]) > 0
 
 
+def _check_compiled_rows(rows, names, compile_column) -> None:
+    """A ``--compile ... --modes train infer`` table whose last row per mode is the eager baseline:
+    the rows in order, the compile column, ``x eager`` 1.00 on the eager row, and a first (compiling)
+    warm-up longer than the eager one."""
+    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('train', 'infer') for m in names]
+    assert [row['compile'] for row in rows] == list(compile_column) * 2
+    for compiled, eager in ((rows[0], rows[2]), (rows[3], rows[5])):
+        assert eager['x eager'] == '1.00' and compiled['x eager'] != '-'
+        wall = [float(r['warm-up s wall / CPU'].split('/')[0]) for r in (compiled, eager)]
+        assert wall[0] > wall[1], (compiled, eager)
+
+
 @pytest.mark.slow
 def test_throughput_compile_as_documented():
     """`--compile --modes train infer` with the README's `--baselines reference eager`, 7x7 at 64 px: our
@@ -90,13 +102,8 @@ def test_throughput_compile_as_documented():
     row) and the uncompiled reference; the warm-up, which compiles, takes longer than an eager one."""
     rows = _run('--compile', '--modes', 'train', 'infer', '--models', 'hornet_tiny_7x7',
                 '--baselines', 'reference', 'eager', *TINY)
-    names = ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'hornet_tiny_7x7')
-    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('train', 'infer') for m in names]
-    assert [row['compile'] for row in rows] == ['fullgraph', 'eager', 'eager'] * 2
-    for compiled, eager in ((rows[0], rows[2]), (rows[3], rows[5])):
-        assert eager['x eager'] == '1.00' and compiled['x eager'] != '-'
-        wall = [float(r['warm-up s wall / CPU'].split('/')[0]) for r in (compiled, eager)]
-        assert wall[0] > wall[1], (compiled, eager)
+    _check_compiled_rows(rows, ('hornet_tiny_7x7', 'reference(hornet_tiny_7x7)', 'hornet_tiny_7x7'),
+                         ('fullgraph', 'eager', 'eager'))
 
 
 @pytest.mark.slow
@@ -107,14 +114,8 @@ def test_throughput_compile_blocks_as_documented():
     1.00 there, and the compiling warm-up takes longer than its eager one."""
     rows = _run('--compile', 'blocks', '--modes', 'train', 'infer', '--models', 'hornet_tiny_gf',
                 '--baselines', 'convnext', 'eager', *TINY)
-    names = ('hornet_tiny_gf', 'convnext_tiny', 'hornet_tiny_gf')
-    assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('train', 'infer') for m in names]
-    assert [row['compile'] for row in rows] == ['blocks', 'blocks', 'eager'] * 2
+    _check_compiled_rows(rows, ('hornet_tiny_gf', 'convnext_tiny', 'hornet_tiny_gf'), ('blocks', 'blocks', 'eager'))
     assert rows[0]['x cnx'] != '-' and rows[1]['x cnx'] == '1.00'
-    for compiled, eager in ((rows[0], rows[2]), (rows[3], rows[5])):
-        assert eager['x eager'] == '1.00' and compiled['x eager'] != '-'
-        wall = [float(r['warm-up s wall / CPU'].split('/')[0]) for r in (compiled, eager)]
-        assert wall[0] > wall[1], (compiled, eager)
 
 
 @pytest.mark.slow

@@ -576,11 +576,9 @@ def test_model_conventions():
 @pytest.mark.slow  # compiling takes seconds (aot_eager) to minutes (inductor)
 @pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
 @pytest.mark.parametrize('name', VARIANTS)
-def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
+def test_compile_fullgraph_equals_eager(name, backend, new_graphs):
     """One graph (fullgraph=True: no graph break) for eval and training; aot_eager checks the capture
     and the autograd graph, inductor (slow: minutes of C++ compilation) the generated kernels."""
-    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
-    torch._dynamo.reset()
     model = timm.create_model(name, depths=(1, 1, 1, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
     x = torch.randn(2, 3, 64, 64)
@@ -598,15 +596,11 @@ def test_compile_fullgraph_equals_eager(name, backend, monkeypatch):
 
 @pytest.mark.slow  # compiling takes seconds (aot_eager) to minutes (inductor)
 @pytest.mark.parametrize('backend', ['aot_eager', 'inductor'])
-def test_compile_blocks_equals_eager(backend, monkeypatch):
+def test_compile_blocks_equals_eager(backend, new_graphs):
     """models.compile_blocks (regional compilation, main.py --compile blocks): every HorBlock compiled
     in place with fullgraph=True; blocks of one kind share a graph (stage 2's two blocks: one), the
     state dict keeps its keys, training (also with gradient checkpointing) and evaluation give eager's
     numbers, and no graph falls back to eager at the 8-graph default recompile limit."""
-    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)
-    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', torch._dynamo.config.recompile_limit)
-    torch._dynamo.reset()
-    stats = torch._dynamo.utils.counters['stats']
     kw = dict(depths=(1, 1, 2, 1), base_dim=16, num_classes=10, layer_scale_init_value=1.0,
               gf_sizes=(None, None, (5, 3), (3, 2)))
     model, ref = timm.create_model('hornet_tiny_gf', **kw), timm.create_model('hornet_tiny_gf', **kw)
@@ -616,7 +610,6 @@ def test_compile_blocks_equals_eager(backend, monkeypatch):
     with pytest.raises(ValueError, match='no HorBlock'):
         models.compile_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     x = torch.randn(4, 3, 64, 64)
-    graphs = stats['unique_graphs']
     for grad_ckpt in (False, True):  # checkpointing recomputes through the same graphs
         model.set_grad_checkpointing(grad_ckpt)
         ref.set_grad_checkpointing(grad_ckpt)
@@ -625,14 +618,14 @@ def test_compile_blocks_equals_eager(backend, monkeypatch):
         for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
             p.grad = q.grad = None
-        assert stats['unique_graphs'] - graphs == 4  # 4 block kinds
+        assert new_graphs() == 4  # 4 block kinds
     batches = (6, 3) if backend == 'aot_eager' else (6,)
     with torch.no_grad():
         for b in batches:
             xb = torch.randn(b, 3, 64, 64)
             torch.testing.assert_close(model.eval()(xb), ref.eval()(xb), rtol=1e-4, atol=1e-4)
     # past the default limit of 8: each graph compiled, none left to eager
-    assert stats['unique_graphs'] - graphs == 4 + 4 * len(batches)
+    assert new_graphs() == 4 + 4 * len(batches)
 
 
 # ---------------------------------------------------------------- optimized model vs reference (issue 13)

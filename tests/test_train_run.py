@@ -117,22 +117,11 @@ def _assert_same_training(runs, rel: float, rtol: float, atol: float) -> None:
 
 
 @pytest.mark.slow
-def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, monkeypatch):
+def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, new_graphs):
     """``--compile true`` (TRAINING.md) as documented: a GF model (7x7 dwconv stages and the global
     filter) trains and evaluates compiled with the losses and accuracy of the eager run, saves
     checkpoints without torch.compile's ``_orig_mod.`` prefix, and ``--eval true --compile true``
     evaluates the checkpoint compiled too."""
-    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
-    # as in a fresh process: graphs that other tests compiled at other sizes are forgotten (with
-    # symbolic sizes, which they would otherwise bring about, torch 2.14's inductor fails; main.py
-    # compiles with dynamic=False)
-    torch._dynamo.reset()
-    stats = torch._dynamo.utils.counters['stats']
-    graphs = stats['unique_graphs']  # counted since the process started
-
-    def new_graphs():
-        return stats['unique_graphs'] - graphs
-
     runs = _one_epoch_without_and_with(data, tmp_path, 'compile')
     # compiled: a training graph (forward + backward); evaluation after the epoch runs the plain model
     assert new_graphs() == 1
@@ -156,19 +145,15 @@ def test_compile_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, mo
 
 
 @pytest.mark.slow
-def test_compile_blocks_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, monkeypatch):
+def test_compile_blocks_flag_trains_and_evaluates_like_eager(data, tmp_path, capsys, new_graphs):
     """``--compile blocks`` (TRAINING.md): each HorNet block compiled on its own, in place. Same losses,
     accuracy and weights as the eager run; checkpoint keys unchanged; one graph per block kind for
     training and one per block kind and evaluation batch size (the per-epoch evaluation runs compiled
     too); a bad value is refused with the choices."""
-    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)  # no worker pool for a tiny model
-    torch._dynamo.reset()
-    stats = torch._dynamo.utils.counters['stats']
-    graphs = stats['unique_graphs']
     runs = _one_epoch_without_and_with(data, tmp_path, 'compile', on='blocks')
     # 4 stages, 1 block each: 4 block kinds (16-128 wide; 7x7, 7x7, GF, GF), trained at batch 8 and
     # evaluated in batches of 12 (24 images)
-    assert stats['unique_graphs'] - graphs == 4 + 4
+    assert new_graphs() == 4 + 4
     assert capsys.readouterr().out.count('torch.compile: the first steps compile each kind of HorNet block') == 1
     _assert_same_training(runs, rel=1e-4, rtol=1e-3, atol=1e-4)
     with pytest.raises(SystemExit):
