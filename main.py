@@ -451,6 +451,10 @@ def _check_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise TrainingError(f'--device {args.device} but no CUDA device is available; pass --device cpu')
+    if device.type == 'cuda':
+        # speed only: the input shapes repeat (fixed crops), so cuDNN's per-shape kernel search pays
+        # off after the first step; as in the original release's training script
+        torch.backends.cudnn.benchmark = True
     return device
 
 

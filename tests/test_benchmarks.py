@@ -3,6 +3,7 @@ setting that main.py and the benchmark apply."""
 import os
 
 import pytest
+import torch
 
 from conftest import ROOT, run_python
 
@@ -81,6 +82,24 @@ def test_throughput_bf16_channels_last_as_documented():
         ref = row['model'].startswith('reference')
         assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
         assert float(row['img/s (min-max)'].split()[0]) > 0
+
+
+
+@pytest.mark.slow
+def test_throughput_gpu_command_flags_on_cpu():
+    """The README's GPU command (`--amp_dtype bfloat16 --channels_last --memory`, HorNet-S/B next to
+    ConvNeXt-S/B) with `--device cpu`, 32 px, batch 1, inference, two of its six models: each HorNet
+    size gets the ConvNeXt of its size, every row a peak memory, the reference float32 NCHW."""
+    rows = _run('--amp_dtype', 'bfloat16', '--channels_last', '--memory', '--modes', 'infer',
+                '--models', 'hornet_small_gf', 'hornet_base_7x7', '--batch_size', '1', '--input_size', '32',
+                '--warmup', '1', '--repeats', '1', '--threads', '1')
+    assert [row['model'] for row in rows] == [
+        'hornet_small_gf', 'reference(hornet_small_gf)', 'mmpretrain(hornet_small_gf)', 'convnext_small',
+        'hornet_base_7x7', 'reference(hornet_base_7x7)', 'mmpretrain(hornet_base_7x7)', 'convnext_base']
+    for row in rows:
+        ref = row['model'].startswith('reference')
+        assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
+        assert float(row['peak mem MiB']) > 0, row
 
 
 def _check_compiled_rows(rows, names, compile_column) -> None:
@@ -169,3 +188,29 @@ def test_keep_freed_cpu_memory_stops_page_faults():
     pages = sum(sizes) // 4096
     assert faults['default'] > 0.4 * pages, faults
     assert faults['keep'] < 0.01 * pages, faults
+
+
+def test_throughput_device_cuda_without_gpu_is_an_argparse_error(monkeypatch, capsys):
+    """`--device cuda` where torch sees no GPU stops at argument parsing with a one-line reason (exit 2),
+    before any model is built or a matmul peak measured; with a GPU it turns on cuDNN's kernel search,
+    as main.py does for training (checked with torch.cuda.is_available patched, up to the first
+    CUDA call)."""
+    from benchmarks import throughput
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    with pytest.raises(SystemExit) as e:
+        throughput.main(['--device', 'cuda', '--models', 'hornet_tiny_7x7', '--baselines', 'none'])
+    assert e.value.code == 2
+    assert '--device cuda: no CUDA device is available (torch.cuda.is_available() is False)' in capsys.readouterr().err
+    assert torch.backends.cudnn.benchmark is False
+
+    class Reached(Exception):
+        pass
+
+    def peak(device, dtype, n=None, repeats=10):
+        raise Reached(device.type)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(throughput, 'matmul_peak', peak)
+    with pytest.raises(Reached, match='cuda'):
+        throughput.main(['--device', 'cuda', '--models', 'hornet_tiny_7x7', '--baselines', 'none'])
+    assert torch.backends.cudnn.benchmark is True

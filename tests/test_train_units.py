@@ -462,3 +462,19 @@ def test_deferred_signal_keeps_a_checkpoint_write_whole(usr2_exits, tmp_path):
     assert usr2_exits == [signal.SIGUSR2] * 2
     loaded = torch.load(io.BytesIO(f.getvalue()), weights_only=True)
     assert torch.equal(loaded['w'], state['w']) and loaded['epoch'] == 3
+
+
+def test_device_check_refuses_missing_cuda_and_turns_on_cudnn_search(monkeypatch):
+    """main.py --device cuda without a GPU stops with a message that says what to pass; with one, it
+    turns on cuDNN's per-shape kernel search (speed only, as the original training script); --device cpu
+    leaves cuDNN alone."""
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    msg = '--device cuda but no CUDA device is available; pass --device cpu'
+    with pytest.raises(train_main.TrainingError, match=msg):
+        train_main._check_device(_args(device='cuda'))
+    assert train_main._check_device(_args(device='cpu')) == torch.device('cpu')
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert train_main._check_device(_args(device='cuda')) == torch.device('cuda')
+    assert torch.backends.cudnn.benchmark is True
