@@ -449,9 +449,9 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 def _check_device(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise TrainingError(f'--device {args.device} but no CUDA device is available; pass --device cpu')
     if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise TrainingError(f'--device {args.device} but no CUDA device is available; pass --device cpu')
         # speed only: the input shapes repeat (fixed crops), so cuDNN's per-shape kernel search pays
         # off after the first step; as in the original release's training script
         torch.backends.cudnn.benchmark = True

@@ -70,6 +70,12 @@ def _run(*flags: str, timeout: float = 900) -> list[dict[str, str]]:
     return _table(r.stdout)
 
 
+def _assert_bf16_channels_last(row: dict[str, str]) -> None:
+    """A row of a `--amp_dtype bfloat16 --channels_last` run: the reference stays float32 NCHW."""
+    ref = row['model'].startswith('reference')
+    assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
+
+
 @pytest.mark.slow
 def test_throughput_bf16_channels_last_as_documented():
     """`python benchmarks/throughput.py --amp_dtype bfloat16 --channels_last` (default baselines), GF at
@@ -79,10 +85,8 @@ def test_throughput_bf16_channels_last_as_documented():
     names = ('hornet_tiny_gf', 'reference(hornet_tiny_gf)', 'mmpretrain(hornet_tiny_gf)', 'convnext_tiny')
     assert [(row['model'], row['mode']) for row in rows] == [(m, mode) for mode in ('infer', 'train') for m in names]
     for row in rows:
-        ref = row['model'].startswith('reference')
-        assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
+        _assert_bf16_channels_last(row)
         assert float(row['img/s (min-max)'].split()[0]) > 0
-
 
 
 @pytest.mark.slow
@@ -97,8 +101,7 @@ def test_throughput_gpu_command_flags_on_cpu():
         'hornet_small_gf', 'reference(hornet_small_gf)', 'mmpretrain(hornet_small_gf)', 'convnext_small',
         'hornet_base_7x7', 'reference(hornet_base_7x7)', 'mmpretrain(hornet_base_7x7)', 'convnext_base']
     for row in rows:
-        ref = row['model'].startswith('reference')
-        assert (row['dtype'], row['layout']) == (('float32', 'NCHW') if ref else ('bfloat16 autocast', 'channels_last'))
+        _assert_bf16_channels_last(row)
         assert float(row['peak mem MiB']) > 0, row
 
 
