@@ -478,6 +478,11 @@ def main(args: argparse.Namespace) -> dict[str, float]:
 def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, float]:
     utils.init_distributed_mode(args)
     utils.setup_logging()
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # the shell started us in the background (`cmd &`, `nohup cmd &`) and asked that the
+        # terminal's Ctrl-C not reach us: keep it so; SIGTERM still stops the run cleanly
+        logger.info('SIGINT is ignored (started as a background job): Ctrl-C does not stop this run; '
+                    '`kill PID` (SIGTERM) stops it at the next step boundary (exit 143, rerun to resume)')
     device = _check_device(args)
     if device.type == 'cpu' and args.keep_freed_memory and utils.keep_freed_cpu_memory():
         logger.info('CPU allocator: freed memory is kept for reuse (--keep_freed_memory)')

@@ -3,6 +3,7 @@ functions are imported by the test modules with ``from conftest import ...`` (py
 on ``sys.path``)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,19 +41,32 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """Python's own Ctrl-C handler, as in a foreground terminal, whatever way the suite was started:
+    a background job of a non-interactive shell (``cmd &``, ``nohup cmd &``, some CI runners) starts
+    with SIGINT ignored, which the processes the tests start would inherit. A caught signal is reset
+    to its default across ``exec``, so child Pythons install the same handler."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture
-def new_graphs(monkeypatch):
+def new_graphs():
     """For compile tests: dynamo as in a fresh process, and a callable counting the graphs compiled
     since. Cached graphs of other tests are forgotten (with symbolic sizes, which other input sizes
     would bring about, torch 2.14's inductor fails; main.py compiles with dynamic=False); inductor
     compiles in this process (no worker pool for a tiny model); a raised recompile limit
-    (models.compile_blocks) is put back afterwards."""
-    monkeypatch.setattr(torch._inductor.config, 'compile_threads', 1)
-    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', torch._dynamo.config.recompile_limit)
-    torch._dynamo.reset()
-    stats = torch._dynamo.utils.counters['stats']
-    start = stats['unique_graphs']  # counted since the process started
-    return lambda: stats['unique_graphs'] - start
+    (models.compile_blocks) is put back afterwards. Through torch's own config patching: these
+    config modules provide their attributes through ``__getattr__``, and pytest 9's monkeypatch
+    deletes such an attribute on undo."""
+    with torch._inductor.config.patch(compile_threads=1), \
+            torch._dynamo.config.patch(recompile_limit=torch._dynamo.config.recompile_limit):
+        torch._dynamo.reset()
+        stats = torch._dynamo.utils.counters['stats']
+        start = stats['unique_graphs']  # counted since the process started
+        yield lambda: stats['unique_graphs'] - start
 
 
 def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, val_per_class: int = 8,

@@ -480,6 +480,32 @@ def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
 
 
+
+@pytest.mark.slow
+def test_run_started_with_sigint_ignored_keeps_it_and_stops_on_sigterm(data, tmp_path):
+    """A run started as a background job (SIGINT ignored from the start, as `cmd &` and `nohup cmd &`
+    in a non-interactive shell do) says so, trains on through a SIGINT, and a SIGTERM still stops it
+    at a step boundary with exit 143, its epoch-0 checkpoint intact."""
+    out = str(tmp_path / 'run')
+    argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
+    proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('Epoch: [0]') and '[ 3/24]' in line:
+            proc.send_signal(signal.SIGINT)
+        if line.startswith('Epoch: [1]') and '[ 3/24]' in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip() == 'terminated (SIGTERM); rerun the same command to resume'
+    assert any(line.startswith('SIGINT is ignored (started as a background job)') for line in lines[:5]), lines[:5]
+    assert [r['epoch'] for r in read_log(out)] == [0]  # epoch 0 ran through the SIGINT
+    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+
 def test_log_txt_is_strict_json(tmp_path):
     """Non-finite numbers (an fp16 run's skipped-step grad norm is inf) are written as null, and
     trimming drops a line cut short by a kill and the epochs about to be trained again."""
