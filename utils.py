@@ -156,11 +156,11 @@ def keep_freed_cpu_memory() -> bool:
 
     glibc's malloc serves large blocks (128 KiB to 32 MiB and up) with a fresh ``mmap`` and unmaps
     them when freed, and trims the top of its heap; every large activation of a CPU step is then
-    page-faulted in again, zero-filled by the kernel (HorNet-T GF, batch 8, 224 px: 185k page
-    faults and 0.38 s of system time per 1.8 s training step). With ``mmap`` off for the heap's
-    blocks and trimming off, freed blocks are reused: about one fault per step. The cost: the
-    process keeps its peak heap. Linux with glibc only (``mallopt``); returns whether it applied.
-    Fork-started data-loader workers inherit the setting.
+    page-faulted in again, zero-filled by the kernel. With ``mmap`` off for the heap's blocks and
+    trimming off, freed blocks are reused (faults and step times before and after:
+    benchmarks/results/cpu_kernels_2threads.md). The cost: the process keeps its peak heap. Linux
+    with glibc only (``mallopt``); returns whether it applied. Fork-started data-loader workers
+    inherit the setting.
     """
     if not sys.platform.startswith('linux'):
         return False

@@ -91,7 +91,7 @@ def test_throughput_bf16_channels_last_as_documented():
 
 @pytest.mark.slow
 def test_throughput_gpu_command_flags_on_cpu():
-    """The README's GPU command (`--amp_dtype bfloat16 --channels_last --memory`, HorNet-S/B next to
+    """benchmarks/README.md's GPU command (`--amp_dtype bfloat16 --channels_last --memory`, HorNet-S/B next to
     ConvNeXt-S/B) with `--device cpu`, 32 px, batch 1, inference, two of its six models: each HorNet
     size gets the ConvNeXt of its size, every row a peak memory, the reference float32 NCHW."""
     rows = _run('--amp_dtype', 'bfloat16', '--channels_last', '--memory', '--modes', 'infer',
@@ -119,7 +119,7 @@ def _check_compiled_rows(rows, names, compile_column) -> None:
 
 @pytest.mark.slow
 def test_throughput_compile_as_documented():
-    """`--compile --modes train infer` with the README's `--baselines reference eager`, 7x7 at 64 px: our
+    """`--compile --modes train infer` with benchmarks/README.md's `--baselines reference eager`, 7x7 at 64 px: our
     model compiled (fullgraph) in both modes next to the same module run eagerly (`x eager` 1.00 on that
     row) and the uncompiled reference; the warm-up, which compiles, takes longer than an eager one."""
     rows = _run('--compile', '--modes', 'train', 'infer', '--models', 'hornet_tiny_7x7',
