@@ -12,9 +12,16 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 import models  # noqa: F401  (registers hornet_* with timm; the root is on sys.path: pyproject.toml `pythonpath`)
+
+# Generated-input tests (hypothesis): bounded, no wall-clock deadline (the shared CI machine's speed
+# varies), and in CI (CI=true) derandomized: the same examples on every run
+settings.register_profile('ci', derandomize=True, deadline=None, print_blob=True)
+settings.register_profile('dev', deadline=None, print_blob=True)
+settings.load_profile('ci' if os.environ.get('CI') else 'dev')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 MAIN = os.path.join(ROOT, 'main.py')
