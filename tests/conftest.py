@@ -197,3 +197,19 @@ def loopback_server(tmp_path):
     yield f'http://127.0.0.1:{server.server_address[1]}', folder, server.cut
     server.shutdown()
     server.server_close()
+
+
+def documented_commands(script: str, doc: str = 'TRAINING.md') -> list[list[str]]:
+    """The arguments of every ``python <script> ...`` command in the code blocks of ``doc``
+    (bash line joining and ``#`` comments handled)."""
+    import re
+    import shlex
+    with open(os.path.join(ROOT, doc), encoding='utf-8') as f:
+        text = f.read()
+    found = []
+    for block in re.findall(r'^```\n(.*?)^```', text, re.S | re.M):
+        for line in block.replace('\\\n', '').splitlines():
+            words = shlex.split(line.split('#')[0]) if line.strip() else []
+            if script in words:
+                found.append(words[words.index(script) + 1:])
+    return found

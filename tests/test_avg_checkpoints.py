@@ -6,6 +6,7 @@ import safetensors.torch
 import torch
 
 import avg_checkpoints
+from conftest import documented_commands
 
 ACC = [10.0, 40.0, 30.0, 20.0]  # test_acc1 of epochs 0..3; EMA accuracies are the reverse
 
@@ -125,3 +126,8 @@ def test_checkpoints_are_never_unpickled(tmp_path, capsys):
     assert _avg(run, tmp_path / 'a.pth', '-n', '2') == 2
     _one_line_error(capsys, 'it was not unpickled')
     assert not marker.exists() and not (tmp_path / 'a.pth').exists()
+
+
+def test_documented_commands_parse():
+    cmds = [avg_checkpoints.get_args_parser().parse_args(c) for c in documented_commands('avg_checkpoints.py')]
+    assert [(a.num, a.select, a.ema) for a in cmds] == [(5, 'last', False), (3, 'best', True)]

@@ -15,7 +15,7 @@ from PIL import Image
 
 import export
 import validate
-from conftest import SMALL, SMALL_ARGS
+from conftest import SMALL, SMALL_ARGS, documented_commands
 
 MEAN, STD = timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
 
@@ -212,3 +212,10 @@ def test_model_source_errors_one_line(tmp_path, capsys):
         assert validate.main([*argv, '--imagenet_val', str(val), '--num_workers', '0']) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and text in err, (argv, err)
+
+
+def test_documented_commands_parse():
+    cmds = documented_commands('validate.py')
+    assert len(cmds) == 1
+    args = validate.get_args_parser().parse_args(cmds[0])
+    assert args.imagenet_real == '' and args.imagenet_a and args.imagenet_r and args.imagenet_sketch
