@@ -4,6 +4,8 @@ import json
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import avg_checkpoints
 from conftest import documented_commands
@@ -131,3 +133,20 @@ def test_checkpoints_are_never_unpickled(tmp_path, capsys):
 def test_documented_commands_parse():
     cmds = [avg_checkpoints.get_args_parser().parse_args(c) for c in documented_commands('avg_checkpoints.py')]
     assert [(a.num, a.select, a.ema) for a in cmds] == [(5, 'last', False), (3, 'best', True)]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 4), shape=st.lists(st.integers(1, 3), max_size=3),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
+def test_average_is_the_float64_mean_cast_back(tmp_path_factory, n, shape, dtype, seed):
+    """For any number of files, shape and float dtype: the mean in float64, cast to the file dtype."""
+    folder = tmp_path_factory.mktemp('ckpts')
+    gen = torch.Generator().manual_seed(seed)
+    weights = [(torch.randn(shape, generator=gen) * 100).to(dtype) for _ in range(n)]
+    paths = []
+    for i, w in enumerate(weights):
+        paths.append(str(folder / f'checkpoint-{i}.pth'))
+        torch.save({'model': {'w': w}}, paths[-1])
+    avg = avg_checkpoints.average_weights(paths)['w']
+    assert avg.dtype == dtype and avg.shape == torch.Size(shape)
+    assert torch.equal(avg, (sum(w.double() for w in weights) / n).to(dtype))

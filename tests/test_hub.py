@@ -5,6 +5,8 @@ import os
 import pytest
 import timm
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks.mmpretrain_hornet import to_mmpretrain_state_dict
 from conftest import SMALL
@@ -102,3 +104,24 @@ def test_download_errors_are_one_line(loopback_server, hub_dir):
     with pytest.raises(hub.DownloadError, match='names no file'):
         hub.cached_download(f'{base}/')
     assert not hub_dir.exists() or os.listdir(hub_dir) == []
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=3000), flip=st.booleans(), n_hex=st.integers(8, 64))
+def test_cache_holds_exactly_the_checked_files(loopback_server, tmp_path_factory, data, flip, n_hex):
+    """Any content under a name carrying n hex digits of its sha256 arrives byte for byte; with one
+    digit changed it is refused and the cache stays empty."""
+    base, folder, _ = loopback_server
+    digest = hashlib.sha256(data).hexdigest()[:n_hex]
+    if flip:
+        digest = digest[:-1] + ('0' if digest[-1] != '0' else '1')
+    name = f'w-{digest}.bin'
+    (folder / name).write_bytes(data)
+    cache = tmp_path_factory.mktemp('cache')
+    if flip:
+        with pytest.raises(hub.DownloadError, match=f'but its name says {digest}; '):
+            hub.cached_download(f'{base}/{name}', cache_dir=str(cache))
+        assert os.listdir(cache) == []
+    else:
+        path = hub.cached_download(f'{base}/{name}', cache_dir=str(cache))
+        assert open(path, 'rb').read() == data and os.listdir(cache) == [name]
