@@ -1,4 +1,4 @@
-"""Export a HorNet variant to ONNX or a ``torch.export`` program, and verify the export.
+"""Export a HorNet variant to ONNX, a ``torch.export`` program or a timm hub folder, and verify it.
 
 Every variant exports, GF included. For ONNX the global filter is computed with real DFT matrix
 products (``models.set_dft_filter``) instead of ``torch.fft``: plain MatMul nodes that any ONNX
@@ -9,20 +9,32 @@ After exporting, the file is loaded again (onnxruntime for ONNX, ``torch.export.
 ``torch_export``) and run against the eager model on random inputs; the max absolute and relative
 differences are printed and the script exits with status 1 if they exceed the tolerance.
 
+``--format hub`` writes the folder timm's hub loader reads (``config.json``, ``model.safetensors``
+and a model card ``README.md``); ``timm.create_model('local-dir:DIR', pretrained=True)`` loads it and
+is checked against the eager model the same way. An existing folder's files are replaced only with
+``--overwrite``; other files in it are left alone. Upload the folder with one command (``hf`` comes
+with ``huggingface_hub``; log in first with ``hf auth login``)::
+
+    hf upload USER/hornet_tiny_gf DIR .
+
 Examples::
 
     python export.py --model hornet_tiny_gf --checkpoint hornet_tiny_gf.pth \\
         --input_size 224 --format onnx --dynamic_batch --output hornet_tiny_gf.onnx
     python export.py --model hornet_tiny_7x7 --input_size 224 --format torch_export \\
         --output hornet_tiny_7x7.pt2
+    python export.py --model hornet_tiny_gf --checkpoint output/checkpoint-best.pth \\
+        --format hub --output hub/hornet_tiny_gf
     # a small random-weight model (any timm kwarg of the variant, values as Python literals)
     python export.py --model hornet_tiny_gf --model_kwargs depths=1,1,1,1 base_dim=16 \\
         --input_size 64 --format onnx --output small.onnx
 """
 import argparse
 import ast
+import json
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +44,7 @@ import timm
 import torch
 import torch.nn as nn
 
+import calc_flops
 import checkpoint
 import models
 
@@ -197,6 +210,175 @@ def verify(
     return results
 
 
+HUB_FILES = ('config.json', 'model.safetensors', 'README.md')
+_CITATION = """@inproceedings{rao2022hornet,
+  title={HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions},
+  author={Rao, Yongming and Zhao, Wenliang and Tang, Yansong and Zhou, Jie and Lim, Ser-Nam and Lu, Jiwen},
+  booktitle={Advances in Neural Information Processing Systems (NeurIPS)},
+  year={2022}
+}"""
+
+
+def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
+    """What a training checkpoint logged besides its weights: ``epoch``, the best accuracy of the
+    weights exported (``max_accuracy``, or ``max_accuracy_ema`` for ``--checkpoint_key model_ema``)
+    and class names (``label_names`` or ``class_names``, one string per class). Absent entries are
+    left out."""
+    ckpt = checkpoint.load_file(path, mmap=True)
+    info: dict[str, Any] = {}
+    if isinstance(ckpt.get('epoch'), int):
+        info['epoch'] = ckpt['epoch']
+    acc = ckpt.get('max_accuracy_ema' if key == 'model_ema' else 'max_accuracy')
+    if isinstance(acc, (int, float)) and acc > 0:
+        info['top1'] = float(acc)
+    for k in ('label_names', 'class_names'):
+        names = ckpt.get(k)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            info['label_names'] = list(names)
+            break
+    return info
+
+
+def model_card(model: nn.Module, input_size: int, info: dict[str, Any], source: str) -> str:
+    """The Hugging Face model card (``README.md``) of an exported HorNet."""
+    name = model.pretrained_cfg['architecture']
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    gflops = calc_flops.count_flops(model, (input_size, input_size))['total'] / 1e9
+    if 'top1' in info:
+        epoch = f' (epoch {info["epoch"]})' if 'epoch' in info else ''
+        accuracy = f'- Top-1 accuracy logged with the checkpoint{epoch}: {info["top1"]:.2f}%'
+    else:
+        accuracy = '- Accuracy: not logged with the checkpoint'
+    return f"""---
+license: mit
+library_name: timm
+tags:
+- image-classification
+- timm
+---
+# {name}
+
+A HorNet (gnConv, recursive gated convolutions) image classifier for timm, exported from `{source}`.
+
+- Variant: `{name}`, {model.num_classes} classes
+- Parameters: {params:.2f} M; GFLOPs: {gflops:.2f} at {input_size}x{input_size}
+{accuracy}
+- License: MIT
+- Paper: https://arxiv.org/abs/2207.14284
+
+## How to load
+
+```python
+import timm
+import hornet  # registers the hornet_* variants (pip install the HorNet repository)
+
+model = timm.create_model('local-dir:PATH/TO/THIS/FOLDER', pretrained=True).eval()
+# once uploaded: timm.create_model('hf-hub:USER/REPO', pretrained=True)
+cfg = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**cfg)
+```
+
+## Citation
+
+```bibtex
+{_CITATION}
+```
+"""
+
+
+def _write_file_atomic(path: str, write) -> None:
+    """``write(tmp_path)``, then rename over ``path``: a failed export never leaves a half file."""
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-hornet-export-', dir=os.path.dirname(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[str, Any], source: str,
+                     overwrite: bool = False) -> list[str]:
+    """Write the files timm's ``local-dir:``/``hf-hub:`` loader reads into ``folder``; returns their paths.
+
+    Raises:
+        FileExistsError: one of :data:`HUB_FILES` exists and ``overwrite`` is false.
+    """
+    import safetensors.torch
+    from timm.models._hub import save_config_for_hf
+
+    paths = [os.path.join(folder, f) for f in HUB_FILES]
+    existing = [os.path.basename(p) for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        raise FileExistsError(f'{folder} already holds {", ".join(existing)}; pass --overwrite to replace them')
+    os.makedirs(folder, exist_ok=True)
+    config: dict[str, Any] = {}
+    if 'label_names' in info:
+        if len(info['label_names']) != model.num_classes:
+            raise ValueError(f'the checkpoint names {len(info["label_names"])} classes but its head has '
+                             f'{model.num_classes}; fix or drop its label_names')
+        config['label_names'] = info['label_names']
+
+    def write_config(tmp: str) -> None:
+        data = dict(input_size=(3, input_size, input_size))
+        save_config_for_hf(model, tmp, model_config=config, data_config=data)
+        with open(tmp, encoding='utf-8') as f:
+            cfg = json.load(f)
+        for k in ('url', 'origin_url', 'tag'):  # these describe the released weights, not this export
+            cfg['pretrained_cfg'].pop(k, None)
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(cfg, f, indent=2)
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _write_file_atomic(paths[1], lambda tmp: safetensors.torch.save_file(state, tmp))
+    _write_file_atomic(paths[0], write_config)
+    card = model_card(model, input_size, info, source)
+    _write_file_atomic(paths[2], lambda tmp: open(tmp, 'w', encoding='utf-8').write(card))
+    return paths
+
+
+def hub_output_error(output: str, checkpoint_path: str) -> str | None:
+    """Why ``--output`` cannot take a hub folder (a file there, or the input checkpoint among the
+    files it would write), else None. Checked before anything is read or written."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        return f'--format hub writes a folder, but {output} is a file'
+    if checkpoint_path and os.path.realpath(checkpoint_path) in {
+            os.path.realpath(os.path.join(output, f)) for f in HUB_FILES}:
+        return f'--output {output} would overwrite the input checkpoint {checkpoint_path}; pick another folder'
+    return None
+
+
+def export_hub_folder(model: nn.Module, args: argparse.Namespace, input_size: int) -> int:
+    """``--format hub``: write the folder, load it back through timm and compare logits."""
+    folder = os.path.abspath(args.output)
+    try:
+        info = checkpoint_info(args.checkpoint, args.checkpoint_key) if args.checkpoint else {}
+        source = os.path.basename(args.checkpoint) if args.checkpoint else 'random weights'
+        write_hub_folder(model, folder, input_size, info, source, args.overwrite)
+    except (FileExistsError, ValueError, checkpoint.CheckpointError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f'error: cannot write {folder}: {e.strerror or e}', file=sys.stderr)
+        return 2
+    print(f'Wrote {args.model} to {folder}: {", ".join(HUB_FILES)}')
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.randn(1, 3, input_size, input_size, generator=gen)
+    with torch.no_grad():
+        ref = model(x).numpy()
+        diff = compare(ref, loaded(x).numpy())
+    ok = diff['max_abs'] <= args.atol + args.rtol * float(np.abs(ref).max())
+    print(f'verify local-dir load: max abs diff {diff["max_abs"]:.3e} ({"ok" if ok else "FAILED"})')
+    if not ok:
+        print('error: the hub folder loads into a model that differs from the source', file=sys.stderr)
+        return 1
+    return 0
+
+
 MIN_INPUT_SIZE = 32  # the stem (stride 4) and three 2x downsamplings need a 32 px input
 
 
@@ -228,9 +410,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='classifier size without a checkpoint (default: the variant\'s 1000)')
     parser.add_argument('--input_size', type=input_size_arg, default=None,
                         help='square input size, at least 32 (default: the variant\'s pretrained_cfg size)')
-    parser.add_argument('--format', choices=('onnx', 'torch_export'), required=True)
+    parser.add_argument('--format', choices=('onnx', 'torch_export', 'hub'), required=True,
+                        help='hub: a folder for timm\'s hub loader (config.json, model.safetensors, README.md)')
     parser.add_argument('--dynamic_batch', action='store_true', help='export with a variable batch dimension')
-    parser.add_argument('--output', required=True, help='output file (.onnx or .pt2)')
+    parser.add_argument('--output', required=True, help='output file (.onnx or .pt2), or folder (hub)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='hub: replace config.json, model.safetensors and README.md in an existing --output')
     parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
     parser.add_argument('--gf_filter', choices=('auto', 'dft', 'fft'), default='auto',
                         help='GF filter form: dft (matrix products) or fft; auto = dft for onnx, fft '
@@ -251,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'error: torch_export output must end in .pt2 (torch.export.load needs it), got {args.output!r}',
               file=sys.stderr)
         return 2
+    if args.format == 'hub' and (message := hub_output_error(args.output, args.checkpoint)):
+        print(f'error: {message}', file=sys.stderr)
+        return 2
     try:
         model = create_model(args.model, args.checkpoint or None, args.checkpoint_key, args.num_classes,
                              parse_model_kwargs(args.model_kwargs))
@@ -258,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
     input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
+    if args.format == 'hub':
+        return export_hub_folder(model, args, input_size)
     gf = has_global_filter(model)
     use_dft = gf and (args.gf_filter == 'dft' or (args.gf_filter == 'auto' and args.format == 'onnx'))
     models.set_dft_filter(model, use_dft)

@@ -467,3 +467,11 @@ class WandbLogger:
     def finish(self) -> None:
         self._wandb.finish()
 
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``prog: error: ...``), exit status 2,
+    like every other failure of a documented command (``--help`` still prints the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f'{self.prog}: error: {message}; see --help\n')

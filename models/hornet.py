@@ -16,10 +16,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg_value, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.checkpoint import checkpoint
+
+from .hub import RELEASE_BASE, cached_download, mirrored
 
 __all__ = [
     'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
@@ -1058,15 +1060,26 @@ class HorNetFeatures(FeatureGetterNet):
         self.model.set_grad_checkpointing(enable)
 
 
+def _weights_overlay(variant: str, kwargs: dict) -> dict:
+    """The ``pretrained_cfg_overlay`` that makes timm load ``pretrained=True`` weights by our rules:
+    a URL source is fetched by :func:`hub.cached_download` (hash always checked, atomic) and handed
+    to timm as a local file; a file, state dict or hub source is left to timm; no source is an error."""
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), overlay).to_dict()
+    if cfg.get('source') in ('hf-hub', 'local-dir') or any(cfg.get(k) for k in ('file', 'state_dict', 'hf_hub_id')):
+        return overlay
+    if not cfg.get('url'):
+        name = variant + (f'.{cfg["tag"]}' if cfg.get('tag') else '')
+        origin = cfg.get('origin_url') or 'the HorNet release, https://github.com/raoyongming/HorNet'
+        raise ValueError(
+            f'{name}: no mirrored weights to download. Download the released checkpoint '
+            f'({origin}) and pass pretrained_cfg_overlay=dict(file=PATH).')
+    return {**overlay, 'file': cached_download(mirrored(cfg['url']))}
+
+
 def _create_hornet(variant: str, pretrained: bool = False, arch: str | None = None, **kwargs) -> HorNet:
     if pretrained:
-        overlay = kwargs.get('pretrained_cfg_overlay') or {}
-        if not any(overlay.get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')) \
-                and not kwargs.get('pretrained_cfg'):
-            origin = get_pretrained_cfg_value(variant, 'origin_url') or 'the HorNet model zoo'
-            raise ValueError(
-                f'{variant}: weights are never downloaded implicitly. Download the released checkpoint '
-                f'({origin}) and pass pretrained_cfg_overlay=dict(file=PATH).')
+        kwargs['pretrained_cfg_overlay'] = _weights_overlay(variant, kwargs)
     model_args = dict(HORNET_ARCHS[arch or variant[len('hornet_'):]])
     model_args.update(kwargs)
     return build_model_with_cfg(
@@ -1089,14 +1102,28 @@ def _cfg(url: str = '', **kwargs) -> dict:
     }
 
 
-_ZOO = 'https://cloud.tsinghua.edu.cn/f/{}/?dl=1'  # the release's links (origin_url); never fetched
+_ZOO = 'https://cloud.tsinghua.edu.cn/f/{}/?dl=1'  # the release's links (origin_url): no file name to cache
+# The released ImageNet-1K weights as mirrored by OpenMMLab, each name ending in its sha256 prefix
+# (mmpretrain 1.2's configs/hornet/metafile.yml lists all six). pretrained=True downloads them into
+# torch's hub cache through models/hub.py (hash checked; HORNET_WEIGHTS_MIRROR replaces the base).
+_MIRROR = RELEASE_BASE + 'hornet-{}_3rdparty_in1k_20220915-{}.pth'
+# Not here: the 384 px HorNet-B GF has no mirrored file, and for HorNet-L older mmpretrain documents
+# name hornet-large{,-gf,-gf384}_3rdparty_in21k_20220909-{9ccef421,3aea3b61,80894290}.pth, which the
+# installed metafile does not confirm and whose names say ImageNet-22K heads, not the in22k_ft_in1k
+# 1000-class weights these tags describe. Those tags raise an error naming their origin_url.
 default_cfgs = generate_default_cfgs({
-    'hornet_tiny_7x7.in1k': _cfg(origin_url=_ZOO.format('1ca970586c6043709a3f')),
-    'hornet_tiny_gf.in1k': _cfg(origin_url=_ZOO.format('511faad0bde94dfcaa54')),
-    'hornet_small_7x7.in1k': _cfg(origin_url=_ZOO.format('46422799db2941f7b684')),
-    'hornet_small_gf.in1k': _cfg(origin_url=_ZOO.format('8405c984bf084d2ba85a')),
-    'hornet_base_7x7.in1k': _cfg(origin_url=_ZOO.format('5c86cb3d655d4c17a959')),
-    'hornet_base_gf.in1k': _cfg(origin_url=_ZOO.format('6c84935e63b547f383fb')),
+    'hornet_tiny_7x7.in1k': _cfg(
+        url=_MIRROR.format('tiny', '0e8eedff'), origin_url=_ZOO.format('1ca970586c6043709a3f')),
+    'hornet_tiny_gf.in1k': _cfg(
+        url=_MIRROR.format('tiny-gf', '4c35a66b'), origin_url=_ZOO.format('511faad0bde94dfcaa54')),
+    'hornet_small_7x7.in1k': _cfg(
+        url=_MIRROR.format('small', '5935f60f'), origin_url=_ZOO.format('46422799db2941f7b684')),
+    'hornet_small_gf.in1k': _cfg(
+        url=_MIRROR.format('small-gf', '649ca492'), origin_url=_ZOO.format('8405c984bf084d2ba85a')),
+    'hornet_base_7x7.in1k': _cfg(
+        url=_MIRROR.format('base', 'a06176bb'), origin_url=_ZOO.format('5c86cb3d655d4c17a959')),
+    'hornet_base_gf.in1k': _cfg(
+        url=_MIRROR.format('base-gf', '82c06fa7'), origin_url=_ZOO.format('6c84935e63b547f383fb')),
     'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
     # HorNet-L: pre-trained on ImageNet-22K; the released files carry a 1000-class head
     'hornet_large_7x7.in22k_ft_in1k': _cfg(origin_url=_ZOO.format('a76f7ce114ad4e9c8ffb')),

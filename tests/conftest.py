@@ -7,7 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -180,3 +183,54 @@ def quick_tier(names, quick) -> list:
     missing = set(quick) - set(names)
     assert not missing, f'quick_tier: {missing} not among the parameters'
     return [n if n in quick else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+class _LoopbackHandler(SimpleHTTPRequestHandler):
+    """Serves a folder; files named in ``server.cut`` send their full Content-Length but only
+    the first half of the body, then the connection closes (an interrupted download)."""
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        name = self.path.lstrip('/')
+        if name not in self.server.cut:
+            return super().do_GET()
+        data = open(os.path.join(self.directory, name), 'rb').read()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def loopback_server(tmp_path):
+    """An HTTP server on 127.0.0.1 (a thread) serving ``tmp_path/served``: yields
+    ``(base_url, folder, cut)``; add a file name to the set ``cut`` to break its download midway."""
+    folder = tmp_path / 'served'
+    folder.mkdir()
+    server = ThreadingHTTPServer(('127.0.0.1', 0), partial(_LoopbackHandler, directory=str(folder)))
+    server.cut = set()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_address[1]}', folder, server.cut
+    server.shutdown()
+    server.server_close()
+
+
+def documented_commands(script: str, doc: str = 'TRAINING.md') -> list[list[str]]:
+    """The arguments of every ``python <script> ...`` command in the code blocks of ``doc``
+    (bash line joining and ``#`` comments handled)."""
+    import re
+    import shlex
+    with open(os.path.join(ROOT, doc), encoding='utf-8') as f:
+        text = f.read()
+    found = []
+    for block in re.findall(r'^```\n(.*?)^```', text, re.S | re.M):
+        for line in block.replace('\\\n', '').splitlines():
+            words = shlex.split(line.split('#')[0]) if line.strip() else []
+            if script in words:
+                found.append(words[words.index(script) + 1:])
+    return found

@@ -135,3 +135,65 @@ def test_usage_errors(tmp_path, capsys):
                         '--output', str(tmp_path / 'x.onnx')]) == 2
     assert '.pt2' in capsys.readouterr().err
     assert not (tmp_path / 'x.onnx').exists()
+
+
+# ---------------------------------------------------------------- hub folder
+def _hub_args(ckpt, out, *extra):
+    return ['--model', 'hornet_tiny_gf', '--checkpoint', ckpt, '--format', 'hub', '--output', str(out),
+            *SMALL_ARGS, *extra]
+
+
+def test_hub_folder_round_trip_through_timm_local_dir(tmp_path, capsys):
+    """config.json + model.safetensors + README.md load with timm's local-dir: source, same logits."""
+    import json
+    model = timm.create_model('hornet_tiny_gf', **SMALL, num_classes=3).eval()
+    names = ['n01440764', 'n01443537', 'n01484850']
+    ckpt = tmp_path / 'checkpoint-best.pth'
+    torch.save({'model': model.state_dict(), 'epoch': 7, 'max_accuracy': 81.5, 'label_names': names}, ckpt)
+    out = tmp_path / 'hub'
+    assert export.main(_hub_args(str(ckpt), out, '--input_size', '64')) == 0
+    assert 'verify local-dir load: max abs diff 0.000e+00 (ok)' in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    cfg = json.loads((out / 'config.json').read_text())
+    assert cfg['architecture'] == 'hornet_tiny_gf' and cfg['num_classes'] == 3 and cfg['label_names'] == names
+    assert cfg['model_args']['depths'] == [1, 1, 1, 1] and cfg['model_args']['base_dim'] == 16
+    pc = cfg['pretrained_cfg']
+    assert pc['input_size'] == [3, 64, 64] and pc['crop_pct'] == 0.875 and pc['interpolation'] == 'bicubic'
+    assert pc['mean'] == list(timm.data.IMAGENET_DEFAULT_MEAN) and pc['std'] == list(timm.data.IMAGENET_DEFAULT_STD)
+    assert 'url' not in pc and 'origin_url' not in pc  # not the released weights
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert float((loaded(x) - model(x)).abs().max()) <= 1e-6
+    assert loaded.pretrained_cfg['label_names'] == names
+    card = (out / 'README.md').read_text()
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    assert f'Parameters: {params:.2f} M' in card and 'at 64x64' in card
+    assert 'Top-1 accuracy logged with the checkpoint (epoch 7): 81.50%' in card
+    assert 'license: mit' in card and 'HorNet: Efficient High-Order Spatial Interactions' in card
+    assert "timm.create_model('local-dir:" in card
+
+
+def test_hub_folder_never_overwrites_unasked_or_the_input(tmp_path, capsys):
+    _, ckpt = _small_checkpoint(tmp_path, 'hornet_tiny_gf')
+    out = tmp_path / 'hub'
+    out.mkdir()
+    (out / 'notes.txt').write_text('mine')
+    (out / 'README.md').write_text('old card')
+    assert export.main(_hub_args(ckpt, out)) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'already holds README.md; pass --overwrite' in err
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'notes.txt']
+    assert export.main(_hub_args(ckpt, out, '--overwrite')) == 0
+    assert (out / 'notes.txt').read_text() == 'mine' and (out / 'README.md').read_text() != 'old card'
+    assert 'Accuracy: not logged with the checkpoint' in (out / 'README.md').read_text()
+    # the input checkpoint under one of the output names is never replaced, --overwrite or not
+    inside = out / 'model.safetensors'
+    before = inside.read_bytes()
+    capsys.readouterr()
+    assert export.main(_hub_args(str(inside), out, '--overwrite')) == 2
+    assert 'would overwrite the input checkpoint' in capsys.readouterr().err
+    assert inside.read_bytes() == before
+    (tmp_path / 'file').write_text('x')
+    assert export.main(_hub_args(ckpt, tmp_path / 'file')) == 2
+    assert 'writes a folder' in capsys.readouterr().err

@@ -86,3 +86,23 @@ def test_mmpretrain_checkpoint_loads_into_ours(tmp_path, name):
     with torch.no_grad():
         a, b = ours(x), theirs.eval()(x)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * a.abs().max().item())
+
+
+def test_pretrained_urls_are_the_installed_metafile_weights():
+    """The six ImageNet-1K URLs of our pretrained configs are exactly the weights the installed
+    mmpretrain's HorNet metafile lists, variant for variant (and it lists no HorNet-L file), and
+    each config's origin_url is the release file the metafile says it was converted from."""
+    import os
+
+    import mmpretrain
+    import yaml
+    path = os.path.join(os.path.dirname(mmpretrain.__file__), '.mim', 'configs', 'hornet', 'metafile.yml')
+    with open(path) as f:
+        listed = {m['Name']: (m['Weights'], m['Converted From']['Weights']) for m in yaml.safe_load(f)['Models']}
+    ours = {}
+    for tag in timm.list_pretrained('hornet_*'):
+        cfg = timm.models.get_pretrained_cfg(tag)
+        if cfg.url:
+            size, mixer = tag.split('.')[0].split('_')[1:3]
+            ours[f'hornet-{size}{"-gf" if mixer == "gf" else ""}_3rdparty_in1k'] = (cfg.url, cfg.origin_url)
+    assert len(ours) == 6 and ours == listed

@@ -415,15 +415,17 @@ def test_flops_formula_small_model():
     assert f['conv_linear'] == expected
 
 
-def test_default_cfgs_and_no_implicit_download():
+def test_default_cfgs_and_missing_weights_message():
     for name in LAYOUT:
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         assert cfg['input_size'] == ((3, 384, 384) if name.endswith('img384') else (3, 224, 224))
         assert cfg['crop_pct'] == (1.0 if name.endswith('img384') else 0.875)
         assert cfg['num_classes'] == 1000 and cfg['classifier'] == 'head'
         assert cfg['first_conv'] == 'downsample_layers.0.0' and cfg['mean'] == timm.data.IMAGENET_DEFAULT_MEAN
-    with pytest.raises(ValueError, match=r'pretrained_cfg_overlay=dict\(file=PATH\)'):
-        timm.create_model('hornet_tiny_gf', pretrained=True)
+    # tags without a mirrored file say where the weights are; the others download (tests/test_hub.py)
+    for name in ('hornet_base_gf_img384', 'hornet_large_gf'):
+        with pytest.raises(ValueError, match=r'pretrained_cfg_overlay=dict\(file=PATH\)'):
+            timm.create_model(name, pretrained=True)
 
 
 # ---------------------------------------------------------------- timm conformance (issue 12)
