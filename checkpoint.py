@@ -28,7 +28,7 @@ import secrets
 import socket
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -317,6 +317,39 @@ def check_writable(folder: str, flag: str) -> None:
         raise OutputDirError(f'cannot write to {flag} {folder}: {e.strerror or e}; choose a writable folder') from None
 
 
+def _is_log_row(line: str) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get('epoch'), int)
+
+
+def foreign_log(output_dir: str) -> str | None:
+    """Why ``output_dir/log.txt`` is not a log this project wrote (None: it is ours, or there is none).
+
+    Ours holds one JSON object with an integer ``epoch`` per line and is never empty (a trim to no
+    line removes it); the last line may be cut short by a kill. Anything else (a user's notes, a
+    console log that ``| tee OUTDIR/log.txt`` is writing, an empty file) is someone else's file:
+    it is never appended to, trimmed or removed.
+    """
+    path = os.path.join(output_dir, LOG_NAME)
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isfile(path) or os.path.islink(path):
+        return 'it is not a regular file'
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = f.read().split('\n')
+    # the text after the last newline is '' or a line a kill cut short: not judged
+    body = [ln for ln in lines[:-1] if ln.strip()]
+    if not body:
+        return 'it is empty' if not ''.join(lines).strip() else 'it holds no JSON line of an epoch'
+    bad = next((i for i, ln in enumerate(body) if not _is_log_row(ln)), None)
+    if bad is not None:
+        return f'line {bad + 1} is not a JSON line of an epoch'
+    return None
+
+
 def read_log(output_dir: str) -> list[dict[str, Any]]:
     """The complete JSON lines of ``log.txt`` that carry an integer ``epoch`` (others are skipped)."""
     path = os.path.join(output_dir, LOG_NAME)
@@ -346,7 +379,9 @@ def trim_log(output_dir: str, start_epoch: int) -> int:
     # re-encoded strictly: a bare NaN written by an older version becomes null
     kept = [json.dumps(_finite_or_none(r), allow_nan=False) + '\n'
             for r in read_log(output_dir) if r['epoch'] < start_epoch]
-    if len(kept) != len(lines):
+    if not kept:  # ours is never empty: an empty log.txt is someone else's (see foreign_log)
+        os.remove(path)
+    elif len(kept) != len(lines):
         _write_atomic(path, 'log', lambda f: f.write(''.join(kept).encode('utf-8')))
     return len(lines) - len(kept)
 
@@ -427,6 +462,7 @@ class ResumeState:
     max_accuracy: float = 0.0
     max_accuracy_ema: float = 0.0
     training_state: bool = False  # optimizer, scaler and epoch were restored
+    has_ema: bool = False  # the file held EMA weights
     checkpoint: dict[str, Any] | None = None  # the loaded file
 
     @property
@@ -464,13 +500,17 @@ class CheckpointManager:
         self._created = False
 
     # -- start of a run
-    def open(self, resume: str = '', auto_resume: bool = True, overwrite: bool = False) -> str:
+    def open(self, resume: str = '', auto_resume: bool = True, overwrite: bool = False,
+             keep_files: Sequence[str] = ()) -> str:
         """Lock the folder and decide what to resume from; returns that path ('' for a fresh start).
 
         The newest complete checkpoint in the folder wins (also over an explicit ``resume``), so a
         rerun of any command continues where the last one stopped. Starting over a folder that
         holds another run's checkpoints or log (``auto_resume`` false, or nothing loadable) is
-        refused unless ``overwrite``, which removes those files first.
+        refused unless ``overwrite``, which starts over (also where a checkpoint could be resumed)
+        and removes those files first, but never ``resume`` nor a file in ``keep_files`` (the
+        files the command line reads, e.g. ``--finetune``). A ``log.txt`` this project did not
+        write is refused whatever the flags: it is never appended to, trimmed or removed.
         """
         self._created = not os.path.isdir(self.output_dir)
         try:
@@ -483,13 +523,19 @@ class CheckpointManager:
             removed = clean_temp_files(self.output_dir)
             if removed:
                 logger.info(f'removed temp files of an interrupted save: {", ".join(removed)}')
-            return self._choose_resume(resume, auto_resume, overwrite)
+            foreign = foreign_log(self.output_dir)
+            if foreign:
+                raise OutputDirError(
+                    f'{os.path.join(self.output_dir, LOG_NAME)} is not a log of this project ({foreign}); '
+                    'training writes its log.txt there and never changes a file it did not create: move '
+                    'that file, or choose another --output_dir')
+            return self._choose_resume(resume, auto_resume, overwrite, keep_files)
         except BaseException:
             self.lock.release()
             raise
 
-    def _choose_resume(self, resume: str, auto_resume: bool, overwrite: bool) -> str:
-        latest = find_latest(self.output_dir) if auto_resume else None
+    def _choose_resume(self, resume: str, auto_resume: bool, overwrite: bool, keep_files: Sequence[str]) -> str:
+        latest = find_latest(self.output_dir) if auto_resume and not overwrite else None
         if latest is not None:
             path, epoch = latest
             if resume and os.path.abspath(resume) != os.path.abspath(path):
@@ -501,19 +547,20 @@ class CheckpointManager:
         # a fresh start (or --resume from elsewhere): the folder must not hold another run's results
         results = [os.path.basename(p) for p in list_epoch_checkpoints(self.output_dir)]
         results += [n for n in BEST_NAMES if os.path.exists(os.path.join(self.output_dir, n))]
-        has_log = bool(read_log(self.output_dir))
-        if has_log and not auto_resume:
+        if read_log(self.output_dir):  # epochs of a run with no checkpoint to resume: its results too
             results.append(LOG_NAME)
         if results and not overwrite:
             raise _flag_error(self.output_dir, results, auto_resume)
-        for name in results:
+        named = {os.path.realpath(p) for p in (resume, *keep_files) if p}
+        kept = [n for n in results if os.path.realpath(os.path.join(self.output_dir, n)) in named]
+        removed = [n for n in results if n not in kept]
+        for name in removed:
             os.remove(os.path.join(self.output_dir, name))
-        if results:
-            logger.warning(f'--overwrite: removed {", ".join(results)} from {self.output_dir}')
-        if has_log and auto_resume:
-            # a run that stopped before its first checkpoint: its epochs are trained again
-            logger.warning(f'{self.output_dir}/{LOG_NAME} has epochs but no checkpoint to resume; '
-                           'starting over and rewriting it')
+        if removed:
+            logger.warning(f'--overwrite: removed {", ".join(removed)} from {self.output_dir}')
+        if kept:
+            logger.warning(f'--overwrite: kept {", ".join(kept)}, which the command line reads; a save under '
+                           'the same name replaces it')
         return resume
 
     def close(self) -> None:
@@ -570,29 +617,74 @@ def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer |
         raise CheckpointError(f'checkpoint {path} has non-finite weights ({bad} of {total} values are '
                               'NaN or inf): the model diverged; use an earlier checkpoint')
     model.load_state_dict(state)
-    if model_ema is not None:
-        if isinstance(ckpt.get('model_ema'), dict):
-            model_ema.module.load_state_dict(ckpt['model_ema'])
-        else:
-            model_ema.set(model)  # released checkpoints hold no EMA: start it at the weights
     out = ResumeState(path=path, start_epoch=start_epoch, checkpoint=ckpt)
+    out.has_ema = isinstance(ckpt.get('model_ema'), dict)
+    if model_ema is not None:
+        if out.has_ema:
+            model_ema.module.load_state_dict(ckpt['model_ema'])
+        else:  # released checkpoints hold no EMA: start it at the weights
+            model_ema.set(model)
+            logger.info(f'{path} holds no EMA weights: the EMA starts at the loaded weights')
     if not load_training_state or optimizer is None or 'optimizer' not in ckpt or 'epoch' not in ckpt:
         return out
+    then_args = ckpt.get('args') if isinstance(ckpt.get('args'), dict) else None
+    if current_args is not None and then_args is not None:
+        _check_same_optimizer(path, then_args, current_args)
+    # the command line wins over the file for every optimizer setting (lr scales of --layer_decay,
+    # betas, eps, momentum ...); the file gives the optimizer's state (moments, step counts)
+    settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
     optimizer.load_state_dict(ckpt['optimizer'])
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
     if loss_scaler is not None and ckpt.get('scaler'):
         loss_scaler.load_state_dict(ckpt['scaler'])
     out.training_state = True
     out.start_epoch = int(ckpt['epoch']) + 1
     out.max_accuracy = float(ckpt.get('max_accuracy', 0.0))
     out.max_accuracy_ema = float(ckpt.get('max_accuracy_ema', ckpt.get('max_ema_accuracy', 0.0)))
-    if current_args is not None and isinstance(ckpt.get('args'), dict):
-        then, now = _effective_batch(ckpt['args']), _effective_batch(current_args)
-        if then and now and then != now:
-            logger.warning(
-                f'the effective batch changed: {path} was trained with {math.prod(then)} '
-                f'({then[0]} per process x {then[1]} accumulation x {then[2]} processes), this run uses '
-                f'{math.prod(now)} ({now[0]} x {now[1]} x {now[2]}); the lr schedule is per optimizer step, '
-                'so results will differ from an uninterrupted run (adjust --batch_size/--update_freq to '
-                'keep the product)')
+    if current_args is not None and then_args is not None:
+        _report_changes(path, then_args, current_args, out.start_epoch)
     return out
+
+
+# settings a rerun may change; they apply from the resumed step on (the schedule is recomputed from
+# the command line at every step), and the change is logged
+_RESUMABLE_CHANGES = ('lr', 'min_lr', 'warmup_epochs', 'warmup_steps', 'weight_decay', 'weight_decay_end',
+                      'layer_decay', 'opt_eps', 'opt_betas', 'momentum', 'clip_grad', 'epochs')
+
+
+def _check_same_optimizer(path: str, then: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse a resume with another ``--opt``: the saved state (e.g. AdamW's moments) does not fit it."""
+    opt_then, opt_now = str(then.get('opt', now.get('opt'))).lower(), str(now.get('opt')).lower()
+    if opt_then != opt_now:
+        raise CheckpointError(
+            f'--opt {opt_now} cannot resume {path}, which was trained with --opt {opt_then}: its optimizer state '
+            f'does not carry over; rerun with --opt {opt_then}, or start a new run from its weights with '
+            f'--finetune {path} in another --output_dir')
+
+
+def _report_changes(path: str, then: dict[str, Any], now: dict[str, Any], start_epoch: int) -> None:
+    """Log each setting the command line changes against the checkpoint's, and refuse ``--epochs`` below
+    the epochs the checkpoint already finished."""
+    epochs = now.get('epochs')
+    if isinstance(epochs, int) and start_epoch > epochs:
+        raise CheckpointError(
+            f'{path} has finished {start_epoch} epochs, more than --epochs {epochs}: pass --epochs '
+            f'{then.get("epochs", start_epoch)} (or more) to continue it, or evaluate it with --eval true')
+    changed = [f'--{k} {now[k]} (was {then[k]})' for k in _RESUMABLE_CHANGES
+               if k in then and k in now and then[k] != now[k]]
+    if changed:
+        logger.warning(f'resuming {path} with changed settings, applied from epoch {start_epoch} on: '
+                       + ', '.join(changed))
+    was, is_ = _effective_batch(then), _effective_batch(now)
+    if was and is_ and math.prod(was) != math.prod(is_):
+        logger.warning(
+            f'the effective batch changed: {path} was trained with {math.prod(was)} '
+            f'({was[0]} per process x {was[1]} accumulation x {was[2]} processes), this run uses '
+            f'{math.prod(is_)} ({is_[0]} x {is_[1]} x {is_[2]}); the lr schedule is per optimizer step, '
+            'so results will differ from an uninterrupted run (adjust --batch_size/--update_freq to '
+            'keep the product)')
+    elif was and is_ and was != is_:
+        logger.info(f'same effective batch {math.prod(is_)} as {path}, split as {is_[0]} x {is_[1]} x {is_[2]} '
+                    f'(was {was[0]} x {was[1]} x {was[2]})')
 

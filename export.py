@@ -288,7 +288,9 @@ transform = timm.data.create_transform(**cfg)
 
 def _write_file_atomic(path: str, write) -> None:
     """``write(tmp_path)``, then rename over ``path``: a failed export never leaves a half file."""
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-hornet-export-', dir=os.path.dirname(path))
+    path = os.path.abspath(path)  # the temp keeps the suffix: exporters and loaders go by it (.onnx, .pt2)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-hornet-export-', suffix=os.path.splitext(path)[1],
+                               dir=os.path.dirname(path))
     os.close(fd)
     try:
         write(tmp)
@@ -340,14 +342,23 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
     return paths
 
 
-def hub_output_error(output: str, checkpoint_path: str) -> str | None:
-    """Why ``--output`` cannot take a hub folder (a file there, or the input checkpoint among the
-    files it would write), else None. Checked before anything is read or written."""
-    if os.path.exists(output) and not os.path.isdir(output):
+def output_error(output: str, checkpoint_path: str, fmt: str, overwrite: bool) -> str | None:
+    """Why ``--output`` cannot be written, else None; checked before anything is read or written.
+
+    The input checkpoint is never among the files written, with ``--overwrite`` or without; an
+    existing output file is replaced only with ``--overwrite`` (a hub folder's own files: see
+    :func:`write_hub_folder`)."""
+    hub = fmt == 'hub'
+    targets = [os.path.join(output, f) for f in HUB_FILES] if hub else [output]
+    if hub and os.path.exists(output) and not os.path.isdir(output):
         return f'--format hub writes a folder, but {output} is a file'
-    if checkpoint_path and os.path.realpath(checkpoint_path) in {
-            os.path.realpath(os.path.join(output, f)) for f in HUB_FILES}:
-        return f'--output {output} would overwrite the input checkpoint {checkpoint_path}; pick another folder'
+    if not hub and os.path.isdir(output):
+        return f'--output {output} is a folder; name the file to write, e.g. {os.path.join(output, "model." + fmt)}'
+    if checkpoint_path and os.path.realpath(checkpoint_path) in {os.path.realpath(t) for t in targets}:
+        return (f'--output {output} would overwrite the input checkpoint {checkpoint_path}; '
+                f'pick another {"folder" if hub else "file"}')
+    if not hub and os.path.lexists(output) and not overwrite:
+        return f'{output} exists; pass --overwrite to replace it'
     return None
 
 
@@ -415,7 +426,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--dynamic_batch', action='store_true', help='export with a variable batch dimension')
     parser.add_argument('--output', required=True, help='output file (.onnx or .pt2), or folder (hub)')
     parser.add_argument('--overwrite', action='store_true',
-                        help='hub: replace config.json, model.safetensors and README.md in an existing --output')
+                        help='replace an existing --output file (hub: config.json, model.safetensors and '
+                             'README.md in an existing folder); the input checkpoint is never replaced')
     parser.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
     parser.add_argument('--gf_filter', choices=('auto', 'dft', 'fft'), default='auto',
                         help='GF filter form: dft (matrix products) or fft; auto = dft for onnx, fft '
@@ -436,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'error: torch_export output must end in .pt2 (torch.export.load needs it), got {args.output!r}',
               file=sys.stderr)
         return 2
-    if args.format == 'hub' and (message := hub_output_error(args.output, args.checkpoint)):
+    if message := output_error(args.output, args.checkpoint, args.format, args.overwrite):
         print(f'error: {message}', file=sys.stderr)
         return 2
     try:
@@ -458,11 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     mixer = ('GF filter as DFT matmuls' if use_dft else 'GF filter as torch.fft') if gf else '7x7 dwconv'
     print(f'Exporting {args.model} ({mixer}) at {input_size}x{input_size} to {args.format}: {args.output}')
+    # through a temp file in the same folder: a failed export leaves an older file of the name intact
     with torch.no_grad():
         if args.format == 'onnx':
-            export_onnx(model, example, args.output, args.dynamic_batch, args.opset)
+            _write_file_atomic(args.output, lambda tmp: export_onnx(model, example, tmp, args.dynamic_batch,
+                                                                    args.opset))
         else:
-            export_program(model, example, args.output, args.dynamic_batch)
+            _write_file_atomic(args.output, lambda tmp: export_program(model, example, tmp, args.dynamic_batch))
 
     batches = (1, 3) if args.dynamic_batch else (1,)
     # eager reference: the FFT path, so the check also covers DFT == FFT

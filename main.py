@@ -499,7 +499,8 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         # pick the newest checkpoint; refuses to start over another run's results
         manager = checkpoint.CheckpointManager(args.output_dir, keep=args.save_ckpt_num)
         cleanup.callback(manager.close)
-        resume_path = on_main(lambda: manager.open(args.resume, args.auto_resume, args.overwrite))
+        resume_path = on_main(lambda: manager.open(args.resume, args.auto_resume, args.overwrite,
+                                                   keep_files=[args.finetune]))
     if not args.eval and args.log_dir:
         on_main(lambda: checkpoint.check_writable(args.log_dir, '--log_dir'))
     amp_dtype = amp_dtype_of(args)
@@ -557,11 +558,15 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         logger.info('torch.compile: the first steps compile each kind of HorNet block, once for training and '
                     'once per evaluation batch size (HorNet-T GF on a 2-core CPU: about 1 minute for training)')
     if args.eval:
-        load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
+        loaded = load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
         result = evaluate(val_loader, model, device, amp_dtype, dist_eval)
         _require_finite(0, model, result, what=f'checkpoint {resume_path}')
         stats = {f'test_{k}': v for k, v in result.items()}
-        if model_ema is not None and args.model_ema_eval:
+        if model_ema is not None and args.model_ema_eval and not loaded.has_ema:
+            # an EMA started at the loaded weights would only repeat the model's numbers under 'EMA'
+            logger.warning(f'{resume_path} holds no EMA weights (its run did not use --model_ema true): '
+                           'no EMA evaluation')
+        elif model_ema is not None and args.model_ema_eval:
             ema = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
                            header='Test (EMA):')
             _require_finite(0, model_ema.module, ema, what=f'EMA weights of {resume_path}')
@@ -610,7 +615,11 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
             wandb_logger = utils.WandbLogger(args)
 
     last_epoch = args.epochs if args.run_epochs <= 0 else min(args.epochs, start_epoch + args.run_epochs)
-    logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
+    if start_epoch >= args.epochs:
+        logger.info(f'all {args.epochs} epochs are trained ({resume_path}); nothing to do (pass a larger '
+                    '--epochs to train on, or --eval true to evaluate)')
+    else:
+        logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
     start_time = time.time()
     stats: dict[str, float] = {}
     for epoch in range(start_epoch, last_epoch):

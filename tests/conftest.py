@@ -1,10 +1,12 @@
 """Shared test helpers. The fixtures here apply to every test (autouse); the constants and
 functions are imported by the test modules with ``from conftest import ...`` (pytest puts tests/
 on ``sys.path``)."""
+import hashlib
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -77,6 +79,48 @@ def new_graphs():
         stats = torch._dynamo.utils.counters['stats']
         start = stats['unique_graphs']  # counted since the process started
         yield lambda: stats['unique_graphs'] - start
+
+
+def snapshot(root: str) -> dict:
+    """Every path under ``root`` (hidden ones too) -> (kind, permission bits, size, mtime, sha256 of the
+    bytes or a link's target): what "nothing was changed" compares, before and after a command."""
+    out = {}
+    if not os.path.lexists(root):
+        return out
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            rel = os.path.relpath(path, root)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ('link', None, None, None, os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel + '/'] = ('dir', stat.S_IMODE(st.st_mode), None, None, None)
+            else:
+                with open(path, 'rb') as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out[rel] = ('file', stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> str:
+    """A 3-class image folder (:func:`make_image_folder`), shared by a module's tests."""
+    return make_image_folder(str(tmp_path_factory.mktemp('data')))
+
+
+@pytest.fixture(scope='module')
+def trained(data, tmp_path_factory) -> str:
+    """The folder of a finished 2-epoch run on ``data`` (checkpoint-0/1, best, log.txt, TensorBoard
+    events), written under umask 022; copy it before changing anything in it."""
+    import main as train_main
+    out = str(tmp_path_factory.mktemp('trained') / 'run')
+    old = os.umask(0o022)
+    try:
+        assert train_main.run(tiny_argv(data, out)) == 0
+    finally:
+        os.umask(old)
+    return out
 
 
 def make_image_folder(root: str, classes: int = 3, train_per_class: int = 16, val_per_class: int = 8,

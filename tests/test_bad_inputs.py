@@ -21,9 +21,9 @@ from conftest import (
     MAIN,
     ROOT,
     SMALL_ARGS,
-    make_image_folder,
     read_log,
     run_python,
+    snapshot,
     subprocess_env,
     tensorboard_events,
     tiny_argv,
@@ -40,39 +40,6 @@ class Payload:
 
     def __reduce__(self):
         return exec, (f'open({self.marker!r}, "w").write("pwned")',)
-
-
-def snapshot(root):
-    """Every file under ``root`` (hidden ones too) with its size, mtime and bytes, and every folder."""
-    out = {}
-    if not os.path.exists(root):
-        return out
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            out[os.path.relpath(os.path.join(folder, name), root) + '/'] = None
-        for name in files:
-            path = os.path.join(folder, name)
-            st = os.stat(path)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns, f.read())
-    return out
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(str(tmp_path_factory.mktemp('data')))
-
-
-@pytest.fixture(scope='module')
-def trained(data, tmp_path_factory):
-    """A finished 2-epoch run (checkpoint-0/1, best, log.txt), written under umask 022."""
-    out = str(tmp_path_factory.mktemp('trained') / 'run')
-    old = os.umask(0o022)
-    try:
-        assert train_main.run(tiny_argv(data, out)) == 0
-    finally:
-        os.umask(old)
-    return out
 
 
 @pytest.fixture(scope='module')
@@ -146,7 +113,7 @@ CASES = [
      'checkpoint-best.pth, log.txt) that this run would overwrite; rerun with --auto_resume true'),
     ('resume-x-over-used', 'main', '--auto_resume false --resume {trained}/checkpoint-0.pth', 'used', 2,
      'pass --overwrite true to replace them'),
-    ('unloadable-in-dir', 'main', '', 'broken', 2, 'already holds results of another run (checkpoint-1.pth)'),
+    ('unloadable-in-dir', 'main', '', 'broken', 2, 'already holds results of another run (checkpoint-1.pth, log.txt)'),
     ('second-live-run', 'main', '', 'locked', 2, '--output_dir {out} is in use by another run (pid'),
     # item 7: found at start-up, before anything is written
     ('save-freq-0', 'main', '--save_ckpt_freq 0', 'none', 2, '--save_ckpt_freq must be >= 1, got 0'),
@@ -163,6 +130,24 @@ CASES = [
      'cannot create --output_dir {tmp}/afile/out: Not a directory'),
     ('unwritable-log-dir', 'main', '--log_dir {tmp}/afile/tb', 'afile', 2,
      'cannot write to --log_dir {tmp}/afile/tb: Not a directory'),
+    # files the project did not create are never changed: a user's log.txt, a `| tee OUTDIR/log.txt`
+    ('foreign-log', 'main', '', 'notes', 2,
+     '{out}/log.txt is not a log of this project (line 1 is not a JSON line of an epoch); training writes'),
+    ('foreign-log-overwrite', 'main', '--overwrite true', 'notes', 2, '{out}/log.txt is not a log of this project'),
+    ('tee-log', 'main', '', 'tee', 2, '{out}/log.txt is not a log of this project (it is empty)'),
+    ('export-over-input', 'export', '--checkpoint {out}/checkpoint-1.pth --output {out}/checkpoint-1.pth', 'used', 2,
+     '--output {out}/checkpoint-1.pth would overwrite the input checkpoint {out}/checkpoint-1.pth; pick another file'),
+    ('export-over-input-overwrite', 'export',
+     '--checkpoint {out}/checkpoint-1.pth --output {out}/checkpoint-1.pth --overwrite', 'used', 2,
+     'would overwrite the input checkpoint'),
+    ('export-existing-output', 'export', '--checkpoint {out}/checkpoint-1.pth --output {out}/log.txt', 'used', 2,
+     '{out}/log.txt exists; pass --overwrite to replace it'),
+    # a resumed run is the run the command line describes, or it does not start
+    ('resume-other-opt', 'main', '--opt sgd', 'used', 2,
+     '--opt sgd cannot resume {out}/checkpoint-1.pth, which was trained with --opt adamw: its optimizer state '
+     'does not carry over'),
+    ('resume-fewer-epochs', 'main', '--epochs 1', 'used', 2,
+     '{out}/checkpoint-1.pth has finished 2 epochs, more than --epochs 1: pass --epochs 2 (or more)'),
 ]
 
 
@@ -182,6 +167,10 @@ def test_bad_input(case, data, trained, files, tmp_path, capsys):
             f.truncate(1000)
     if state == 'afile':
         (tmp_path / 'afile').write_text('not a folder')
+    if state in ('notes', 'tee'):  # a log.txt someone else wrote: notes, or an empty file tee opened
+        os.makedirs(out)
+        with open(os.path.join(out, 'log.txt'), 'w') as f:
+            f.write('my notes about this run\n' if state == 'notes' else '')
     lock = None
     if state == 'locked':  # a live run holds the folder (another fd: flock conflicts within a process too)
         lock = checkpoint.RunLock(out)

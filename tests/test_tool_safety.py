@@ -1,10 +1,8 @@
 """Issue 11 items 2, 3, 8, 9: the tools never destroy user files, never run code from checkpoint
 files, and turn careless input into a one-line message with exit code 2."""
 import gzip
-import hashlib
 import os
 import socket
-import stat
 
 import numpy as np
 import pytest
@@ -12,29 +10,8 @@ from PIL import Image
 
 import datasets
 import main as train_main
-from conftest import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, subprocess_env, tiny_argv
+from conftest import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, snapshot, subprocess_env, tiny_argv
 from utils import TrainingError
-
-
-def snapshot(root: str) -> dict:
-    """Every path under ``root`` (itself included) -> (kind, permission bits, sha256 of contents)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [''] if dirpath == root else []:
-            out[name] = ('dir', stat.S_IMODE(os.lstat(root).st_mode), None)
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ('link', None, os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ('dir', stat.S_IMODE(st.st_mode), None)
-            else:
-                with open(path, 'rb') as f:
-                    out[rel] = ('file', stat.S_IMODE(st.st_mode), hashlib.sha256(f.read()).hexdigest())
-    return out
-
 
 # ----------------------------------------------------------------------------- DEMO export (item 2)
 

@@ -13,11 +13,6 @@ import main as train_main
 from conftest import MAIN, ROOT, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
 
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    return make_image_folder(str(tmp_path_factory.mktemp('data')))
-
-
 def _weights_only(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 

@@ -1,0 +1,188 @@
+"""The run folder (checkpoint.py) as main.py uses it: which files a run may write, replace or remove,
+and how a rerun continues: the run the command line describes, or a one-line refusal."""
+import os
+import shutil
+import tempfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import checkpoint
+import main as train_main
+from conftest import read_log, snapshot, tiny_argv
+
+# what the project writes into --output_dir; everything else there belongs to someone else
+OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', checkpoint.TMP_PREFIX, checkpoint.LOCK_NAME)
+FOREIGN = {
+    'notes.txt': b'what I tried\n',
+    'my-model.pth': b'PK\x03\x04 not ours',
+    '.ipynb_checkpoints/log-checkpoint.txt': b'{}',
+    'sub/checkpoint-9.pth': b'a file of the same name, one folder down',
+}
+
+
+def _foreign(snap: dict) -> dict:
+    """The entries of a snapshot of the case's folder that are not the run's own: its output folder
+    and the files directly in it with our names (log.txt is compared on its own)."""
+    def ours(key: str) -> bool:
+        name = key[len('out/'):]
+        return key == 'out/' or (key.startswith('out/') and '/' not in name and (
+            name.startswith(OURS_PREFIXES) or name == 'log.txt'))
+    return {k: v for k, v in snap.items() if not ours(k)}
+
+
+@pytest.mark.slow
+@settings(max_examples=12, phases=[Phase.explicit, Phase.reuse, Phase.generate],  # each example is a run: no shrinking
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    folder=st.sampled_from(['absent', 'empty', 'trained', 'notes-log']),
+    foreign=st.sets(st.sampled_from(sorted(FOREIGN)), max_size=3),
+    overwrite=st.booleans(),
+    auto_resume=st.booleans(),
+    resume=st.sampled_from(['', 'inside', 'outside']),
+    finetune=st.sampled_from(['', 'inside', 'outside']),
+    epochs=st.integers(1, 3),
+    evaluate=st.booleans(),
+)
+def test_no_rerun_changes_a_file_the_project_did_not_create(
+        data, trained, capsys, folder, foreign, overwrite, auto_resume, resume, finetune, epochs, evaluate):
+    """Whatever the flags and the folder's state: the exit code is 0 or 2 (an error: one line on
+    stderr, no traceback), every file the project did not create (a user's notes, a log.txt that is
+    not ours, files in subfolders) keeps its bytes and mtime, and the files that --resume and
+    --finetune name still exist afterwards."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, 'out')
+        if folder == 'trained':
+            shutil.copytree(trained, out)
+        elif folder != 'absent':
+            os.makedirs(out)
+        if folder == 'notes-log':
+            with open(os.path.join(out, 'log.txt'), 'w') as f:
+                f.write('epoch 0 looked fine\n')
+        if folder != 'absent':
+            for rel in foreign:
+                os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+                with open(os.path.join(out, rel), 'wb') as f:
+                    f.write(FOREIGN[rel])
+        outside = os.path.join(tmp, 'elsewhere.pth')
+        shutil.copy2(os.path.join(trained, 'checkpoint-0.pth'), outside)
+        named = {'': '', 'outside': outside,
+                 'inside': os.path.join(out, 'checkpoint-0.pth') if folder == 'trained' else outside}
+        argv = tiny_argv(data, out, epochs=epochs, run_epochs=1, overwrite=str(overwrite).lower(),
+                         auto_resume=str(auto_resume).lower(), resume=named[resume], finetune=named[finetune],
+                         eval='true' if evaluate else None)
+        before = snapshot(tmp)
+        capsys.readouterr()
+        rc = train_main.run(argv)
+        err = capsys.readouterr().err
+        assert rc in (0, 2), err
+        if rc == 2:
+            assert len(err.strip().splitlines()) == 1 and err.startswith('error: '), err
+        after = snapshot(tmp)
+        assert _foreign(after) == _foreign(before)
+        if folder == 'notes-log':  # never appended to, trimmed or removed
+            assert after['out/log.txt'] == before['out/log.txt']
+        for path in (named[resume], named[finetune]):
+            assert not path or os.path.isfile(path)
+        if rc == 0 and not evaluate:
+            assert read_log(out)  # the run's own log, strict JSON
+
+
+@pytest.mark.slow
+def test_overwrite_starts_over_even_where_a_checkpoint_could_resume(data, trained, tmp_path, capsys):
+    """--overwrite true with auto-resume (the default) starts over instead of resuming and training
+    nothing; the file that --resume names is kept (and resumed from), the other results removed."""
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out, epochs=2, overwrite='true')) == 0
+    text = capsys.readouterr().out
+    assert 'training epochs 0..1 of 2' in text and [r['epoch'] for r in read_log(out)] == [0, 1]
+
+    out2 = str(tmp_path / 'out2')
+    shutil.copytree(trained, out2)
+    keep = os.path.join(out2, 'checkpoint-0.pth')
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out2, epochs=2, overwrite='true', resume=keep, save_ckpt='false')) == 0
+    text = capsys.readouterr().out
+    assert '--overwrite: removed checkpoint-1.pth, checkpoint-best.pth, log.txt' in text
+    assert '--overwrite: kept checkpoint-0.pth, which the command line reads' in text
+    assert 'continuing at epoch 1' in text and [r['epoch'] for r in read_log(out2)] == [1]
+    assert sorted(n for n in os.listdir(out2) if n.endswith('.pth')) == ['checkpoint-0.pth']
+
+
+@pytest.mark.slow
+def test_resume_applies_changed_optimizer_settings(data, trained, tmp_path, capsys):
+    """A rerun with another --layer_decay and --opt_betas continues with them (the lr scales and
+    betas of every group), says so, and keeps the optimizer's moments; the same effective batch
+    split differently (4 x 2 instead of 8 x 1) is not reported as a change of the batch."""
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    then = torch.load(os.path.join(out, 'checkpoint-1.pth'), weights_only=True)['optimizer']
+    capsys.readouterr()
+    argv = tiny_argv(data, out, epochs=3, layer_decay=0.5, opt_betas='0.8 0.99', batch_size=4, update_freq=2)
+    assert train_main.run(argv) == 0
+    text = capsys.readouterr().out
+    assert (f'resuming {out}/checkpoint-1.pth with changed settings, applied from epoch 2 on: --layer_decay 0.5 '
+            '(was 1.0), --opt_betas [0.8, 0.99] (was None)') in text
+    assert 'the effective batch changed' not in text
+    assert f'same effective batch 8 as {out}/checkpoint-1.pth, split as 4 x 2 x 1 (was 8 x 1 x 1)' in text
+    now = torch.load(os.path.join(out, 'checkpoint-2.pth'), weights_only=True)['optimizer']
+    assert len(now['param_groups']) == len(then['param_groups'])
+    for group in now['param_groups']:
+        assert group['lr_scale'] == pytest.approx(0.5 ** (13 - group['layer_id']))
+        assert tuple(group['betas']) == (0.8, 0.99)
+    # the moments went on from the checkpoint's: the step count of every parameter grew by epoch 2's steps
+    steps = {int(s['step']) for s in now['state'].values()}
+    assert steps == {int(s['step']) + 6 for s in then['state'].values()}
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_trains_nothing_and_keeps_its_files(data, trained, tmp_path, capsys):
+    """The same command again on a finished run: exit 0, nothing trained, and its checkpoints and
+    log.txt byte for byte as they were."""
+    out = str(tmp_path / 'out')
+    shutil.copytree(trained, out)
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith('events.')}
+    capsys.readouterr()
+    assert train_main.run(tiny_argv(data, out)) == 0
+    assert 'all 2 epochs are trained' in capsys.readouterr().out
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith('events.')} == before
+
+
+@pytest.mark.slow
+def test_ema_evaluation_needs_ema_weights(data, trained, capsys):
+    """--eval with --model_ema_eval on a checkpoint without EMA weights says so and reports no EMA
+    numbers (an EMA started at the loaded weights would repeat the model's own accuracy)."""
+    capsys.readouterr()
+    stats = train_main.main(train_main.parse_args(tiny_argv(
+        data, '', eval='true', resume=os.path.join(trained, 'checkpoint-1.pth'), model_ema='true',
+        model_ema_eval='true')))
+    text = capsys.readouterr().out
+    assert 'holds no EMA weights (its run did not use --model_ema true): no EMA evaluation' in text
+    assert 'Test (EMA)' not in text and not any(k.endswith('_ema') for k in stats)
+    assert stats['test_acc1'] == pytest.approx(read_log(trained)[-1]['test_acc1'])
+
+
+def test_log_written_by_someone_else_is_recognised(tmp_path):
+    """Our log.txt: one JSON object with an integer epoch per line (the last may be cut short by a
+    kill); anything else, an empty file included, is someone else's."""
+    cases = {
+        '{"epoch": 0, "train_loss": 1.0}\n': None,
+        '{"epoch": 0}\n{"epoch": 1, "tr': None,
+        '': 'it is empty',
+        '\n\n': 'it is empty',
+        'notes\n': 'line 1 is not a JSON line of an epoch',
+        '{"epoch": 0}\nstep 3 loss 1.2\n': 'line 2 is not a JSON line of an epoch',
+        '{"epoch": "0"}\n': 'line 1 is not a JSON line of an epoch',
+        '{"epoch": 0, "tr': 'it holds no JSON line of an epoch',
+    }
+    for text, reason in cases.items():
+        (tmp_path / 'log.txt').write_text(text)
+        assert checkpoint.foreign_log(str(tmp_path)) == reason, text
+    (tmp_path / 'log.txt').unlink()
+    assert checkpoint.foreign_log(str(tmp_path)) is None
+    checkpoint.append_log(str(tmp_path), {'epoch': 0})
+    assert checkpoint.trim_log(str(tmp_path), 0) == 1 and not os.path.exists(tmp_path / 'log.txt')
