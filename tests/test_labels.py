@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -382,6 +382,7 @@ def test_generated_layouts_train_consistently(tmp_path_factory, capsys, lay):
     out = os.path.join(root, 'out')
     torch.manual_seed(0)
     rc, _, err = run(argv(root, out, batch_size=2, nb_classes=len(lay['train'])), capsys)
+    event(f'exit {rc}')
     assert rc in (0, 2)
     if rc == 2:
         one_line_error(rc, err)
