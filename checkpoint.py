@@ -454,6 +454,19 @@ class RunLock:
 
 # ----------------------------------------------------------------------------- the run's folder
 
+LABEL_NAMES = 'label_names'  # the class list a model was trained with (also the hub config's key)
+
+
+def label_names(ckpt: dict[str, Any]) -> list[str] | None:
+    """The class names (in label order) a checkpoint was trained with, or None if it does not say
+    (released weights, older checkpoints)."""
+    for k in (LABEL_NAMES, 'class_names'):
+        names = ckpt.get(k)
+        if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
+
+
 @dataclass
 class ResumeState:
     """Where a resumed run continues: the first epoch to train and the best accuracies so far."""

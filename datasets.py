@@ -22,6 +22,7 @@ Data sets at scale go through timm's ``create_dataset`` (see :func:`build_timm_d
 """
 import argparse
 import contextlib
+import functools
 import gzip
 import importlib.metadata
 import importlib.util
@@ -32,7 +33,7 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -65,15 +66,110 @@ class CorruptImageError(TrainingError):
     """An image file that PIL cannot decode."""
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB. 16-bit and 32-bit integer images are scaled to 8 bits (a 16-bit
+    container by 1/257) and float images from [0, 1] (or, outside it, from their min..max), where
+    PIL's own ``convert`` clips them (a 16-bit PNG came out almost white, a float TIFF black)."""
+    if img.mode == 'F' or img.mode == 'I' or img.mode.startswith('I;16'):
+        a = np.asarray(img, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if img.mode == 'F':
+            if lo >= 0 and hi <= 1:
+                lo, hi = 0.0, 1.0
+        else:
+            lo = min(lo, 0.0)
+            hi = 65535.0 if img.mode.startswith('I;16') or 255 < hi <= 65535 else max(hi, 255.0)
+        a = np.nan_to_num((a - lo) * (255.0 / max(hi - lo, 1e-12)), nan=0.0, posinf=255.0, neginf=0.0)
+        img = Image.fromarray(a.clip(0, 255).round().astype(np.uint8), mode='L')
+    return img.convert('RGB')
+
+
 def pil_loader(path: str) -> Image.Image:
-    """Open an image as RGB; a file that cannot be decoded raises :class:`CorruptImageError`
-    naming it (the error crosses DataLoader worker boundaries with its message intact)."""
+    """Open an image as RGB (:func:`to_rgb`; EXIF orientation is not applied, as in the original's
+    training); a file that cannot be decoded raises :class:`CorruptImageError` naming it (the
+    error crosses DataLoader worker boundaries with its message intact)."""
     try:
         with open(path, 'rb') as f:
             img = Image.open(f)
-            return img.convert('RGB')
+            return to_rgb(img)
     except Exception as e:
         raise CorruptImageError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith('.')
+
+
+def walk_images(root: str) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, sorted file names)`` under ``root`` (``root`` first, then depth first in name
+    order). Symbolic links are followed, but a link to a folder on the way down from ``/`` (a
+    loop) is not entered, and hidden names (``.ipynb_checkpoints``, ``.DS_Store``) are skipped:
+    each image is listed once and the scan ends."""
+    real, ancestors = os.path.realpath(root), set()
+    while True:
+        parent = os.path.dirname(real)
+        if parent == real:
+            break
+        ancestors.add(parent)
+        real = parent
+    stack = [(root, frozenset(ancestors))]
+    while stack:
+        folder, above = stack.pop()
+        real = os.path.realpath(folder)
+        if real in above:
+            continue  # a link back to a folder above: a loop
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        files, dirs = [], []
+        for e in entries:
+            if _hidden(e.name):
+                continue
+            try:
+                (dirs if e.is_dir() else files).append(e.name)
+            except OSError:
+                continue
+        yield folder, files
+        for d in reversed(dirs):
+            stack.append((os.path.join(folder, d), above | {real}))
+
+
+class ClassFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder scanned by :func:`walk_images` (no hidden classes or files,
+    link loops entered once); a folder holding ``train``/``val`` sub-folders is refused."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+        splits = [c for c in classes if c.lower() in ('train', 'training')]
+        evals = [c for c in classes if c.lower() in ('val', 'validation', 'valid', 'test')]
+        if splits and evals:
+            raise TrainingError(
+                f'{directory} holds the split folders {splits[0]}/ and {evals[0]}/, not one folder per class: '
+                f'use --data_set IMNET --data_path {directory}, or give the split folders themselves '
+                f'(--data_path {os.path.join(directory, splits[0])} '
+                f'--eval_data_path {os.path.join(directory, evals[0])})')
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        exts = tuple(e.lower() for e in (extensions or datasets.folder.IMG_EXTENSIONS))
+        samples, empty = [], []
+        for name, index in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            n = len(samples)
+            for folder, files in walk_images(os.path.join(directory, name)):
+                paths = (os.path.join(folder, f) for f in files)
+                samples.extend((p, index) for p in paths
+                               if (is_valid_file(p) if is_valid_file else p.lower().endswith(exts)))
+            if len(samples) == n:
+                empty.append(name)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f'Found no valid file for the classes {", ".join(empty)}.')
+        return samples
 
 
 def _image_folder(root: str, transform: Callable, flag: str) -> datasets.ImageFolder:
@@ -81,7 +177,7 @@ def _image_folder(root: str, transform: Callable, flag: str) -> datasets.ImageFo
         raise TrainingError(f'{flag}: expected a folder {root} with one sub-folder of images per class, '
                             'but it does not exist')
     try:
-        return datasets.ImageFolder(root, transform=transform, loader=pil_loader)
+        return ClassFolder(root, transform=transform, loader=pil_loader)
     except FileNotFoundError as e:  # no class folders, or class folders without images
         raise TrainingError(f'{flag}: the folder {root} holds no images in class sub-folders ({e})') from None
 
@@ -227,7 +323,8 @@ class IdxDataset(Dataset):
         self.targets = _read_idx(_find_idx(root, f'{prefix}-labels-idx1-ubyte')).astype(np.int64)
         if len(self.images) != len(self.targets):
             raise TrainingError(f'{root}: {len(self.images)} {prefix} images but {len(self.targets)} labels')
-        self.classes = [str(c) for c in range(int(self.targets.max()) + 1)]
+        # the 10 digits (or garments), more if the labels go higher
+        self.classes = [str(c) for c in range(max(int(self.targets.max()) + 1, 10))]
         self.transform = transform
 
     def __len__(self) -> int:
@@ -240,38 +337,133 @@ class IdxDataset(Dataset):
 
 # ----------------------------------------------------------------------------- public API
 
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The class list of a data set: names in label order (class folders, a ClassLabel feature, a
+    class map), or None for data that carries bare integer labels (most streams)."""
+    reader = getattr(dataset, 'reader', None)
+    for attr in ('class_to_idx', 'class_name_to_idx'):
+        mapping = getattr(reader, attr, None)
+        if mapping:
+            if sorted(int(v) for v in mapping.values()) != list(range(len(mapping))):
+                return None  # several names per label, or gaps: no one name per class
+            return [str(k) for k, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
+    classes = getattr(dataset, 'classes', None)
+    return [str(c) for c in classes] if classes else None
+
+
+def _listed(names: Sequence[str], most: int = 8) -> str:
+    shown = ', '.join(repr(n) for n in names[:most])
+    return shown + (f' and {len(names) - most} more' if len(names) > most else '')
+
+
+def check_same_classes(found: Sequence[str], expected: Sequence[str], found_what: str, expected_what: str) -> None:
+    """Label i must mean the same class in ``found`` as in ``expected`` (names, in order).
+
+    Raises:
+        TrainingError: naming the classes only one side has, or the first one in another place.
+    """
+    found, expected = list(found), list(expected)
+    if found == expected:
+        return
+    only_found = [c for c in found if c not in set(expected)]
+    only_expected = [c for c in expected if c not in set(found)]
+    if only_found or only_expected:
+        parts = ([f'only {expected_what} has {_listed(only_expected)}'] if only_expected else []) + \
+                ([f'only {found_what} has {_listed(only_found)}'] if only_found else [])
+        raise TrainingError(f'{found_what} and {expected_what} have different classes ({"; ".join(parts)}): a '
+                            'label would mean different things; give both the same class names')
+    i = next(i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b) \
+        if len(found) == len(expected) else min(len(found), len(expected))
+    raise TrainingError(f'{found_what} orders its classes differently from {expected_what}: label {i} is '
+                        f'{found[i]!r} there but {expected[i]!r} in {expected_what}; give both the same class order')
+
+
+def validate_classes(dataset: Dataset, args: argparse.Namespace, is_train: bool, where: str,
+                     classes: Sequence[str] | None = None, classes_from: str = 'the model',
+                     count: int | None = None) -> int:
+    """The one check of a data set's class list; returns its number of classes.
+
+    ``classes`` is the model's class list (the training set's, or a checkpoint's; ``classes_from``
+    says which). A data set that
+    names its classes is compared with it by name (:func:`check_same_classes`); otherwise, and
+    when no list is known, its class count (``count``, default: the names') is compared with
+    ``--nb_classes``. No class name starts with '.' (hidden folders are never classes).
+    """
+    names = class_names(dataset)
+    if names is not None:
+        hidden = [n for n in names if n.startswith('.')]
+        if hidden:
+            raise TrainingError(f'{where}: the class names {_listed(hidden)} are hidden names (starting with "."); '
+                                'rename or remove them')
+    found = count if count is not None else (len(names) if names is not None else None)
+    if classes is not None and names is not None:
+        check_same_classes(names, classes, f'{where} ({"training" if is_train else "evaluation"} data)',
+                           classes_from)
+        return len(classes)
+    expected = len(classes) if classes is not None else args.nb_classes
+    if found is None:
+        if expected is None:
+            raise TrainingError(f'--data_set {args.data_set} does not name its classes; pass --nb_classes N '
+                                '(or --class_map FILE)')
+        return expected
+    if expected is None or found == expected:
+        return found
+    unit = 'class folders' if isinstance(dataset, datasets.ImageFolder) else 'classes'
+    if not is_train:  # the model's classes are fixed by now: the data must change, not --nb_classes
+        raise TrainingError(f'{where} has {found} {unit} but the model has {expected} (from the training data, '
+                            'the checkpoint or --nb_classes); the evaluation data needs the same classes')
+    if args.data_set == 'image_folder':
+        raise TrainingError(f'{where} has {found} {unit} but --nb_classes is {expected}; --data_set '
+                            'image_folder takes the class count from --data_path: leave --nb_classes out')
+    raise TrainingError(f'{where} has {found} {unit} but --nb_classes is {expected}; pass --nb_classes {found}')
+
+
+
 def build_transform(is_train: bool, args: argparse.Namespace) -> Callable:
     """timm's ImageNet train/eval transforms; inputs of 32 px or less (CIFAR, digits) get a
-    resize plus padded random crop instead of random-resized crops, which would ruin them."""
+    resize plus padded random crop instead of random-resized crops, which would ruin them.
+    Evaluation: :func:`eval_transform`."""
+    if not is_train:
+        return eval_transform(args.input_size, args.crop_pct, args.imagenet_default_mean_and_std)
     if args.imagenet_default_mean_and_std:
         mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     else:
         mean, std = IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-    small = args.input_size <= 32
-    if is_train:
-        aa = None if str(args.aa).lower() in ('', 'none') else args.aa
-        if aa:
-            patch_timm_posterize()  # Pillow 13 rejects the 0-bit posterize of the inc1 policies
-        t = create_transform(
-            input_size=args.input_size, is_training=True, color_jitter=args.color_jitter or None,
-            auto_augment=aa, interpolation=args.train_interpolation, re_prob=args.reprob,
-            re_mode=args.remode, re_count=args.recount, re_num_splits=2 if args.resplit else 0,
-            mean=mean, std=std, hflip=args.hflip)
-        if small:
-            t.transforms[0] = transforms.Compose([
-                transforms.Resize(args.input_size),
-                transforms.RandomCrop(args.input_size, padding=args.input_size // 8)])
-        return t
-    # evaluation, as the original: from 384 px up the whole image is resized to a square (no crop,
-    # crop_pct ignored); below, the short side goes to size / crop_pct and the centre is cropped
-    size = args.input_size
+    aa = None if str(args.aa).lower() in ('', 'none') else args.aa
+    if aa:
+        patch_timm_posterize()  # Pillow 13 rejects the 0-bit posterize of the inc1 policies
+    t = create_transform(
+        input_size=args.input_size, is_training=True, color_jitter=args.color_jitter or None,
+        auto_augment=aa, interpolation=args.train_interpolation, re_prob=args.reprob,
+        re_mode=args.remode, re_count=args.recount, re_num_splits=2 if args.resplit else 0,
+        mean=mean, std=std, hflip=args.hflip)
+    if args.input_size <= 32:
+        t.transforms[0] = transforms.Compose([
+            transforms.Resize(args.input_size),
+            transforms.RandomCrop(args.input_size, padding=args.input_size // 8)])
+    return t
+
+
+def eval_transform(input_size: int, crop_pct: float | None = None,
+                   imagenet_default_mean_and_std: bool = True) -> transforms.Compose:
+    """The one evaluation preprocessing: the per-epoch validation, ``main.py --eval``, predict.py
+    and validate.py all build theirs here (same flags as ``main.py``).
+
+    As the original: from 384 px up the whole image is resized to a square (no crop, ``crop_pct``
+    ignored); below, the short side goes to ``input_size / crop_pct`` and the centre is cropped
+    (default ``crop_pct``: 224/256, or 1.0 for inputs of 32 px or less).
+    """
+    if imagenet_default_mean_and_std:
+        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        mean, std = IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+    size = input_size
     bicubic = transforms.InterpolationMode.BICUBIC
     if size >= 384:
         resize = [transforms.Resize((size, size), interpolation=bicubic)]
     else:
-        crop_pct = args.crop_pct
         if crop_pct is None:
-            crop_pct = 1.0 if small else 224 / 256
+            crop_pct = 1.0 if size <= 32 else 224 / 256
         resize = [transforms.Resize(int(size / crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
     return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
@@ -288,20 +480,25 @@ def prepare_data(args: argparse.Namespace) -> None:
             build_timm_dataset(False, args, None)
 
 
-def build_dataset(is_train: bool, args: argparse.Namespace) -> tuple[Dataset, int]:
+def build_dataset(is_train: bool, args: argparse.Namespace, classes: Sequence[str] | None = None,
+                  classes_from: str = 'the model') -> tuple[Dataset, int]:
     """The train or eval data set named by ``--data_set`` and its number of classes.
 
     ``image_folder`` takes its class count from the folder (``--nb_classes`` may be left out);
-    ``IMNET`` expects ``--nb_classes`` (default 1000) class folders.
+    ``IMNET`` expects ``--nb_classes`` (default 1000) class folders. ``classes``: the model's
+    class list (the training set's or a checkpoint's), which the data set's must equal
+    (:func:`validate_classes`).
 
     Raises:
-        TrainingError: missing or empty folders (naming the expected folder), or a class count
-            that differs from ``--nb_classes`` for ImageNet-style folders.
+        TrainingError: missing or empty folders (naming the expected folder), class names other
+            than ``classes``, or a class count that differs from ``--nb_classes``.
     """
     transform = build_transform(is_train, args)
     name = args.data_set
     if is_timm_data_set(name):
-        return build_timm_dataset(is_train, args, transform)
+        return build_timm_dataset(is_train, args, transform, classes, classes_from)
+    check = functools.partial(validate_classes, args=args, is_train=is_train, classes=classes,
+                              classes_from=classes_from)
     if name == 'CIFAR':
         try:
             ds = datasets.CIFAR100(args.data_path, train=is_train, transform=transform, download=False)
@@ -309,40 +506,32 @@ def build_dataset(is_train: bool, args: argparse.Namespace) -> tuple[Dataset, in
             raise TrainingError(f'--data_set CIFAR: expected CIFAR-100 extracted at '
                                 f'{os.path.join(args.data_path, "cifar-100-python")} (nothing is '
                                 'downloaded at run time)') from None
+        if classes is not None:
+            check(ds, where=f'--data_set CIFAR {args.data_path}')
         return ds, 100
     if name == 'DEMO':
-        split = 'train' if is_train else 'val'
-        ds = _image_folder(os.path.join(args.data_path, split), transform, '--data_path (DEMO cache)')
-        return ds, len(ds.classes)
+        root = os.path.join(args.data_path, 'train' if is_train else 'val')
+        ds = _image_folder(root, transform, '--data_path (DEMO cache)')
+        return ds, check(ds, where=root) if classes is not None else len(ds.classes)
     if name == 'MNIST':
         ds = IdxDataset(args.data_path, is_train, transform)
-        return ds, max(len(ds.classes), 10)
+        if classes is not None:
+            check(ds, where=f'--data_set MNIST {args.data_path}')
+        return ds, len(ds.classes)
     if name == 'IMNET':
         root = os.path.join(args.data_path, 'train' if is_train else 'val')
         ds = _image_folder(root, transform, '--data_path')
-    elif name == 'image_folder':
+        if classes is None and args.nb_classes is None:
+            args = argparse.Namespace(**{**vars(args), 'nb_classes': 1000})
+        return ds, validate_classes(ds, args, is_train, root, classes, classes_from)
+    if name == 'image_folder':
         root = args.data_path if is_train else args.eval_data_path
         if root is None:
             raise TrainingError('--data_set image_folder evaluates on --eval_data_path; give it, '
                                 'or pass --disable_eval true')
         ds = _image_folder(root, transform, '--data_path' if is_train else '--eval_data_path')
-    else:
-        raise TrainingError(f'unknown --data_set {name!r}; choose one of {", ".join(DATA_SETS)}')
-    found = len(ds.classes)
-    if name == 'image_folder':
-        if args.nb_classes is not None and found != args.nb_classes:
-            # main.py sets nb_classes from the training folder before the evaluation folder is read
-            raise TrainingError(
-                f'{root} has {found} class folders but --nb_classes is {args.nb_classes}; --data_set '
-                'image_folder takes the class count from --data_path: leave --nb_classes out' if is_train else
-                f'{root} has {found} class folders but the model has {args.nb_classes} classes (--nb_classes '
-                'or the --data_path class folders); the evaluation folder needs the same classes')
-        return ds, found
-    expected = 1000 if args.nb_classes is None else args.nb_classes
-    if found != expected:
-        raise TrainingError(f'{root} has {found} class folders but --nb_classes is {expected}; '
-                            f'pass --nb_classes {found}')
-    return ds, expected
+        return ds, check(ds, where=root)
+    raise TrainingError(f'unknown --data_set {name!r}; choose one of {", ".join(DATA_SETS)}')
 
 
 class ShardedEvalSampler(Sampler):
@@ -489,31 +678,100 @@ def _count_classes(dataset: Dataset) -> int | None:
     return len(classes) if classes else None
 
 
-def build_timm_dataset(is_train: bool, args: argparse.Namespace,
-                       transform: Callable | None) -> tuple[Dataset, int]:
+def _folder_reader(root: str, class_map: str):
+    """timm's folder reader over :func:`walk_images` (hidden names skipped, link loops entered once);
+    labels as timm gives them: the image's folder name, classes in natural order or ``class_map``'s."""
+    from timm.data.readers.class_map import load_class_map
+    from timm.data.readers.img_extensions import get_img_extensions
+    from timm.data.readers.reader_image_folder import ReaderImageFolder
+    from timm.utils.misc import natural_key
+
+    reader = ReaderImageFolder.__new__(ReaderImageFolder)
+    reader.root = root
+    exts = tuple(get_img_extensions(as_set=True))
+    found = [(os.path.join(folder, f), os.path.basename(os.path.relpath(folder, root)) if folder != root else '')
+             for folder, files in walk_images(root) for f in files if os.path.splitext(f)[1].lower() in exts]
+    if class_map:
+        class_to_idx = load_class_map(class_map, root)
+    else:
+        class_to_idx = {c: i for i, c in enumerate(sorted({label for _, label in found}, key=natural_key))}
+    reader.class_to_idx = class_to_idx
+    reader.samples = sorted(((f, class_to_idx[label]) for f, label in found if label in class_to_idx),
+                            key=lambda k: natural_key(k[0]))
+    if not reader.samples:
+        raise RuntimeError(f'Found 0 images in subfolders of {root}. Supported image extensions are {", ".join(exts)}')
+    return reader
+
+
+def _check_class_map_used(ds: Dataset, class_map: str, where: str) -> None:
+    """Every ``--class_map`` entry has images (else its label could never be learned or scored)."""
+    samples = getattr(getattr(ds, 'reader', None), 'samples', None)
+    names = class_names(ds)
+    if not class_map or samples is None or names is None:
+        return
+    seen = {int(t) for _, t in samples}
+    unused = [n for i, n in enumerate(names) if i not in seen]
+    if unused:
+        raise TrainingError(f'{where}: --class_map {class_map} names classes without images: {_listed(unused)}; '
+                            'remove them from the map or add their images')
+
+
+def _check_hf_files(root: str, split: str, ds: Dataset, where: str) -> None:
+    """A local Hugging Face folder whose parquet files of ``split`` carry their own ClassLabel names:
+    Hugging Face reads every split with one file's features, so a file listing its names in another
+    order would be read with shifted labels. Each file's names must be those the data set is read with."""
+    names = class_names(ds)
+    if names is None or not os.path.isdir(root):
+        return
+    try:
+        import pyarrow.parquet as pq
+        from datasets.data_files import DataFilesDict, get_data_patterns  # Hugging Face's (inside the context)
+        files = DataFilesDict.from_patterns(get_data_patterns(root), base_path=root).get(split, [])
+        found = []
+        for f in files:
+            if str(f).endswith('.parquet'):
+                info = json.loads((pq.read_schema(f).metadata or {}).get(b'huggingface', b'{}'))
+                label = info.get('info', {}).get('features', {}).get('label', {})
+                if isinstance(label, dict) and isinstance(label.get('names'), list):
+                    found.append((str(f), label['names']))
+    except Exception:  # noqa: BLE001 (best effort: a layout we cannot read is left to Hugging Face)
+        return
+    for f, file_names in found:
+        check_same_classes(file_names, names, f'{where}: {f}', "the data set's ClassLabel")
+
+
+def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Callable | None,
+                       classes: Sequence[str] | None = None, classes_from: str = 'the model') -> tuple[Dataset, int]:
     """A data set from timm's ``create_dataset`` with our ``transform``, and its class count.
 
     Streams (``wds/``, ``hfids/``, ``tfds/``) are told the loader's worker count, the batch size
     (each worker's share is rounded up to whole batches) and ``--seed``, and read the process
-    group's rank and size themselves, so each process and worker reads its own shards.
+    group's rank and size themselves, so each process and worker reads its own shards. A folder is
+    scanned by :func:`walk_images`. ``classes``: see :func:`build_dataset`.
 
     Raises:
-        TrainingError: a missing path, split or package, or a class count that differs from
-            ``--nb_classes``.
+        TrainingError: a missing path, split or package, a ``--class_map`` entry without images, or
+            class names or a class count that differ from ``classes`` or ``--nb_classes``.
     """
-    from timm.data import create_dataset
+    from timm.data import ImageDataset, create_dataset
     name = args.data_set
     root, split, flag = _timm_source(is_train, args)
     num_samples = args.train_num_samples if is_train else args.val_num_samples
     batch_size = args.batch_size if is_train else int(1.5 * args.batch_size)
     prefix = name.partition('/')[0].lower()
     hf = hugging_face_datasets() if prefix in ('hfds', 'hfids') else contextlib.nullcontext()
+    class_map = _class_map(args.class_map)
     try:
         with hf:
-            ds = create_dataset(
-                '' if name == TIMM_FOLDER else name, root=root, split=split, search_split=False,
-                class_map=_class_map(args.class_map), is_training=is_train, download=args.dataset_download,
-                batch_size=batch_size, num_samples=num_samples or None, seed=args.seed, transform=transform)
+            if name == TIMM_FOLDER and os.path.isdir(root):
+                ds = ImageDataset(root, reader=_folder_reader(root, class_map), transform=transform)
+            else:
+                ds = create_dataset(
+                    '' if name == TIMM_FOLDER else name, root=root, split=split, search_split=False,
+                    class_map=class_map, is_training=is_train, download=args.dataset_download,
+                    batch_size=batch_size, num_samples=num_samples or None, seed=args.seed, transform=transform)
+                if prefix == 'hfds' and not class_map:
+                    _check_hf_files(name.partition('/')[2], split, ds, f'--data_set {name} split {split!r}')
     except TrainingError:
         raise
     except (AssertionError, ImportError, OSError, RuntimeError, ValueError, KeyError) as e:
@@ -521,17 +779,9 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace,
                             f'{type(e).__name__}: {e}') from None
     if hasattr(ds, 'set_loader_cfg'):  # streams size their per-worker share from this
         ds.set_loader_cfg(num_workers=args.num_workers)
-    found = _count_classes(ds)
-    expected = args.nb_classes
-    if found is None:
-        if expected is None:
-            raise TrainingError(f'--data_set {name} does not name its classes; pass --nb_classes N '
-                                '(or --class_map FILE)')
-        return ds, expected
-    if expected is not None and found != expected:
-        raise TrainingError(f'--data_set {name} ({root}, split {split!r}) has {found} classes but --nb_classes '
-                            f'is {expected}; pass --nb_classes {found}')
-    return ds, found
+    where = f'--data_set {name} ({root}, split {split!r})'
+    _check_class_map_used(ds, class_map, where)
+    return ds, validate_classes(ds, args, is_train, where, classes, classes_from, count=_count_classes(ds))
 
 
 def build_train_sampler(dataset: Dataset, world_size: int, rank: int, seed: int) -> Sampler | None:

@@ -261,14 +261,17 @@ def _read_head_map(path: str, num_classes: int, ckpt_classes: int) -> torch.Tens
     return torch.tensor(idx, dtype=torch.long)
 
 
-def load_finetune(args: argparse.Namespace, model: torch.nn.Module) -> None:
+def load_finetune(args: argparse.Namespace, model: torch.nn.Module, classes: Sequence[str] | None = None) -> None:
     """Initialise ``model`` from ``--finetune`` (``--model_key``, ``--model_prefix``, ``--head_map``).
 
     GF filters are resized to the model; a head with another class count is dropped, or mapped
     row by row with ``--head_map``. A 21841-class head going to 1000 classes is mapped with the
     shipped ImageNet-1K -> 22K index file (as the original) unless ``--head_map`` says otherwise.
+    A head that is kept must have been trained on ``classes`` (the training data's) when the
+    checkpoint names its classes.
     """
     ckpt = checkpoint.load_file(args.finetune)
+    ckpt_names = checkpoint.label_names(ckpt)
     state = None
     for key in args.model_key.split('|'):
         if key in ckpt and isinstance(ckpt[key], dict):
@@ -295,6 +298,11 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module) -> None:
             logger.info(f'dropping the {ckpt_classes}-class head of {args.finetune} ({n} classes now)')
             state.pop('head.weight')
             state.pop('head.bias', None)
+        elif classes is not None and ckpt_names is not None:  # the head is kept: its labels must agree
+            try:
+                datasets.check_same_classes(classes, ckpt_names, 'the training data', f'--finetune {args.finetune}')
+            except TrainingError as e:
+                raise TrainingError(f'{e} (or pass --head_map drop to start the head fresh)') from None
     state = models.checkpoint_filter_fn(state, model)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing:
@@ -331,11 +339,15 @@ def amp_dtype_of(args: argparse.Namespace) -> torch.dtype | None:
 
 
 def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, optimizer=None, loss_scaler=None,
-                model_ema: ModelEmaV3 | None = None) -> checkpoint.ResumeState:
+                model_ema: ModelEmaV3 | None = None, classes: Sequence[str] | None = None) -> checkpoint.ResumeState:
     """Load checkpoint ``path`` into the model (strictly), and unless ``--eval``, the optimizer,
     scaler and EMA. Returns the epoch to continue at and the best accuracies (``args`` is not
-    changed); a checkpoint without training state continues at ``--start_epoch``."""
+    changed); a checkpoint without training state continues at ``--start_epoch``. A checkpoint
+    that names its classes must name ``classes`` (the training data's), in order."""
     def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
+        ckpt_names = checkpoint.label_names(ckpt)
+        if classes is not None and ckpt_names is not None:
+            datasets.check_same_classes(classes, ckpt_names, 'the training data', f'checkpoint {path}')
         state = models.unwrap_checkpoint(ckpt)
         if any(k.startswith('backbone.') for k in state):  # mmpretrain layout
             state = models.checkpoint_filter_fn(state, model)
@@ -351,18 +363,23 @@ def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, opt
 
 
 def training_state(args: argparse.Namespace, epoch: int, model: torch.nn.Module, optimizer, loss_scaler,
-                   model_ema: ModelEmaV3 | None, best: dict[str, float]) -> dict:
-    """What ``checkpoint-*.pth`` holds: everything a rerun needs to continue bit for bit."""
+                   model_ema: ModelEmaV3 | None, best: dict[str, float], label_names: Sequence[str] | None = None
+                   ) -> dict:
+    """What ``checkpoint-*.pth`` holds: everything a rerun needs to continue bit for bit, and the
+    class list (``label_names``) the model was trained with, when the data names its classes."""
     ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                 scaler=loss_scaler.state_dict(), args=utils.plain_args(args), **best)
+    if label_names is not None:
+        ckpt[checkpoint.LABEL_NAMES] = list(label_names)
     if model_ema is not None:
         ckpt['model_ema'] = model_ema.module.state_dict()
     return ckpt
 
 
-def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str], *state_args: Any) -> None:
+def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str], *state_args: Any,
+                     **state_kwargs: Any) -> None:
     """Write ``checkpoint-<name>.pth`` for each name, all holding :func:`training_state`."""
-    state = training_state(*state_args)
+    state = training_state(*state_args, **state_kwargs)
     for name in names:
         manager.save(name, state)
 
@@ -508,18 +525,24 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
     # (e.g. a --data_path DEMO did not create), stop with its message instead of hanging at a barrier
     on_main(lambda: datasets.prepare_data(args))
-    dataset_train = None
+    # labels mean the same everywhere: the evaluation data must name the model's classes (the
+    # training data's, or with --eval the checkpoint's), in the same order
+    dataset_train, classes, classes_from = None, None, 'the model'
     if not args.eval:
         dataset_train, nb_classes = datasets.build_dataset(True, args)
         args.nb_classes = nb_classes
+        classes, classes_from = datasets.class_names(dataset_train), 'the training data'
+    elif resume_path:
+        classes, classes_from = checkpoint.label_names(checkpoint.load_file(resume_path)), f'checkpoint {resume_path}'
     dataset_val = None
     if args.eval or not args.disable_eval:
-        dataset_val, nb_classes = datasets.build_dataset(False, args)
+        dataset_val, nb_classes = datasets.build_dataset(False, args, classes, classes_from)
         args.nb_classes = nb_classes
+    train_classes = classes if not args.eval else None
 
     model = build_model(args)
     if args.finetune:
-        load_finetune(args, model)
+        load_finetune(args, model, train_classes)
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -600,7 +623,8 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
 
     resumed = checkpoint.ResumeState(start_epoch=args.start_epoch)
     if resume_path:
-        resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema)
+        resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema,
+                              classes=train_classes)
     start_epoch, best = resumed.start_epoch, resumed.best
     if manager is not None and utils.is_main_process():
         checkpoint.trim_log(args.output_dir, start_epoch)
@@ -677,7 +701,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
                 checkpoint.append_log(args.output_dir, stats)
             if manager is not None and args.save_ckpt and to_save:
                 on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp,
-                                          optimizer, loss_scaler, model_ema, best))
+                                          optimizer, loss_scaler, model_ema, best, label_names=train_classes))
         if log_writer is not None:
             log_writer.flush()
         if wandb_logger is not None:

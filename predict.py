@@ -1,9 +1,11 @@
 """Classify images with a HorNet checkpoint: top-5 ImageNet classes with probabilities.
 
-Images are preprocessed exactly as the variant was evaluated, from its ``pretrained_cfg``
-(resize to ``input_size / crop_pct``, center crop, ImageNet mean/std) via timm's
-``resolve_data_config`` / ``create_transform``. Class names come from ``data/imagenet_classes.txt``
-(WordNet id and name per line, in the standard ImageNet-1k index order).
+Images are decoded as the data sets decode them (16-bit and float images scaled to 8 bits), turned
+upright by their EXIF orientation (a phone photo), and preprocessed by the same function as
+``main.py --eval`` (``datasets.eval_transform``): with the checkpoint's training flags
+(``--input_size``, ``--crop_pct``, mean/std) when it holds them, else the variant's input size.
+Class names are the checkpoint's (the class folders it was trained on) when it holds them, else
+``data/imagenet_classes.txt`` (WordNet id and name per line, in the standard ImageNet-1k order).
 
 Example::
 
@@ -16,13 +18,15 @@ on a bad argument or an unusable checkpoint (a one-line message).
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
-from PIL import Image
-from timm.data import create_transform, resolve_data_config
+from PIL import Image, ImageOps
+from timm.data import create_transform
 
+import checkpoint
+import datasets
 import models
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
 from utils import TrainingError
@@ -39,10 +43,11 @@ def load_class_names(path: str = DEFAULT_CLASS_NAMES) -> list[str]:
 
 
 def read_image(path: str) -> Image.Image:
-    """Open ``path`` as an RGB image; raises ``OSError`` with a readable message if it is not one."""
+    """Open ``path`` as an upright (EXIF orientation applied) RGB image (``datasets.to_rgb``);
+    raises ``OSError`` with a readable message if it is not one."""
     try:
         with Image.open(path) as img:
-            return img.convert('RGB')
+            return datasets.to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise OSError(f'{path}: no such file') from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -51,15 +56,17 @@ def read_image(path: str) -> Image.Image:
 
 @torch.no_grad()
 def predict(
-        model: torch.nn.Module, images: Iterable[tuple[K, Image.Image]], data_config: dict, topk: int = 5,
-        batch_size: int = 16,
+        model: torch.nn.Module, images: Iterable[tuple[K, Image.Image]], transform: Callable | dict,
+        topk: int = 5, batch_size: int = 16,
 ) -> Iterator[tuple[K, list[tuple[int, float]]]]:
     """Top-``topk`` (class index, probability) pairs for each ``(key, image)``, yielded batch by batch.
 
-    Each image is transformed as soon as it arrives and then dropped, so a lazy ``images`` keeps at
-    most one decoded image and ``batch_size`` input tensors in memory.
+    ``transform``: image to tensor (:func:`eval_transform`), or a timm data config for timm's
+    evaluation transform. Each image is transformed as soon as it arrives and then dropped, so a
+    lazy ``images`` keeps at most one decoded image and ``batch_size`` input tensors in memory.
     """
-    transform = create_transform(**data_config, is_training=False)
+    if isinstance(transform, dict):
+        transform = create_transform(**transform, is_training=False)
     keys: list[K] = []
     tensors: list[torch.Tensor] = []
 
@@ -82,6 +89,21 @@ def predict(
         yield from flush()
 
 
+def checkpoint_meta(path: str) -> tuple[list[str] | None, dict[str, Any]]:
+    """The class names and the training flags (``args``) a checkpoint holds (either may be absent)."""
+    ckpt = checkpoint.load_file(path)
+    train_args = ckpt.get('args')
+    return checkpoint.label_names(ckpt), dict(train_args) if isinstance(train_args, dict) else {}
+
+
+def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_size: int | None = None) -> Callable:
+    """``main.py --eval``'s preprocessing for ``model``: the checkpoint's ``input_size``, ``crop_pct`` and
+    mean/std flags when it has them (``input_size`` overrides), else the variant's input size."""
+    size = input_size or train_args.get('input_size') or model.pretrained_cfg['input_size'][-1]
+    return datasets.eval_transform(int(size), train_args.get('crop_pct'),
+                                   bool(train_args.get('imagenet_default_mean_and_std', True)))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         'HorNet predict', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,8 +117,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--topk', type=int, default=5)
     parser.add_argument('--batch_size', type=positive_int_arg, default=16,
                         help='images decoded and classified together (memory grows with it)')
-    parser.add_argument('--class_names', default=DEFAULT_CLASS_NAMES,
-                        help='file with one class name per line (default: ImageNet-1k names)')
+    parser.add_argument('--class_names', default=None,
+                        help='file with one class name per line (default: the checkpoint\'s class names, '
+                             'else ImageNet-1k names); must agree with the checkpoint\'s names if it has them')
     parser.add_argument('--model_kwargs', nargs='*', default=[], metavar='KEY=VALUE',
                         help='extra timm.create_model kwargs as Python literals, e.g. depths=1,1,1,1 base_dim=16')
     return parser
@@ -122,14 +145,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # KeyError: --checkpoint_key names no entry of the file (its str() would add quotes)
         print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
-    names = load_class_names(args.class_names)
+    try:
+        ckpt_names, train_args = checkpoint_meta(args.checkpoint)
+        names = ckpt_names
+        if args.class_names is not None:  # labels mean the same everywhere: the file must agree
+            names = load_class_names(args.class_names)
+            if ckpt_names is not None:
+                datasets.check_same_classes(names, ckpt_names, f'--class_names {args.class_names}',
+                                            f'checkpoint {args.checkpoint}')
+    except OSError as e:
+        print(f'error: --class_names {args.class_names}: {e.strerror or e}', file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    if names is None:
+        names = load_class_names(DEFAULT_CLASS_NAMES)
     if len(names) != model.num_classes:
-        print(f'note: {args.class_names} has {len(names)} names but the model has {model.num_classes} '
-              'classes; printing class indices', file=sys.stderr)
+        print(f'note: {args.class_names or DEFAULT_CLASS_NAMES} has {len(names)} names but the model has '
+              f'{model.num_classes} classes; printing class indices', file=sys.stderr)
         names = [f'class {i}' for i in range(model.num_classes)]
-
-    data_config = resolve_data_config({'input_size': (3, args.input_size, args.input_size)} if args.input_size else {},
-                                      model=model)
+    transform = eval_transform(model, train_args, args.input_size)
     failed: list[str] = []
 
     def readable() -> Iterator[tuple[str, Image.Image]]:
@@ -144,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             yield path, img
             del img  # the caller has transformed it: free the decoded pixels before the next one
 
-    for path, top in predict(model, readable(), data_config, args.topk, args.batch_size):
+    for path, top in predict(model, readable(), transform, args.topk, args.batch_size):
         print(f'{path}:')
         for rank, (idx, prob) in enumerate(top, 1):
             print(f'  {rank}. {prob:.4f}  {names[idx]}')

@@ -11,7 +11,7 @@ Data sets (give any subset of them; each needs its usual folder layout):
   200-class subset; the logits are restricted to that subset (timm's ``_info`` index lists);
 * ``--imagenet_sketch DIR``: ImageNet-Sketch, WordNet-id folders of all 1000 classes.
 
-Images go through the evaluation transform of ``main.py --eval`` (``datasets.build_transform``).
+Images go through the evaluation transform of ``main.py --eval`` (``datasets.eval_transform``).
 The results CSV has timm's columns (model, top1, top1_err, top5, top5_err, param_count, img_size,
 crop_pct, interpolation) plus ``dataset``, one row per data set.
 
@@ -89,7 +89,8 @@ def _folder(root: str, flag: str, transform: Callable) -> tv_datasets.ImageFolde
     if not os.path.isdir(root):
         raise ValidateError(f'{flag}: {root} is not a folder')
     try:
-        return tv_datasets.ImageFolder(root, transform=transform, loader=datasets.pil_loader)
+        # scanned as main.py scans its folders: no hidden classes or files, link loops entered once
+        return datasets.ClassFolder(root, transform=transform, loader=datasets.pil_loader)
     except FileNotFoundError as e:
         raise ValidateError(f'{flag}: {root} holds no images in class sub-folders ({e})') from None
 
@@ -283,9 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, name = load_model(args.checkpoint, args.model, args.pretrained, args.checkpoint_key,
                                  parse_model_kwargs(args.model_kwargs))
         input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
-        t_args = argparse.Namespace(input_size=input_size, crop_pct=args.crop_pct,
-                                    imagenet_default_mean_and_std=args.imagenet_default_mean_and_std)
-        transform = datasets.build_transform(False, t_args)
+        transform = datasets.eval_transform(input_size, args.crop_pct, args.imagenet_default_mean_and_std)
         sets = build_sets(args, transform)
         device = torch.device(args.device)
         model.to(device)

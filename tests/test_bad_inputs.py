@@ -43,7 +43,7 @@ class Payload:
 
 
 @pytest.fixture(scope='module')
-def files(trained, tmp_path_factory):
+def files(trained, data, tmp_path_factory):
     """Bad checkpoint files, each next to a marker path that a payload would create."""
     d = tmp_path_factory.mktemp('files')
     marker = str(d / 'MARKER')
@@ -58,8 +58,20 @@ def files(trained, tmp_path_factory):
     ckpt = torch.load(os.path.join(trained, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)
     ckpt['model']['head.weight'][0, 0] = float('nan')
     torch.save(ckpt, d / 'nan.pth')
-    for name in ('empty', 'text', 'truncated', 'evil_pickle', 'evil_zip', 'nan'):
+    ckpt = torch.load(os.path.join(trained, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)
+    ckpt['label_names'] = ['class_0', 'class_1', 'dog']  # trained on other classes
+    torch.save(ckpt, d / 'other_classes.pth')
+    for name in ('empty', 'text', 'truncated', 'evil_pickle', 'evil_zip', 'nan', 'other_classes'):
         paths[name] = str(d / f'{name}.pth')
+    # data layouts that must be refused (labels mean the same everywhere)
+    for name, val_classes in (('renamed', ['class_0', 'class_1', 'kitten']), ('two_val', ['class_0', 'class_1'])):
+        root = d / 'layouts' / name
+        for split, classes in (('train', ['class_0', 'class_1', 'class_2']), ('val', val_classes)):
+            for c in classes:
+                shutil.copytree(os.path.join(data, split, 'class_0'), root / split / c)
+        paths[name] = str(root)
+    (d / 'map4.txt').write_text('class_0\nclass_1\nclass_2\ndog\n')
+    paths['map4'] = str(d / 'map4.txt')
     paths['dir'] = str(d)
     armed = tmp_path_factory.mktemp('armed') / 'MARKER'  # the payload is live: unpickling it runs it
     pickle.loads(pickle.dumps(Payload(str(armed))))
@@ -148,6 +160,23 @@ CASES = [
      'does not carry over'),
     ('resume-fewer-epochs', 'main', '--epochs 1', 'used', 2,
      '{out}/checkpoint-1.pth has finished 2 epochs, more than --epochs 1: pass --epochs 2 (or more)'),
+    # labels mean the same everywhere: class lists are compared by name, before anything is written
+    ('val-class-renamed', 'main', '--data_path {renamed}', 'none', 2,
+     "{renamed}/val (evaluation data) and the training data have different classes (only the training data "
+     "has 'class_2'; only {renamed}/val (evaluation data) has 'kitten')"),
+    ('eval-val-class-renamed', 'main', '--eval true --resume {trained}/checkpoint-1.pth --data_path {renamed}', 'none',
+     2, "only checkpoint {trained}/checkpoint-1.pth has 'class_2'"),
+    ('nb-classes-advice-no-circle', 'main', '--data_path {two_val}', 'none', 2,
+     "{two_val}/val (evaluation data) and the training data have different classes (only the training data has "
+     "'class_2')"),
+    ('resume-other-classes', 'main', '--resume {other_classes}', 'empty', 2,
+     "only checkpoint {other_classes} has 'dog'"),
+    ('finetune-same-head-other-classes', 'main', '--finetune {other_classes}', 'none', 2,
+     "(or pass --head_map drop to start the head fresh)"),
+    ('class-map-entry-without-images', 'main', '--data_set folder --class_map {map4} --nb_classes 4', 'none', 2,
+     "--class_map {map4} names classes without images: 'dog'"),
+    ('image-folder-at-split-root', 'main', '--data_set image_folder --eval_data_path {data}/val', 'none', 2,
+     '{data} holds the split folders train/ and val/, not one folder per class: use --data_set IMNET'),
 ]
 
 

@@ -1,0 +1,92 @@
+"""What is decoded is the image: 16-bit and float images are scaled to 8 bits (not clipped) by the
+training/evaluation loader and by predict.py; predict.py turns photos upright by their EXIF
+orientation, training keeps the original's loader (no EXIF)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import datasets
+import predict
+
+SIZE = 16
+
+
+def _gradient() -> np.ndarray:
+    return np.linspace(0, 1, SIZE * SIZE, dtype=np.float64).reshape(SIZE, SIZE)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit grey gradient (PIL's convert clips it: 99.6% white) keeps its grey levels."""
+    a = (_gradient() * 65535).astype(np.uint16)
+    path = str(tmp_path / 'g16.png')
+    Image.fromarray(a).save(path)
+    assert Image.open(path).mode == 'I;16'
+    for img in (datasets.pil_loader(path), predict.read_image(path)):
+        out = np.asarray(img)
+        assert img.mode == 'RGB' and out.shape == (SIZE, SIZE, 3)
+        assert np.abs(out[..., 0].astype(int) - np.round(a / 257)).max() <= 1
+        assert (out == 255).mean() < 0.01 and abs(out.mean() - 127.5) < 1
+
+
+def test_float_tiff_is_scaled_not_black(tmp_path):
+    """A float TIFF in [0, 1] (PIL's convert gives black) spans 0..255; one outside [0, 1] is
+    scaled from its min..max."""
+    path = str(tmp_path / 'f.tif')
+    Image.fromarray(_gradient().astype(np.float32)).save(path)
+    out = np.asarray(datasets.pil_loader(path))[..., 0].astype(int)
+    assert np.abs(out - np.round(_gradient() * 255)).max() <= 1
+    Image.fromarray((_gradient() * 4000 - 1000).astype(np.float32)).save(path)
+    out = np.asarray(predict.read_image(path))[..., 0].astype(int)
+    assert (out.min(), out.max()) == (0, 255) and np.abs(out - np.round(_gradient() * 255)).max() <= 1
+
+
+@pytest.mark.parametrize('mode', ['P', 'LA', 'CMYK', 'L', 'RGBA', '1'])
+def test_8_bit_modes_decode_as_pil_converts_them(tmp_path, mode):
+    rng = np.random.default_rng(0)
+    src = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).convert(mode)
+    path = str(tmp_path / ('x.tif' if mode == 'CMYK' else 'x.png'))
+    src.save(path)
+    want = np.asarray(Image.open(path).convert('RGB'))
+    assert np.array_equal(np.asarray(datasets.pil_loader(path)), want)
+    assert np.array_equal(np.asarray(predict.read_image(path)), want)
+
+
+def test_predict_applies_exif_orientation_training_does_not(tmp_path):
+    """A phone photo stored sideways with orientation 6 (rotate 90 clockwise to view): predict.py
+    sees it upright; the training loader keeps the stored pixels, as the original's."""
+    a = np.zeros((10, 20, 3), np.uint8)
+    a[:, :10] = 255  # left half white as stored
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    path = str(tmp_path / 'phone.jpg')
+    img.save(path, exif=exif, quality=95)
+    upright = np.asarray(predict.read_image(path))
+    assert upright.shape == (20, 10, 3) and upright[:10].mean() > 200 and upright[10:].mean() < 50
+    assert np.asarray(datasets.pil_loader(path)).shape == (10, 20, 3)
+
+
+@settings(max_examples=25)
+@given(mode=st.sampled_from(['I;16', 'I', 'F']), low=st.floats(-2e5, 2e5), span=st.floats(0, 4e5),
+       seed=st.integers(0, 2 ** 16))
+def test_high_depth_images_keep_their_order_of_grey_levels(mode, low, span, seed):
+    """Any 16-bit, 32-bit integer or float image decodes to 8-bit RGB whose grey levels rise with
+    the source's (no clipping that flattens a range into one value, no NaN)."""
+    rng = np.random.default_rng(seed)
+    a = low + span * rng.random((SIZE, SIZE))
+    if mode == 'I;16':
+        a = np.clip(a, 0, 65535).astype(np.uint16)
+    elif mode == 'I':
+        a = a.astype(np.int32)
+    else:
+        a = a.astype(np.float32)
+    img = Image.fromarray(a) if mode != 'I' else Image.fromarray(a, mode='I')
+    out = np.asarray(datasets.to_rgb(img))
+    assert out.dtype == np.uint8 and out.shape == (SIZE, SIZE, 3)
+    grey = out[..., 0].ravel().astype(int)
+    order = np.argsort(a.ravel(), kind='stable')
+    assert (np.diff(grey[order]) >= 0).all()  # monotone: brighter source, brighter (or equal) output
+    if float(a.max()) - float(a.min()) > 1000:  # a wide range is not flattened to one or two levels
+        assert len(np.unique(grey)) > 8
