@@ -217,3 +217,24 @@ def test_throughput_device_cuda_without_gpu_is_an_argparse_error(monkeypatch, ca
     with pytest.raises(Reached, match='cuda'):
         throughput.main(['--device', 'cuda', '--models', 'hornet_tiny_7x7', '--baselines', 'none'])
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_throughput_build_eager_row_is_our_model():
+    """The ``eager`` row (``--compile ... --memory``: its memory probe builds the model by kind) is our
+    HorNet with our parameter count, not ConvNeXt; an unknown kind is refused."""
+    import argparse
+
+    import timm
+
+    import models  # noqa: F401  (registers hornet_*)
+    from benchmarks import throughput
+    ns = argparse.Namespace(channels_last=False, grad_ckpt_on=False)
+    torch.manual_seed(0)
+    eager = throughput.build('eager', 'hornet_tiny_7x7', ns, torch.device('cpu'))
+    hornet = throughput.build('hornet', 'hornet_tiny_7x7', ns, torch.device('cpu'))
+    assert type(eager) is type(hornet) and type(eager).__name__ != 'ConvNeXt'
+    n = sum(p.numel() for p in eager.parameters())
+    assert n == sum(p.numel() for p in hornet.parameters())
+    assert n != sum(p.numel() for p in timm.create_model('convnext_tiny').parameters())
+    with pytest.raises(ValueError, match='unknown model kind'):
+        throughput.build('convnxt', 'hornet_tiny_7x7', ns, torch.device('cpu'))
