@@ -182,6 +182,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--use_amp', type=str2bool, default=False)
     g.add_argument('--amp_dtype', default='fp16', choices=('fp16', 'bf16'),
                    help='(new) autocast dtype with --use_amp true; fp16 uses a gradient scaler')
+    g.add_argument('--tf32', type=str2bool, default=True,
+                   help='(new) CUDA: fp32 matmuls and convs in TF32 (as cuDNN ran the original\'s convs); false: '
+                        'full fp32 (slower, bit-closer to the CPU)')
     g.add_argument('--print_freq', default=10, type=int, help='(new) progress line every N batches')
     g.add_argument('--max_batches_per_epoch', default=0, type=int,
                    help='(new) cap batches per epoch (0: all); for smoke tests')
@@ -194,6 +197,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--local_rank', '--local-rank', default=-1, type=int, dest='local_rank')
     g.add_argument('--dist_on_itp', type=str2bool, default=False)
     g.add_argument('--dist_url', default='env://')
+    g.add_argument('--dist_backend', default=None, choices=('nccl', 'gloo'),
+                   help='(new) process-group backend (default: nccl on CUDA, gloo on CPU); gloo on CUDA lets '
+                        'several processes share one GPU, e.g. to test a multi-process run on one card')
 
     g = p.add_argument_group('Weights & Biases')
     g.add_argument('--enable_wandb', type=str2bool, default=False)
@@ -472,6 +478,10 @@ def _check_device(args: argparse.Namespace) -> torch.device:
         # speed only: the input shapes repeat (fixed crops), so cuDNN's per-shape kernel search pays
         # off after the first step; as in the original release's training script
         torch.backends.cudnn.benchmark = True
+        # fp32 products in TF32 (--tf32, default on): the original's 1x1 convs ran through cuDNN, which
+        # uses TF32; ours are F.linear (cuBLAS), whose TF32 switch PyTorch leaves off
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     return device
 
 

@@ -82,7 +82,8 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     ``LOCAL_RANK``; ``--local-rank`` / ``--local_rank`` are also honoured), OpenMPI on ITP
     (``--dist_on_itp``), SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, with
     ``MASTER_ADDR``/``MASTER_PORT`` set by the launcher). With none of them: a single process.
-    NCCL is used on CUDA, gloo otherwise.
+    The backend is ``args.dist_backend`` (``--dist_backend``), by default NCCL on CUDA and gloo
+    otherwise; gloo on CUDA lets two processes share one GPU (NCCL refuses that).
     """
     env = os.environ
     if args.dist_on_itp:
@@ -112,7 +113,10 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     if use_cuda:
         torch.cuda.set_device(args.gpu)
         args.device = f'cuda:{args.gpu}'
-    args.dist_backend = 'nccl' if use_cuda else 'gloo'
+    backend = getattr(args, 'dist_backend', None) or ('nccl' if use_cuda else 'gloo')
+    if backend == 'nccl' and not use_cuda:
+        raise TrainingError(f'--dist_backend nccl needs CUDA (--device {args.device}); pass --dist_backend gloo')
+    args.dist_backend = backend
     if args.dist_url == 'env://':
         env.setdefault('MASTER_ADDR', '127.0.0.1')
         env.setdefault('MASTER_PORT', '29500')

@@ -478,3 +478,57 @@ def test_device_check_refuses_missing_cuda_and_turns_on_cudnn_search(monkeypatch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     assert train_main._check_device(_args(device='cuda')) == torch.device('cuda')
     assert torch.backends.cudnn.benchmark is True
+
+
+@pytest.mark.parametrize('device,flag,expected', [
+    ('cpu', None, 'gloo'), ('cuda', None, 'nccl'), ('cuda', 'gloo', 'gloo'), ('cpu', 'gloo', 'gloo')])
+def test_dist_backend_flag_reaches_init_process_group(monkeypatch, device, flag, expected):
+    """`--dist_backend` (default nccl on CUDA, gloo on CPU; gloo allowed on CUDA so two processes can
+    share one GPU) is the backend torchrun's processes join with; nccl without CUDA is refused with
+    what to pass. CUDA is simulated (is_available / set_device patched)."""
+    import torch.distributed as dist
+    seen = {}
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: device == 'cuda')
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: seen.setdefault('gpu', i))
+    monkeypatch.setattr(dist, 'init_process_group', lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, 'barrier', lambda: None)
+    argv = ['--device', device] + (['--dist_backend', flag] if flag else [])
+    args = train_main.parse_args(argv)
+    utils.init_distributed_mode(args)
+    assert seen['backend'] == expected == args.dist_backend
+    assert (seen['rank'], seen['world_size'], args.distributed) == (1, 2, True)
+    assert args.device == ('cuda:0' if device == 'cuda' else 'cpu')
+
+
+def test_dist_backend_nccl_without_cuda_is_refused(monkeypatch):
+    """`--dist_backend nccl --device cpu` under torchrun stops before joining, saying to pass gloo."""
+    import torch.distributed as dist
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(dist, 'init_process_group', lambda *a, **kw: pytest.fail('joined'))
+    args = train_main.parse_args(['--device', 'cpu', '--dist_backend', 'nccl'])
+    with pytest.raises(utils.TrainingError, match='--dist_backend nccl needs CUDA .*pass --dist_backend gloo'):
+        utils.init_distributed_mode(args)
+
+
+@pytest.mark.parametrize('flag,tf32', [([], True), (['--tf32', 'false'], False), (['--tf32', 'true'], True)])
+def test_tf32_on_cuda_by_default_and_off_by_flag(monkeypatch, flag, tf32):
+    """--device cuda turns TF32 on for fp32 matmuls and cuDNN convs (the original's 1x1 convs ran in
+    cuDNN's TF32); `--tf32 false` keeps full fp32; --device cpu leaves both switches alone (CUDA
+    simulated with torch.cuda.is_available patched)."""
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    # torch's switches are module properties (monkeypatch cannot undo them): restore by hand
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        train_main._check_device(train_main.parse_args(['--device', 'cpu', *flag]))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (not tf32, not tf32)
+        assert train_main._check_device(train_main.parse_args(['--device', 'cuda', *flag])) == torch.device('cuda')
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ('high' if tf32 else 'highest')
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
