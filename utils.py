@@ -418,17 +418,34 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- loggers
 
+def tensorboard_writer_class() -> tuple[type, str]:
+    """``(SummaryWriter, its log-folder keyword)``: tensorboardX's (the original's), else PyTorch's own
+    ``torch.utils.tensorboard`` (needs the ``tensorboard`` package; GPU images often have it but not
+    tensorboardX); neither: a :class:`TrainingError` that says what to install."""
+    try:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter, 'logdir'
+    except ImportError:
+        pass
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter, 'log_dir'
+    except ImportError:
+        raise TrainingError('TensorBoard logging (into --log_dir or --output_dir) needs tensorboardX or '
+                            'tensorboard: pip install tensorboardX') from None
+
+
 class TensorboardLogger:
-    """Scalars to TensorBoard event files via tensorboardX."""
+    """Scalars to TensorBoard event files via tensorboardX, or ``torch.utils.tensorboard`` without it."""
 
     def __init__(self, log_dir: str, purge_step: int | None = None):
+        writer_cls, dir_key = tensorboard_writer_class()
         # purge_step (the first step of a resumed run): TensorBoard drops the events a killed run
-        # wrote from that step on, so re-trained steps are not shown twice
-        from tensorboardX import SummaryWriter
-        # a unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
+        # wrote from that step on, so re-trained steps are not shown twice.
+        # A unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
         # within the same second would overwrite the previous run's events
-        self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step,
-                                    filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
+        self.writer = writer_cls(**{dir_key: log_dir}, purge_step=purge_step,
+                                 filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
 
     def update(self, head: str, step: int, **kwargs: float) -> None:
         """Write each ``kwargs`` value as ``<head>/<name>`` at ``step`` (``None`` values are skipped)."""
