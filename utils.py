@@ -365,6 +365,18 @@ class MetricLogger:
 
 # ----------------------------------------------------------------------------- loss scaling
 
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together, in float32 (0-dim, on their device): one foreach kernel
+    per device and dtype where torch has them (CUDA), else per tensor."""
+    tensors = [t.float() for t in tensors]  # no copy for float32 gradients
+    if not tensors:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, 'get_total_norm', None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
 class LossScaler:
     """Backward + optimizer step with optional fp16 gradient scaling and gradient clipping.
 
@@ -377,8 +389,9 @@ class LossScaler:
 
     def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                  clip_grad: float | None = None, parameters: Iterable | None = None,
-                 update_grad: bool = True) -> float | None:
-        """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm."""
+                 update_grad: bool = True) -> torch.Tensor | None:
+        """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm (a 0-dim
+        tensor on the gradients' device: reading it is left to the caller, so a step needs no host sync)."""
         self._scaler.scale(loss).backward()
         if not update_grad:
             return None
@@ -387,11 +400,10 @@ class LossScaler:
         if clip_grad is not None and clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
         else:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+            norm = total_norm([p.grad.detach() for p in params])
         self._scaler.step(optimizer)
         self._scaler.update()
-        return float(norm)
+        return norm.detach()
 
     def state_dict(self) -> dict:
         return self._scaler.state_dict()
