@@ -375,6 +375,7 @@ def totals(trace: Trace, gpu: GPU) -> dict[str, float]:
     return dict(kernels=sum(k.launches for k in ks), gib_read=sum(k.read for k in ks) / 2 ** 30,
                 gib_written=sum(k.written for k in ks) / 2 ** 30, casts=sum(k.cast for k in ks),
                 gflop=sum(k.flops for k in ks) / 1e9, ms=1e3 * sum(kernel_time(k, gpu) for k in ks),
+                ms_fwd_bwd=1e3 * sum(kernel_time(k, gpu) for k in ks if k.phase != 'optimizer'),
                 weight_kernels=sum(k.launches for k in ks if k.weight_side),
                 ms_weight=1e3 * sum(kernel_time(k, gpu) for k in ks if k.weight_side),
                 ms_launch=1e3 * sum(k.launches * gpu.launch_s for k in ks if kernel_time(k, gpu) <= k.launches
@@ -491,13 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[(name, mode)] = totals(t, gpu)
     print()
     print('| model | mode | params M | kernels | GiB read | GiB written | casts | GFLOP | est. ms | '
-          'launch-bound ms | weight-side kernels / ms | x convnext |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+          'est. ms fwd+bwd | launch-bound ms | weight-side kernels / ms | x convnext |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for (name, mode), r in results.items():
         cnx = results.get((_convnext_of(name), mode))
         ratio = f'{r["ms"] / cnx["ms"]:.2f}' if cnx else '-'
         print(f'| {name} | {mode} | {traces[(name, mode)].params / 1e6:.1f} | {r["kernels"]} | {r["gib_read"]:.1f} | '
-              f'{r["gib_written"]:.1f} | {r["casts"]} | {_num(r["gflop"])} | {r["ms"]:.2f} | {r["ms_launch"]:.2f} | '
+              f'{r["gib_written"]:.1f} | {r["casts"]} | {_num(r["gflop"])} | {r["ms"]:.2f} | {r["ms_fwd_bwd"]:.2f} | '
+              f'{r["ms_launch"]:.2f} | '
               f'{r["weight_kernels"]} / {r["ms_weight"]:.2f} | {ratio} |')
     ratios = [(name, mode, results[(name, mode)]['ms'] / results[(c, mode)]['ms'])
               for (name, mode) in results if (c := _convnext_of(name)) and (c, mode) in results]
