@@ -18,7 +18,8 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 export PYTHONUNBUFFERED=1
 # each step has its own timeout inside; this one only guards against a hang of the driver itself
-timeout 600 python3 benchmarks/device_check.py "${dry[@]}" --report "$report"
+timeout "${DEVICE_CHECK_TIMEOUT:-$([ ${#dry[@]} -gt 0 ] && echo 1800 || echo 600)}" \
+  python3 benchmarks/device_check.py "${dry[@]}" --report "$report"
 rc=$?
 echo "device_check: report in $report (exit $rc)"
 exit $rc

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, run_python
+from conftest import ROOT, run_python, subprocess_env
 
 THROUGHPUT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
 
@@ -310,3 +310,33 @@ def test_roofline_cli_totals_ratios_and_top_writers():
         assert float(rows[('hornet_tiny_gf', mode)]['x convnext']) == pytest.approx(ratio, rel=0.02)  # ms rounded
         assert f'hornet_tiny_gf {mode} {rows[("hornet_tiny_gf", mode)]["x convnext"]}x' in r.stdout
     assert r.stdout.count('## top writers:') == 4
+
+
+def _run_bash(args, timeout=1900):
+    import subprocess
+    return subprocess.run(['bash', *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+DEVICE_CHECK_STEPS = ['env', 'equality', 'opcheck', 'autocast', 'train', 'torchrun', 'compile', 'throughput',
+                      'throughput_compile', 'roofline']
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_passes_every_step(tmp_path):
+    """`bash benchmarks/device_check.sh --dry REPORT` (the GPU check's steps on the CPU, tiny sizes)
+    exits 0 and its report lists every step as passed, the CUDA comparisons marked as CPU vs CPU, and
+    a measured time next to the cost model's estimate for each throughput row."""
+    report = tmp_path / 'report.md'
+    r = _run_bash([os.path.join(ROOT, 'benchmarks', 'device_check.sh'), '--dry', str(report)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = report.read_text()
+    rows = {row['step']: row for row in _table(text.split('## Measured vs estimated')[0])}
+    assert list(rows) == DEVICE_CHECK_STEPS
+    assert all(row['status'] == 'passed' for row in rows.values()), rows
+    assert 'CPU channels_last vs CPU (dry: no CUDA)' in rows['equality']['detail']
+    assert 'hornet::global_filter' in rows['opcheck']['detail']
+    measured = _table(text.split('## Measured vs estimated')[1].split('\n## ')[0])
+    assert {(m['model'], m['mode'], m['compile']) for m in measured} >= {
+        ('hornet_tiny_7x7', 'train', 'eager'), ('hornet_tiny_gf', 'infer', 'blocks')}
+    assert all(float(m['measured / estimated']) > 0 for m in measured)
