@@ -549,11 +549,10 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 
 @pytest.mark.slow
-def test_training_without_any_tensorboard_package_is_one_line(tmp_path):
+def test_training_without_any_tensorboard_package_is_one_line(data, tmp_path):
     """With neither tensorboardX nor tensorboard importable (hidden in a child process), a training run
     that logs (it has an --output_dir) stops before its first step: one line that says what to install,
     exit 2, no traceback, no checkpoint."""
-    data = make_image_folder(str(tmp_path / 'data'), train_per_class=4, val_per_class=2)
     out = str(tmp_path / 'out')
     res = run_python(['-c', _HIDE_TENSORBOARD, MAIN, *tiny_argv(data, out, epochs=1)], timeout=120)
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
