@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import json
 import logging
 import math
 import os
@@ -175,6 +176,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--save_ckpt', type=str2bool, default=True)
     g.add_argument('--save_ckpt_freq', default=1, type=int)
     g.add_argument('--save_ckpt_num', default=3, type=int)
+    g.add_argument('--save_safetensors', type=str2bool, default=False,
+                   help='(new) when training ends, also write the best weights (the EMA\'s, when --model_ema_eval '
+                        'found them better) as model.safetensors in --output_dir, for timm/export/predict')
     g.add_argument('--start_epoch', default=0, type=int, metavar='N')
     g.add_argument('--eval', type=str2bool, default=False, help='only evaluate --resume')
     g.add_argument('--dist_eval', type=str2bool, default=True)
@@ -388,6 +392,30 @@ def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str]
     state = training_state(*state_args, **state_kwargs)
     for name in names:
         manager.save(name, state)
+
+
+def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: ModelEmaV3 | None,
+                       best: dict[str, float], label_names: Sequence[str] | None, ranked: bool) -> str:
+    """``model.safetensors`` in ``output_dir``: the weights of the best checkpoint when checkpoints
+    were ranked (``ranked``), those of the EMA when its best accuracy is higher, else the final
+    weights; which one, its accuracy and the class names go into the file's metadata."""
+    state, source, acc = model.state_dict(), 'final weights', None
+    if ranked:
+        use_ema = model_ema is not None and best['max_accuracy_ema'] > best['max_accuracy']
+        name, key = ('checkpoint-best-ema.pth', 'model_ema') if use_ema else ('checkpoint-best.pth', 'model')
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            state, source = checkpoint.load_file(path)[key], f'{key} of {name}'
+            acc = best['max_accuracy_ema' if use_ema else 'max_accuracy']
+    metadata = {'source': source}
+    if acc is not None:
+        metadata['acc1'] = f'{acc:.4f}'
+    if label_names is not None:
+        metadata[checkpoint.LABEL_NAMES] = json.dumps(list(label_names))
+    out = os.path.join(output_dir, checkpoint.WEIGHTS_NAME)
+    checkpoint.save_safetensors(state, out, metadata)
+    logger.info(f'wrote {out} ({source})')
+    return out
 
 
 def on_main(fn: Callable[[], Any]) -> Any:
@@ -723,6 +751,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
 
     total = datetime.timedelta(seconds=int(time.time() - start_time))
     logger.info(f'Training time {total}')
+    if manager is not None and args.save_safetensors and last_epoch == args.epochs:
+        on_main(lambda: save_final_weights(args.output_dir, model_without_ddp, model_ema, best, train_classes,
+                                           val_loader is not None and args.save_ckpt))
     if args.distributed:
         diff = utils.max_param_divergence(model_without_ddp)
         stats['rank_param_max_diff'] = diff
