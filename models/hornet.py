@@ -50,8 +50,6 @@ def _no_torchscript(self):
         'Use torch.compile, torch.export or export.py (ONNX / torch.export) instead.')
 
 
-
-
 class GlobalLocalFilter(nn.Module):
     """Global-local filter, the GF spatial mixer of HorNet's last two stages.
 

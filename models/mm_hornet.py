@@ -26,7 +26,9 @@ Usage in an mmdet / mmseg config::
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
         paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=12))
 
-The repository root must be importable (``sys.path``) for ``custom_imports`` to find ``models``.
+The repository root must be importable (``sys.path``) for ``custom_imports`` to find ``models``;
+with the package installed (``pip install .``) import ``hornet.mm_hornet`` instead, from anywhere.
+Everything this module needs lives in ``models/``: checkpoints are read by ``models.state_dict``.
 """
 import logging
 import os

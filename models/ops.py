@@ -35,7 +35,9 @@ def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Te
     """Resize a GF filter ``(C, h, w, 2)`` to ``(C, size[0], size[1], 2)``.
 
     Real and imaginary parts are resized independently with bilinear interpolation,
-    ``align_corners=True``; that is what lets a GF model run at any input size.
+    ``align_corners=True``; that is what lets a GF model run at any input size (:func:`global_filter`
+    resizes on every call whose input differs from the filter's size, a no-op otherwise) and a
+    checkpoint load into a model with other filter sizes (:func:`models.resize_gf_filters`).
     """
     size = tuple(int(s) for s in size)
     if tuple(weight.shape[1:3]) == size:
@@ -84,7 +86,6 @@ def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return dr @ cw_i - di @ sw_i
 
 
-
 def _cpu_eager(x) -> bool:
     """Whether ``x`` is a real CPU tensor in plain eager mode, where this file's hand-written CPU
     paths run: not an FX proxy, not under torch.compile, not under a dispatch mode (e.g. the FLOP
@@ -100,7 +101,6 @@ def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     a, b = xr[..., 0], xr[..., 1]
     c, d = weight[..., 0], weight[..., 1]
     return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
-
 
 
 # The global filter ``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
@@ -216,8 +216,6 @@ def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) 
     return x.to(dtype)
 
 
-
-
 class _DepthwiseConvFn(torch.autograd.Function):
     """Depthwise "same" convolution (stride 1, odd kernel, padding ``(k - 1) // 2``) whose backward
     runs as two *forward* depthwise convolutions.
@@ -281,7 +279,6 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         with torch.autocast('cpu', enabled=False):
             return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
     return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
-
 
 
 try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference
