@@ -15,8 +15,9 @@ path runs and why:
   a residual add, fused into one oneDNN kernel on CPU (``torch.ops.mkldnn._linear_pointwise``);
   elsewhere plain ops.
 
-The speed they buy is measured by ``benchmarks/throughput.py``; the tables live in
-``benchmarks/results/``. The size thresholds below were tuned on the 2-core CPU of those runs.
+The op-level timings behind each choice are in ``benchmarks/results/cpu_kernels_2threads.md`` (one section per fast
+path), the whole-model effect in the other files of ``benchmarks/results/`` (``benchmarks/README.md``
+tells the story). The size thresholds below were tuned on the 2-core CPU of those runs.
 """
 import contextlib
 import math
@@ -111,7 +112,7 @@ def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2`` counts twice
 # (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward FFT pair per pass
 # instead of autograd's, whose ``rfft2`` backward pads the half spectrum and runs a full complex FFT
-# (what that buys a GF model: benchmarks/results/cpu_fp32_2threads_custom_ops.md). Equal to
+# (benchmarks/results/cpu_kernels_2threads.md, "Global filter"). Equal to
 # autograd's gradients to float rounding (tests/test_ops.py).
 #
 # Custom ops, not an autograd.Function, so that torch.compile keeps them whole: the graph holds two
@@ -221,8 +222,8 @@ class _DepthwiseConvFn(torch.autograd.Function):
     runs as two *forward* depthwise convolutions.
 
     Why: on CPU, oneDNN's depthwise backward, the weight gradient above all, runs many times slower
-    than its forward kernel, and it dominated a 7x7 model's training step (the effect on training:
-    benchmarks/results/cpu_fp32_2threads.md, ``train`` rows). Here:
+    than its forward kernel, and it dominated a 7x7 model's training step
+    (benchmarks/results/cpu_kernels_2threads.md, "Depthwise 7x7 backward"). Here:
 
     - input gradient: the same conv of the output gradient with the kernel flipped;
     - weight gradient: ``dW[c, i, j] = sum_{b,h,w} x[b, c, h+i-p, w+j-p] * g[b, c, h, w]``, one
@@ -308,10 +309,9 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
 
 # Below these many multiply-adds per product plain ops are faster than oneDNN: its primitive lookup
 # and this file's checks cost a fixed time per call, which small products do not win back. float32
-# inference breaks even around 2**24 (benchmarks/results/cpu_fp32_batch1_64px.md: small inputs;
-# cpu_fp32_2threads_idle.md: 224 px). bf16 inference keeps every product fused (a threshold cost
-# speed there: cpu_bf16_2threads_idle.md). Training pays the autograd Function's fixed cost on top,
-# hence the higher threshold.
+# inference breaks even around 2**24; bf16 inference keeps every product fused (a threshold cost
+# speed there). Training pays the autograd Function's fixed cost on top, hence the higher threshold.
+# The timings: benchmarks/results/cpu_kernels_2threads.md, "Fused CPU inference" and "CPU training products".
 _ONEDNN_INFER_MIN_MACS = 2 ** 24
 _ONEDNN_TRAIN_MIN_MACS = 2 ** 26
 
@@ -323,8 +323,8 @@ class _OneDNNLinearFn(torch.autograd.Function):
     Why: for HorNet's shapes oneDNN's forward runs faster than sgemm, the bias comes in without
     addmm's copy of it into the output, and the residual add (``other``) rides along. The input
     gradient ``grad @ weight`` is oneDNN's linear with ``weight.t()`` as a strided view (no copy),
-    again faster than sgemm in float32. For the weight gradient sgemm was as fast or faster. The
-    effect on training: benchmarks/results/cpu_fp32_2threads_idle.md.
+    again faster than sgemm in float32. For the weight gradient sgemm was as fast or faster
+    (benchmarks/results/cpu_kernels_2threads.md, "CPU training products on oneDNN").
     """
 
     @staticmethod
@@ -374,7 +374,7 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     On CPU the product runs on oneDNN (in float32 from ``_ONEDNN_INFER_MIN_MACS`` multiply-adds). For
     inference it is one kernel with the bias and ``post`` fused in: no extra pass over the result
     for the bias (addmm copies it in first), the GELU, the gnConv gate or the residual, each a full
-    read and write of a large activation (benchmarks/results/cpu_fp32_2threads_idle.md). For training,
+    read and write of a large activation (benchmarks/results/cpu_kernels_2threads.md). For training,
     products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
     :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and the gate
     product stay separate ops, their backward needs the product's output).
@@ -393,8 +393,8 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
             other = other.to(dtype) if post in ('mul', 'add') else None
-            # the operands already have the autocast dtype; entering a context costs ~4 us, so only
-            # when autocast is on
+            # the operands already have the autocast dtype; entering a context has a cost per call
+            # (benchmarks/results/cpu_kernels_2threads.md), so only when autocast is on
             autocast_on = torch.is_autocast_enabled('cpu')
             with torch.autocast('cpu', enabled=False) if autocast_on else contextlib.nullcontext():
                 if not grad:

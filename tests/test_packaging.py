@@ -17,7 +17,8 @@ from conftest import ROOT, run_python, subprocess_env
 MODELS_DIR = os.path.join(ROOT, 'models')
 HORNET_TINY_GF_PARAMS = 22_991_848  # the released layout's parameter count (1000 classes)
 # what `import hornet` loads: the package and its modules, without mm_hornet (OpenMMLab, on demand)
-LIBRARY_MODULES = ['hornet', 'hornet._alias', 'hornet.hornet', 'hornet.layer_decay', 'hornet.ops', 'hornet.state_dict']
+LIBRARY_MODULES = ['hornet', 'hornet._alias', 'hornet.hornet', 'hornet.hub', 'hornet.layer_decay', 'hornet.ops',
+                   'hornet.state_dict']
 
 
 def _env(**extra):
