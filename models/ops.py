@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['depthwise_conv2d', 'global_filter', 'global_filter_op', 'global_filter_backward_op', 'linear_gate',
-           'linear_post', 'resize_complex_weight']
+__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'depthwise_conv2d', 'global_filter',
+           'global_filter_backward_op', 'global_filter_op', 'linear_gate', 'linear_post', 'resize_complex_weight']
 
 
 def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -282,10 +282,10 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
 
 
-try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference
-    _MKLDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference (None: plain ops)
+    ONEDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
 except (AttributeError, RuntimeError):
-    _MKLDNN_LINEAR = None
+    ONEDNN_LINEAR = None
 
 
 def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
@@ -294,7 +294,7 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
     Only on CPU in eager mode: torch.compile fuses on its own, FX proxies and dispatch modes (e.g.
     the FLOP counter) see plain aten ops.
     """
-    if _MKLDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _cpu_eager(x):
+    if ONEDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _cpu_eager(x):
         return None
     if torch.is_autocast_enabled('cpu'):
         dtype = torch.get_autocast_dtype('cpu')
@@ -312,8 +312,8 @@ def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
 # inference breaks even around 2**24; bf16 inference keeps every product fused (a threshold cost
 # speed there). Training pays the autograd Function's fixed cost on top, hence the higher threshold.
 # The timings: benchmarks/results/cpu_kernels_2threads.md, "Fused CPU inference" and "CPU training products".
-_ONEDNN_INFER_MIN_MACS = 2 ** 24
-_ONEDNN_TRAIN_MIN_MACS = 2 ** 26
+ONEDNN_INFER_MIN_MACS = 2 ** 24
+ONEDNN_TRAIN_MIN_MACS = 2 ** 26
 
 
 class _OneDNNLinearFn(torch.autograd.Function):
@@ -332,8 +332,8 @@ class _OneDNNLinearFn(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         if other is not None:
-            return _MKLDNN_LINEAR.binary(x, other, weight, bias, 'add')
-        return _MKLDNN_LINEAR(x, weight, bias, 'none', [], '')
+            return ONEDNN_LINEAR.binary(x, other, weight, bias, 'add')
+        return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
 
     @staticmethod
     def backward(ctx, grad):
@@ -344,7 +344,7 @@ class _OneDNNLinearFn(torch.autograd.Function):
             # float32: oneDNN takes the transposed weight as a strided view (no copy) and runs
             # faster than sgemm here; bf16 mm already is oneDNN
             if grad.dtype == torch.float32:
-                grad_x = _MKLDNN_LINEAR(g2, weight.t(), None, 'none', [], '')
+                grad_x = ONEDNN_LINEAR(g2, weight.t(), None, 'none', [], '')
             else:
                 grad_x = g2.mm(weight)
             grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
@@ -371,11 +371,11 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
     ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
 
-    On CPU the product runs on oneDNN (in float32 from ``_ONEDNN_INFER_MIN_MACS`` multiply-adds). For
+    On CPU the product runs on oneDNN (in float32 from ``ONEDNN_INFER_MIN_MACS`` multiply-adds). For
     inference it is one kernel with the bias and ``post`` fused in: no extra pass over the result
     for the bias (addmm copies it in first), the GELU, the gnConv gate or the residual, each a full
     read and write of a large activation (benchmarks/results/cpu_kernels_2threads.md). For training,
-    products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
+    products of ``ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
     :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and the gate
     product stay separate ops, their backward needs the product's output).
     Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
@@ -384,12 +384,12 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """
     dtype = _fused_linear_dtype(x, weight)  # None for FX proxies, under torch.compile, ...
     macs = x.numel() * weight.shape[0] if dtype is not None else 0
-    min_macs = _ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
+    min_macs = ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
     if dtype is not None and macs >= min_macs and not (post == 'add' and other.dtype != dtype):
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                             or (bias is not None and bias.requires_grad)
                                             or (other is not None and other.requires_grad))
-        if not grad or macs >= _ONEDNN_TRAIN_MIN_MACS:
+        if not grad or macs >= ONEDNN_TRAIN_MIN_MACS:
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
             other = other.to(dtype) if post in ('mul', 'add') else None
@@ -399,8 +399,8 @@ def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
             with torch.autocast('cpu', enabled=False) if autocast_on else contextlib.nullcontext():
                 if not grad:
                     if post in ('mul', 'add'):
-                        return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
-                    return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
+                        return ONEDNN_LINEAR.binary(x, other, weight, bias, post)
+                    return ONEDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
                 y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
                 return y if post == 'add' else _apply_post(y, post, other)  # the add is fused in
     return _apply_post(F.linear(x, weight, bias), post, other)

@@ -101,12 +101,12 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
     Training runs products of 2**26 multiply-adds and more on oneDNN too (forward with bias and
     residual fused, input gradient), with the plain ops' gradients within 1e-5; the FLOP counter
     sees plain ops."""
-    if ops._MKLDNN_LINEAR is None:
+    if ops.ONEDNN_LINEAR is None:
         pytest.fail('this torch has no oneDNN fused linear (mkldnn._linear_pointwise)')
     model = timm.create_model(name, **SMALL, layer_scale_init_value=0.5).eval()
     x = torch.randn(2, 3, 64, 64)
     calls = []
-    real = ops._MKLDNN_LINEAR
+    real = ops.ONEDNN_LINEAR
     # per block: q and the GELU product plain, one gate product per order, residuals of both branches
     blocks = sum(model.depths)
     orders = sum(d * o for d, o in zip(model.depths, (2, 3, 4, 5), strict=True))
@@ -119,19 +119,19 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
         def binary(self, *a):
             calls.append(a[-1])
             return real.binary(*a)
-    monkeypatch.setattr(ops, '_MKLDNN_LINEAR', Counting())
+    monkeypatch.setattr(ops, 'ONEDNN_LINEAR', Counting())
     with torch.no_grad():
         small_plain = model(x)  # in float32 this model's products are all below the size threshold
         assert calls == []
         with torch.autocast('cpu', dtype=torch.bfloat16):  # bf16 has no size threshold
             fused_bf16 = model(x)
         assert len(calls) == 4 * blocks + orders
-        monkeypatch.setattr(ops, '_ONEDNN_INFER_MIN_MACS', 0)
+        monkeypatch.setattr(ops, 'ONEDNN_INFER_MIN_MACS', 0)
         fused = model(x)
     assert calls.count('plain') == 2 * 2 * blocks and calls.count('mul') == 2 * orders
     assert calls.count('add') == 2 * 2 * blocks  # under CPU autocast the residual stream is bf16 too
     calls.clear()
-    monkeypatch.setattr(ops, '_MKLDNN_LINEAR', None)
+    monkeypatch.setattr(ops, 'ONEDNN_LINEAR', None)
     with torch.no_grad():
         plain = model(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
@@ -145,11 +145,11 @@ def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
     model(xg).square().mean().backward()
     plain_grads = [p.grad.clone() for p in model.parameters()] + [xg.grad]
     model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(ops, '_MKLDNN_LINEAR', Counting())
+    monkeypatch.setattr(ops, 'ONEDNN_LINEAR', Counting())
     model(x).square().mean().backward()  # this model's products are all below the size threshold
     assert calls == []
     model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(ops, '_ONEDNN_TRAIN_MIN_MACS', 0)
+    monkeypatch.setattr(ops, 'ONEDNN_TRAIN_MIN_MACS', 0)
     xg = x.clone().requires_grad_()
     loss = model(xg).square().mean()
     # per block order + 4 forward products (q, p, the order - 1 gate maps, proj_out, pwconv1, pwconv2),
@@ -179,7 +179,7 @@ def test_linear_gate_is_linear_times_gate(shape, out):
     x = torch.randn(shape, generator=gen)
     w, b = torch.randn(out, shape[-1], generator=gen) / shape[-1] ** 0.5, torch.randn(out, generator=gen)
     g = torch.randn(*shape[:-1], out, generator=gen)
-    small = x.numel() * out < ops._ONEDNN_INFER_MIN_MACS
+    small = x.numel() * out < ops.ONEDNN_INFER_MIN_MACS
     with torch.no_grad():
         y = F.linear(x, w, b)
         for got, ref in ((linear_gate(x, w, b, g), y * g), (linear_post(x, w, b, 'mul', g), y * g),
