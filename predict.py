@@ -29,6 +29,7 @@ import checkpoint
 import datasets
 import models
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
+from utils import TrainingError
 
 K = TypeVar('K')
 
