@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 import calc_flops
+import checkpoint
 import models
 from calc_flops import input_size_arg
 
