@@ -172,7 +172,8 @@ def test_non_editable_install_holds_only_the_model_library(tmp_path):
         'torch': {'>=2.4'}, 'timm': {'>=1.0.29', '<2'},
         'webdataset[data]': {'>=1.0.2'}, 'datasets[data]': {'>=5.2'},
         'tensorboardX[train]': set(), 'submitit[train]': {'>=1.5', '<2'},
-        'pytest[test]': {'>=8'}, 'pytest-timeout[test]': {'>=2.3'}, 'ruff[test]': {'==0.17.6'},
+        'pytest[test]': {'>=8'}, 'hypothesis[test]': {'>=6.100'}, 'pytest-timeout[test]': {'>=2.3'},
+        'ruff[test]': {'==0.17.6'},
     }
     out = _python(USE_LIBRARY, cwd=str(tmp_path), PYTHONPATH=str(target))
     assert out['file'] == str(target / 'hornet' / '__init__.py')
