@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .hub import DownloadError, cached_download, is_url
 from .ops import resize_complex_weight
 
 __all__ = [
@@ -93,13 +94,37 @@ def describe_load_failure(path: str, e: BaseException,
     return (_sniff(path) if os.path.isfile(path) else None) or _load_failure_reason(e, not_unpickled)
 
 
+def _is_safetensors(path: str) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then the JSON header."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') < os.path.getsize(path)
+
+
+def _load_safetensors(path: str, map_location: Any) -> dict[str, Any]:
+    """``{'model': tensors}`` of a safetensors file (no code can run: the format holds tensors only),
+    with the class names main.py's ``--save_safetensors`` keeps in its metadata."""
+    import json
+
+    import safetensors
+    device = map_location if isinstance(map_location, str) else 'cpu'
+    with safetensors.safe_open(path, 'pt', device=device) as f:
+        ckpt: dict[str, Any] = {'model': {k: f.get_tensor(k) for k in f.keys()}}  # noqa: SIM118
+        meta = f.metadata() or {}
+    if 'label_names' in meta:
+        ckpt['label_names'] = json.loads(meta['label_names'])
+    return ckpt
+
+
 def load_checkpoint(path: str, mmap: bool = False, safe_globals: Sequence[Callable | tuple] = SAFE_GLOBALS,
                     unsafe: bool = False, not_unpickled: str = 'only tensors and plain containers are loaded',
                     map_location: Any = 'cpu') -> dict[str, Any]:
     """Read a checkpoint file with ``torch.load(weights_only=True)``: never unpickled.
 
     Args:
-        path: A local file, or an ``http(s)://`` URL (cached in torch's hub folder).
+        path: A local file (a PyTorch checkpoint or a ``.safetensors`` file), or an ``http(s)://``
+            URL (downloaded once into torch's hub cache, checked by the sha256 prefix its file name
+            carries: :func:`models.hub.cached_download`).
         mmap: Map the tensors instead of reading them (cheap: to look at a file's epoch).
         safe_globals: Types allowed besides tensors and containers (default: argparse.Namespace,
             which older training checkpoints hold).
@@ -114,26 +139,31 @@ def load_checkpoint(path: str, mmap: bool = False, safe_globals: Sequence[Callab
     """
     def fail(reason: str) -> CheckpointFileError:
         return CheckpointFileError(f'cannot load checkpoint {path}: {reason}')
-    url = path.startswith(('http://', 'https://'))
-    local = os.path.expanduser(path) if not url else path
-    if not url:
-        if not os.path.exists(local):
-            raise fail('no such file')
-        if os.path.isdir(local):
-            raise fail('it is a directory, not a file')
+    if is_url(path):  # the rules of pretrained=True: hub cache, sha256 prefix in the name, atomic
         try:
-            reason = _sniff(local)
-        except OSError as e:
-            raise fail(e.strerror or str(e)) from None
-        if reason:
-            raise fail(reason)
+            local = cached_download(path)
+        except DownloadError as e:
+            raise fail(str(e)) from None
+    else:
+        local = os.path.expanduser(path)
+    if not os.path.exists(local):
+        raise fail('no such file')
+    if os.path.isdir(local):
+        raise fail('it is a directory, not a file')
+    try:
+        if _is_safetensors(local):
+            return _load_safetensors(local, map_location)
+        reason = _sniff(local)
+    except OSError as e:
+        raise fail(e.strerror or str(e)) from None
+    except Exception as e:  # noqa: BLE001  (a damaged safetensors file: reported, not raised)
+        raise fail(f'the safetensors file is damaged ({str(e).strip().splitlines()[-1]})') from None
+    if reason:
+        raise fail(reason)
     try:
         with torch.serialization.safe_globals(list(safe_globals)), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # e.g. "Detected pickle protocol 4": the error says it all
-            if url:
-                ckpt = torch.hub.load_state_dict_from_url(path, map_location=map_location, weights_only=not unsafe)
-            else:
-                ckpt = torch.load(local, map_location=map_location, weights_only=not unsafe, mmap=mmap)
+            ckpt = torch.load(local, map_location=map_location, weights_only=not unsafe, mmap=mmap)
     except Exception as e:  # noqa: BLE001  (any failure of a user-given file is reported, not raised)
         if mmap and 'mmap' in str(e):  # legacy (non-zip) files cannot be mapped: read them
             return load_checkpoint(path, False, safe_globals, unsafe, not_unpickled, map_location)

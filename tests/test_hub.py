@@ -125,3 +125,57 @@ def test_cache_holds_exactly_the_checked_files(loopback_server, tmp_path_factory
     else:
         path = hub.cached_download(f'{base}/{name}', cache_dir=str(cache))
         assert open(path, 'rb').read() == data and os.listdir(cache) == [name]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('source', ['url', 'safetensors'])
+def test_every_reader_takes_urls_and_safetensors(source, loopback_server, hub_dir, data, trained, tmp_path, capsys):
+    """A checkpoint given as an http(s) URL (checked into the hub cache) or as a .safetensors file reads
+    like the .pth file in every entry point: main.py --eval --resume (the logged accuracy),
+    --finetune (the same starting weights), export.py (a hub folder with the same logits), predict.py
+    (the same top-1) and the OpenMMLab backbone's init_cfg."""
+    import json
+
+    import checkpoint
+    import export
+    import main as train_main
+    import predict
+    from conftest import SMALL_ARGS, read_log, tiny_argv
+    from models.mm_hornet import HorNetBackbone
+    pth = os.path.join(trained, 'checkpoint-1.pth')
+    ckpt = torch.load(pth, weights_only=True)
+    if source == 'url':
+        base, folder, _ = loopback_server
+        src = f'{base}/' + _save_named_by_hash(ckpt, folder, 'run')
+    else:
+        src = str(tmp_path / 'run.safetensors')
+        checkpoint.save_safetensors(ckpt['model'], src, {'label_names': json.dumps(ckpt['label_names'])})
+
+    stats = train_main.main(train_main.parse_args(tiny_argv(data, '', eval='true', resume=src)))
+    assert stats['test_acc1'] == pytest.approx(read_log(trained)[-1]['test_acc1'])
+
+    out = str(tmp_path / 'ft')  # lr 0, no weight decay: the first checkpoint holds the starting weights
+    assert train_main.run(tiny_argv(data, out, finetune=src, epochs=1, lr=0, min_lr=0, weight_decay=0)) == 0
+    started = torch.load(os.path.join(out, 'checkpoint-0.pth'), weights_only=True)['model']
+    assert all(torch.equal(started[k], v) for k, v in ckpt['model'].items())
+
+    hub_out = str(tmp_path / 'hub')
+    assert export.main(['--model', 'hornet_tiny_gf', *SMALL_ARGS, '--input_size', '32', '--checkpoint', src,
+                        '--format', 'hub', '--output', hub_out]) == 0
+    model = timm.create_model(f'local-dir:{hub_out}', pretrained=True).eval()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ckpt['model'].items())
+
+    image = os.path.join(data, 'val', 'class_1', '000.png')
+    capsys.readouterr()
+    outputs = []
+    for path in (pth, src):
+        assert predict.main(['--model', 'hornet_tiny_gf', '--checkpoint', path, '--topk', '1', '--input_size', '32',
+                             image,
+                             '--model_kwargs', 'depths=1,1,1,1', 'base_dim=16']) == 0
+        outputs.append(capsys.readouterr().out.splitlines()[-1])
+    assert outputs[0] == outputs[1] and 'class_1' in outputs[0]
+
+    backbone = HorNetBackbone(arch='tiny_gf', **SMALL, init_cfg=dict(type='Pretrained', checkpoint=src))
+    backbone.init_weights()
+    assert torch.equal(backbone.state_dict()['stages.2.0.gnconv.proj_in.weight'],
+                       ckpt['model']['stages.2.0.gnconv.proj_in.weight'])
