@@ -241,11 +241,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- building blocks
 
+def check_model_name(name: str) -> None:
+    """An unknown ``--model`` is an error that lists the valid names."""
+    valid = sorted(timm.list_models('hornet_*'))
+    if name not in valid:
+        raise TrainingError(f'unknown --model {name!r}; valid models: {", ".join(valid)}')
+
+
 def build_model(args: argparse.Namespace, num_classes: int | None = None) -> torch.nn.Module:
     """The ``--model`` network with the drop-path, layer-scale, head-init and size overrides."""
-    valid = sorted(timm.list_models('hornet_*'))
-    if args.model not in valid:
-        raise TrainingError(f'unknown --model {args.model!r}; valid models: {", ".join(valid)}')
+    check_model_name(args.model)
     if num_classes is None:
         num_classes = DEFAULT_NB_CLASSES if args.nb_classes is None else args.nb_classes
     kwargs = dict(num_classes=num_classes,
@@ -318,8 +323,9 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, classes: Seq
 
 
 def model_gflops(args: argparse.Namespace) -> float:
-    """GFLOPs of one ``--input_size`` image through the ``--model`` network (counted on the meta
-    device, so no memory is allocated); logged in log.txt as ``GFLOPs``, as the original."""
+    """GFLOPs of one ``--input_size`` image through the ``--model`` network, logged in log.txt as
+    ``GFLOPs`` as the original. Counted on a second build on the meta device (shapes only: nothing
+    is allocated or computed), so the real model never runs a forward for it."""
     with torch.device('meta'):
         model = build_model(args)
     return calc_flops.count_flops(model, (args.input_size, args.input_size))['total'] / 1e9
@@ -539,8 +545,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     if device.type == 'cpu' and args.keep_freed_memory and utils.keep_freed_cpu_memory():
         logger.info('CPU allocator: freed memory is kept for reuse (--keep_freed_memory)')
     rank, world_size = utils.get_rank(), utils.get_world_size()
-    if args.model not in timm.list_models('hornet_*'):
-        build_model(args)  # raises with the list of valid names
+    check_model_name(args.model)
     validate_args(args)
     utils.seed_everything(args.seed + rank)
     resume_path, manager = '', None
