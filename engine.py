@@ -2,7 +2,7 @@
 import contextlib
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -41,6 +41,10 @@ def train_one_epoch(
         print_freq: int = 10,
         num_batches: int | None = None,
         clip_mode: str = 'micro',
+        start_batch: int = 0,
+        metric_logger: utils.MetricLogger | None = None,
+        reseed: Callable[[int], None] | None = None,
+        on_step: Callable[[int, utils.MetricLogger], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch averages (``loss``, ``class_acc``, ``lr``,
     ``min_lr``, ``weight_decay``, ``grad_norm``), the original's names.
@@ -57,11 +61,17 @@ def train_one_epoch(
     autocast (``amp_dtype``), the full accumulated gradient is clipped once per optimizer step
     (when ``max_norm > 0``).
 
+    Mid-epoch resume: ``data_loader`` starts at batch ``start_batch`` (its sampler skips the
+    batches before), ``metric_logger`` holds the epoch's running statistics so far. ``reseed(i)``
+    seeds the main process's generators before batch ``i`` (mixup, drop path), so they do not
+    depend on where the run resumed. ``on_step(batches_done, metric_logger)`` runs after each
+    optimizer step, inside the step's held block (step checkpoints, stops at a step boundary).
+
     Raises:
         utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step; nothing is saved).
     """
     model.train(True)
-    metric_logger = utils.MetricLogger()
+    metric_logger = metric_logger if metric_logger is not None else utils.MetricLogger()
     metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{epoch}]'
@@ -77,9 +87,12 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
 
     for data_iter_step, (samples, targets) in enumerate(
-            metric_logger.log_every(data_loader, print_freq, header, total=num_batches)):
+            metric_logger.log_every(data_loader, print_freq, header, total=num_batches - start_batch),
+            start=start_batch):
         if data_iter_step >= num_batches:
             break
+        if reseed is not None:
+            reseed(data_iter_step)
         # Ctrl-C, SIGTERM or a preemption during the step is handled when it ends (utils.defer_signal)
         with utils.signals_held():
             step = data_iter_step // update_freq
@@ -136,6 +149,8 @@ def train_one_epoch(
                 log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=it)
                 log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
                                   grad_norm=grad_norm if last_micro else None, step=it)
+            if last_micro and on_step is not None:
+                on_step(data_iter_step + 1, metric_logger)
 
     metric_logger.synchronize_between_processes()
     logger.info(f'Averaged stats: {metric_logger}')
