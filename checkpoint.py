@@ -580,11 +580,12 @@ class CheckpointManager:
         latest = find_latest(self.output_dir) if auto_resume and not overwrite else None
         if latest is not None:
             path, epoch = latest
+            where = f'inside epoch {epoch + 1}' if os.path.basename(path) == STEP_NAME else f'epoch {epoch}'
             if resume and os.path.abspath(resume) != os.path.abspath(path):
-                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir, '
+                logger.info(f'resuming from {path} ({where}), the newest checkpoint in --output_dir, '
                             f'instead of --resume {resume}')
             else:
-                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir')
+                logger.info(f'resuming from {path} ({where}), the newest checkpoint in --output_dir')
             return path
         # a fresh start (or --resume from elsewhere): the folder must not hold another run's results
         results = [os.path.basename(p) for p in list_epoch_checkpoints(self.output_dir)]

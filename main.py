@@ -478,8 +478,10 @@ class StepCheckpointer:
         if (stop or due) and self.manager is not None and self.args.save_ckpt:
             self.save(epoch, batches_done, metric_logger)
         if stop:
-            utils.handle_pending_signals()  # raises the stop (KeyboardInterrupt, Terminated, submitit's exit)
-            raise Terminated()  # another rank was asked to stop: stop with it
+            # raises the stop (KeyboardInterrupt, Terminated, submitit's exit on rank 0); a rank whose
+            # handler returns (submitit's on other ranks) or that got no signal trains on as before,
+            # until its launcher stops it
+            utils.handle_pending_signals()
 
     def save(self, epoch: int, batches_done: int, metric_logger: utils.MetricLogger) -> None:
         args, world_size = self.args, utils.get_world_size()
