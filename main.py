@@ -433,8 +433,8 @@ def step_position(args: argparse.Namespace, ckpt: dict[str, Any] | None, path: s
                        f'{step["update_freq"]} accumulation: continuing at sample {samples} of epoch {epoch} '
                        '(the same samples, not bit for bit the same training)')
     mine = ranks[rank] if same_shape else {}
-    logger.info(f'continuing epoch {epoch} at batch {batch} (step {batch // args.update_freq}, sample {samples} '
-                f'of the epoch) from the step checkpoint {path}')
+    logger.info(f'continuing epoch {epoch} at batch {batch} (sample {samples} of the epoch) from the step '
+                f'checkpoint {path}')
     return StepPosition(epoch, batch, mine.get('metrics'), mine.get('rng'))
 
 
@@ -442,7 +442,9 @@ class StepCheckpointer:
     """Step checkpoints (:data:`checkpoint.STEP_NAME`) at optimizer-step boundaries: when a stop is
     requested (Ctrl-C, SIGTERM, submitit's preemption signal, all deferred to the boundary), then the
     run stops; and every ``--save_every_minutes``. All ranks decide together (one small all-reduce on a
-    CPU group per optimizer step), so they save at the same step; rank 0 keeps the time.
+    CPU group per optimizer step), so they save at the same step; rank 0 keeps the time. Streams
+    (``enabled`` false) write none: a stop still waits for the step boundary, and the rerun repeats
+    the epoch from its start.
 
     The file holds :func:`training_state` (``epoch`` = the last finished epoch) plus a ``step`` entry:
     the epoch it stopped in, batches done, global optimizer step, samples of the epoch over all ranks,
@@ -450,8 +452,9 @@ class StepCheckpointer:
     """
 
     def __init__(self, args: argparse.Namespace, manager: checkpoint.CheckpointManager | None,
-                 steps_per_epoch: int, state: Callable[[int], dict]):
+                 steps_per_epoch: int, state: Callable[[int], dict], enabled: bool = True):
         self.args, self.manager, self.steps_per_epoch, self.state = args, manager, steps_per_epoch, state
+        self.enabled = enabled and manager is not None and args.save_ckpt
         self.every = max(args.save_every_minutes, 0.0) * 60
         self.last = time.monotonic()
         self.group = None
@@ -475,7 +478,7 @@ class StepCheckpointer:
     def on_step(self, epoch: int, batches_done: int, metric_logger: utils.MetricLogger) -> None:
         """After an optimizer step: save when a stop is requested or the time is up; then stop if asked."""
         stop, due = self._decide()
-        if (stop or due) and self.manager is not None and self.args.save_ckpt:
+        if (stop or due) and self.enabled:
             self.save(epoch, batches_done, metric_logger)
         if stop:
             # raises the stop (KeyboardInterrupt, Terminated, submitit's exit on rank 0); a rank whose
@@ -797,7 +800,8 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     stats: dict[str, float] = {}
     step_saver = StepCheckpointer(args, manager, steps_per_epoch, functools.partial(
         training_state, args, model=model_without_ddp, optimizer=optimizer, loss_scaler=loss_scaler,
-        model_ema=model_ema, best=best, label_names=train_classes))
+        model_ema=model_ema, best=best, label_names=train_classes),
+        enabled=train_sampler is not None)  # a stream cannot start inside an epoch: it resumes at the epoch start
     # from here a stop request waits for an optimizer-step boundary (a step checkpoint, then the stop),
     # or, arriving during an evaluation, for the end of that epoch's files
     cleanup.enter_context(utils.stops_at_step_boundary())

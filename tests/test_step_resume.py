@@ -13,7 +13,17 @@ import torch
 
 import checkpoint
 import datasets
-from conftest import MAIN, ROOT, free_port, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
+from conftest import (
+    MAIN,
+    ROOT,
+    free_port,
+    make_image_folder,
+    read_log,
+    run_python,
+    stop_inside_epoch_1,
+    subprocess_env,
+    tiny_argv,
+)
 
 # every source of randomness on: mixup, cutmix, RandAugment, random erasing, crops/flips, drop path,
 # EMA, and an accumulation window the stop must not cut
@@ -36,24 +46,6 @@ def _assert_same_weights(a_dir, b_dir):
     assert [r['train_loss'] for r in read_log(a_dir)] == [r['train_loss'] for r in read_log(b_dir)]
 
 
-def _stop_inside_epoch_1(cmd, sig, at_batch, wait_for_step_file=False):
-    """Start ``cmd``, send ``sig`` once epoch 1 has logged batch ``at_batch`` (with SIGKILL: once a step
-    checkpoint of epoch 1 exists too); returns the exit code and the output."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith('Epoch: [1]') and int(line.split('[')[2].split('/')[0]) >= at_batch:
-            if wait_for_step_file and not any('saved' in ln and '(epoch 1,' in ln for ln in seen[-3:]):
-                continue  # SIGKILL: only after a step checkpoint of this epoch was written
-            os.kill(proc.pid, sig)
-            break
-    rest = proc.stdout.read()
-    proc.wait(timeout=120)
-    return proc.returncode, ''.join(seen) + rest
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('workers', [0, 2])
 def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
@@ -65,7 +57,7 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
     assert run_python([MAIN, *tiny_argv(data, straight, **extra)], timeout=240).returncode == 0
     at = random.Random(workers).randrange(1, BATCHES - 3)
     argv = tiny_argv(data, stopped, **extra)
-    code, out = _stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGTERM, at)
+    code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGTERM, at)
     assert code == 143, out[-3000:]
     assert 'terminated (SIGTERM); rerun the same command to resume' in out
     step = _weights(f'{stopped}/{checkpoint.STEP_NAME}')
@@ -79,7 +71,7 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
 
     rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
-    assert f'continuing epoch 1 at batch {position["batch"]} (step {position["batch"] // 2}' in rerun.stdout
+    assert f'continuing epoch 1 at batch {position["batch"]} (sample {position["batch"] * 4} of' in rerun.stdout
     assert 'Epoch: [0]' not in rerun.stdout
     left = BATCHES - position['batch']  # only the rest of the epoch is read
     assert rerun.stdout.count('Epoch: [1] [') == left  # a progress line per batch (--print_freq 1)
@@ -98,7 +90,7 @@ def test_sigkill_with_save_every_minutes_resumes_bit_for_bit(data, tmp_path):
     assert run_python([MAIN, *tiny_argv(data, straight, **extra)], timeout=240).returncode == 0
     argv = tiny_argv(data, killed, **extra)
     at = random.Random(9).randrange(3, BATCHES - 2)
-    code, out = _stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGKILL, at, wait_for_step_file=True)
+    code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGKILL, at, wait_for_step_file=True)
     assert code == -signal.SIGKILL, out[-3000:]
     position = _weights(f'{killed}/{checkpoint.STEP_NAME}')['step']
     assert position['epoch'] == 1 and 0 < position['batch'] < BATCHES
@@ -124,7 +116,7 @@ def test_two_processes_sigterm_inside_epoch_resumes_bit_for_bit(tmp_path):
     res = subprocess.run(cmd(straight), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     at = random.Random(2).randrange(1, BATCHES - 3)
-    code, out = _stop_inside_epoch_1(cmd(stopped), signal.SIGTERM, at)
+    code, out = stop_inside_epoch_1(cmd(stopped), signal.SIGTERM, at)
     assert code != 0, out[-3000:]
     position = _weights(f'{stopped}/{checkpoint.STEP_NAME}')['step']
     assert position['epoch'] == 1 and position['world_size'] == 2 and len(position['ranks']) == 2
@@ -206,7 +198,7 @@ def test_step_checkpoint_of_another_shape_resumes_at_the_same_sample_or_refuses(
     other = tiny_argv(data, out, **dict(HEAVY, aa='none', mixup=0, cutmix=0, reprob=0, batch_size=2))
     res = run_python([MAIN, *other], timeout=240)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert 'continuing epoch 1 at batch 12 (step 6, sample 24 of the epoch)' in res.stdout
+    assert 'continuing epoch 1 at batch 12 (sample 24 of the epoch)' in res.stdout
     assert 'continuing at sample 24 of epoch 1' in res.stdout
     torch.save(ckpt, f'{out}/{checkpoint.STEP_NAME}')
     os.remove(f'{out}/checkpoint-1.pth')
