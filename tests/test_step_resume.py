@@ -22,6 +22,7 @@ from conftest import (
     run_python,
     stop_inside_epoch_1,
     subprocess_env,
+    tensorboard_events,
     tiny_argv,
 )
 
@@ -34,6 +35,17 @@ BATCHES = 12  # 48 images / batch 4 on one process (6 optimizer steps)
 
 def _weights(path):
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _loss_curve(folder):
+    """(step, value) of TensorBoard's loss/loss as TensorBoard shows it: a purge marker (a resumed
+    writer's purge_step) hides what earlier files logged from that step on."""
+    points = []
+    for ev in tensorboard_events(folder):
+        if ev.HasField('session_log') and ev.session_log.status == ev.session_log.START:
+            points = [p for p in points if p[0] < ev.step]
+        points += [(ev.step, v.simple_value) for v in ev.summary.value if v.tag == 'loss/loss']
+    return sorted(points)
 
 
 def _assert_same_weights(a_dir, b_dir):
@@ -76,6 +88,8 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
     left = BATCHES - position['batch']  # only the rest of the epoch is read
     assert rerun.stdout.count('Epoch: [1] [') == left  # a progress line per batch (--print_freq 1)
     _assert_same_weights(straight, stopped)
+    assert _loss_curve(stopped) == _loss_curve(straight)  # each micro-batch once, same values
+    assert [p[0] for p in _loss_curve(stopped)] == list(range(2 * BATCHES))
     files = sorted(os.listdir(stopped))
     assert checkpoint.STEP_NAME not in files  # pruned once checkpoint-1 was written
     assert not [f for f in files if f.startswith('.tmp-')]
