@@ -72,8 +72,9 @@ def train_one_epoch(
     """
     model.train(True)
     metric_logger = metric_logger if metric_logger is not None else utils.MetricLogger()
-    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
-    metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    for name in ('lr', 'min_lr'):
+        if name not in metric_logger.meters:  # a resumed epoch's meters carry on
+            metric_logger.add_meter(name, utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{epoch}]'
     num_batches = num_batches if num_batches is not None else len(data_loader)
     num_batches -= num_batches % update_freq
