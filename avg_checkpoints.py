@@ -106,10 +106,7 @@ def save_weights(state: dict[str, torch.Tensor], path: str, sources: Sequence[st
     metadata) or ``.pth`` (``{'model': state, 'averaged_from': [...]}``)."""
     names = [os.path.basename(s) for s in sources]
     if path.endswith('.safetensors'):
-        import safetensors.torch
-        state = {k: v.contiguous() for k, v in state.items()}
-        checkpoint._write_atomic(path, 'avg', lambda f: f.write(safetensors.torch.save(
-            state, metadata={'format': 'pt', 'averaged_from': ','.join(names)})))
+        checkpoint.save_safetensors(state, path, {'averaged_from': ','.join(names)})
     else:
         checkpoint.atomic_save({'model': state, 'averaged_from': names}, path)
 

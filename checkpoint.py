@@ -47,6 +47,7 @@ BEST_NAMES = ('checkpoint-best.pth', 'checkpoint-best-ema.pth')
 # reader resumes at the start of the epoch it stopped in) and its 'step' entry says where in the epoch
 STEP_NAME = 'checkpoint-step.pth'
 STEP_KEY = 'step'
+WEIGHTS_NAME = 'model.safetensors'  # main.py --save_safetensors: the run's best weights, no training state
 _EPOCH_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
 
 
@@ -119,6 +120,22 @@ def atomic_save(obj: Any, path: str) -> None:
         if not _is_write_failure(e):
             raise
         raise CheckpointError(f'cannot save checkpoint {path}: {_write_failure_reason(e)}') from e
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
+    """Weights as a ``.safetensors`` file (no pickle: any tool can read it safely), atomically like
+    :func:`atomic_save`; ``metadata`` (strings) goes into its header.
+
+    Raises:
+        CheckpointError: the write failed.
+    """
+    import safetensors.torch
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    data = safetensors.torch.save(tensors, metadata={'format': 'pt', **(metadata or {})})
+    try:
+        _write_atomic(path, 'weights', lambda f: f.write(data))
+    except OSError as e:
+        raise CheckpointError(f'cannot save {path}: {_write_failure_reason(e)}') from e
 
 
 def clean_temp_files(folder: str) -> list[str]:
@@ -589,7 +606,8 @@ class CheckpointManager:
             return path
         # a fresh start (or --resume from elsewhere): the folder must not hold another run's results
         results = [os.path.basename(p) for p in list_epoch_checkpoints(self.output_dir)]
-        results += [n for n in (*BEST_NAMES, STEP_NAME) if os.path.exists(os.path.join(self.output_dir, n))]
+        results += [n for n in (*BEST_NAMES, STEP_NAME, WEIGHTS_NAME)
+                    if os.path.exists(os.path.join(self.output_dir, n))]
         if read_log(self.output_dir):  # epochs of a run with no checkpoint to resume: its results too
             results.append(LOG_NAME)
         if results and not overwrite:

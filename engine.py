@@ -1,5 +1,6 @@
 """One epoch of training, and evaluation (top-1 / top-5 / loss)."""
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -20,6 +21,55 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None) -> contextlib.
     if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.amp.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+class _StepRecords:
+    """Per-step numbers kept on the device and read by the host in one transfer at each progress
+    line: a ``loss.item()`` every step would stall the GPU's queue (the host waits for the step to
+    finish before launching the next). At each flush the losses are checked in order (the first
+    non-finite one stops training, named by its step) and the meters and TensorBoard get exactly the
+    values, in the order, that per-step reads would have given."""
+
+    def __init__(self, epoch: int, start_steps: int, update_freq: int, metric_logger: utils.MetricLogger,
+                 log_writer: utils.TensorboardLogger | None):
+        self.epoch, self.start_steps, self.update_freq = epoch, start_steps, update_freq
+        self.metric_logger, self.log_writer = metric_logger, log_writer
+        self.records: list[tuple] = []
+
+    def add(self, batch: int, last_micro: bool, loss: torch.Tensor, class_acc: torch.Tensor | None,
+            grad_norm: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> None:
+        groups = optimizer.param_groups  # host numbers now: the schedule changes them next step
+        self.records.append((batch, last_micro, loss, class_acc, grad_norm,
+                             max(g['lr'] for g in groups), min(g['lr'] for g in groups),
+                             max(g['weight_decay'] for g in groups)))
+
+    def read(self, metric_logger: utils.MetricLogger) -> utils.MetricLogger:
+        """``metric_logger`` with every step so far recorded (a step checkpoint saves it)."""
+        self.flush()
+        return metric_logger
+
+    def flush(self) -> None:
+        if not self.records:
+            return
+        device_values = [v.float().reshape(()) for r in self.records for v in r[2:5] if isinstance(v, torch.Tensor)]
+        host = iter(torch.stack(device_values).tolist() if device_values else [])  # the one host sync
+        rows = [[next(host) if isinstance(v, torch.Tensor) else v for v in r[2:5]] for r in self.records]
+        records, self.records = self.records, []
+        for (batch, last_micro, *_, lr, min_lr, wd), (loss, class_acc, grad_norm) in zip(records, rows, strict=True):
+            if not math.isfinite(loss):
+                raise utils.NonFiniteLossError(
+                    f'loss is {loss} at epoch {self.epoch}, step {batch} (batch) / '
+                    f'{self.start_steps + batch // self.update_freq} (optimizer step); training stopped, the '
+                    'last good checkpoint in the output dir is untouched')
+            self.metric_logger.update(loss=loss, class_acc=class_acc, lr=lr, min_lr=min_lr, weight_decay=wd)
+            if last_micro:
+                self.metric_logger.update(grad_norm=grad_norm)
+            if self.log_writer is not None:
+                # the original's tags and x axis: every micro-batch, counted from epoch start
+                it = self.start_steps * self.update_freq + batch
+                self.log_writer.update(head='loss', loss=loss, class_acc=class_acc, step=it)
+                self.log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
+                                       grad_norm=grad_norm if last_micro else None, step=it)
 
 
 def train_one_epoch(
@@ -44,7 +94,7 @@ def train_one_epoch(
         start_batch: int = 0,
         metric_logger: utils.MetricLogger | None = None,
         reseed: Callable[[int], None] | None = None,
-        on_step: Callable[[int, utils.MetricLogger], None] | None = None,
+        on_step: Callable[[int, Callable[[], utils.MetricLogger]], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch averages (``loss``, ``class_acc``, ``lr``,
     ``min_lr``, ``weight_decay``, ``grad_norm``), the original's names.
@@ -61,14 +111,20 @@ def train_one_epoch(
     autocast (``amp_dtype``), the full accumulated gradient is clipped once per optimizer step
     (when ``max_norm > 0``).
 
+    The host reads the step's numbers (loss, accuracy, gradient norm) only at each progress line
+    (``print_freq``) and at the epoch's end, in one transfer (:class:`_StepRecords`), so a GPU step
+    does not wait for the previous one; the logged numbers are the same.
+
     Mid-epoch resume: ``data_loader`` starts at batch ``start_batch`` (its sampler skips the
     batches before), ``metric_logger`` holds the epoch's running statistics so far. ``reseed(i)``
     seeds the main process's generators before batch ``i`` (mixup, drop path), so they do not
-    depend on where the run resumed. ``on_step(batches_done, metric_logger)`` runs after each
-    optimizer step, inside the step's held block (step checkpoints, stops at a step boundary).
+    depend on where the run resumed. ``on_step(batches_done, read_metrics)`` runs after each
+    optimizer step, inside the step's held block (step checkpoints, stops at a step boundary);
+    ``read_metrics()`` reads the pending numbers (a host sync) and returns the metric logger.
 
     Raises:
-        utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step; nothing is saved).
+        utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step of the first such loss,
+            found at the next progress line or the epoch's end; nothing of the epoch is saved).
     """
     model.train(True)
     metric_logger = metric_logger if metric_logger is not None else utils.MetricLogger()
@@ -86,6 +142,7 @@ def train_one_epoch(
     # the original's fp32 path never clips when max_norm <= 0.1
     step_clip = None if micro_clip_rule else max_norm
     optimizer.zero_grad(set_to_none=True)
+    pending = _StepRecords(epoch, start_steps, update_freq, metric_logger, log_writer)
 
     for data_iter_step, (samples, targets) in enumerate(
             metric_logger.log_every(data_loader, print_freq, header, total=num_batches - start_batch),
@@ -113,19 +170,13 @@ def train_one_epoch(
                 with autocast(device, amp_dtype):
                     output = model(samples)
                     loss = criterion(output, targets)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise utils.NonFiniteLossError(
-                        f'loss is {loss_value} at epoch {epoch}, step {data_iter_step} (batch) / '
-                        f'{start_steps + step} (optimizer step); training stopped, the last good '
-                        'checkpoint in the output dir is untouched')
                 if clip_each_micro:
                     (loss / update_freq).backward()
                     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
                     grad_norm = None
                     if last_micro:
                         optimizer.step()
-                        grad_norm = float(norm)  # norm before the last clip
+                        grad_norm = norm.detach()  # norm before the last clip
                 else:
                     grad_norm = loss_scaler(loss / update_freq, optimizer, clip_grad=step_clip,
                                             parameters=parameters, update_grad=last_micro)
@@ -134,24 +185,15 @@ def train_one_epoch(
                 if model_ema is not None:
                     model_ema.update(model)
 
-            if mixup_fn is None:
-                class_acc = (output.argmax(-1) == targets).float().mean().item()
-            else:
-                class_acc = None
-            lr = max(g['lr'] for g in optimizer.param_groups)
-            min_lr = min(g['lr'] for g in optimizer.param_groups)
-            wd = max(g['weight_decay'] for g in optimizer.param_groups)
-            metric_logger.update(loss=loss_value, class_acc=class_acc, lr=lr, min_lr=min_lr, weight_decay=wd)
-            if last_micro:
-                metric_logger.update(grad_norm=grad_norm)
-            if log_writer is not None:
-                # the original's tags and x axis: every micro-batch, counted from epoch start
-                it = start_steps * update_freq + data_iter_step
-                log_writer.update(head='loss', loss=loss_value, class_acc=class_acc, step=it)
-                log_writer.update(head='opt', lr=lr, min_lr=min_lr, weight_decay=wd,
-                                  grad_norm=grad_norm if last_micro else None, step=it)
+            class_acc = (output.argmax(-1) == targets).float().mean() if mixup_fn is None else None
+            pending.add(data_iter_step, last_micro, loss.detach(), class_acc, grad_norm if last_micro else None,
+                        optimizer)
+            # the progress line (utils.MetricLogger.log_every) prints after this step
+            if data_iter_step % print_freq == 0 or data_iter_step == num_batches - 1:
+                pending.flush()
             if last_micro and on_step is not None:
-                on_step(data_iter_step + 1, metric_logger)
+                on_step(data_iter_step + 1, functools.partial(pending.read, metric_logger))
+    pending.flush()
 
     metric_logger.synchronize_between_processes()
     logger.info(f'Averaged stats: {metric_logger}')

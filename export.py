@@ -309,7 +309,6 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
     Raises:
         FileExistsError: one of :data:`HUB_FILES` exists and ``overwrite`` is false.
     """
-    import safetensors.torch
     from timm.models._hub import save_config_for_hf
 
     paths = [os.path.join(folder, f) for f in HUB_FILES]
@@ -334,8 +333,7 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(cfg, f, indent=2)
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _write_file_atomic(paths[1], lambda tmp: safetensors.torch.save_file(state, tmp))
+    checkpoint.save_safetensors(model.state_dict(), paths[1])
     _write_file_atomic(paths[0], write_config)
     card = model_card(model, input_size, info, source)
     _write_file_atomic(paths[2], lambda tmp: open(tmp, 'w', encoding='utf-8').write(card))

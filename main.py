@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import json
 import logging
 import math
 import os
@@ -179,6 +180,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--save_every_minutes', default=30.0, type=float, metavar='M',
                    help='(new) also write a step checkpoint (checkpoint-step.pth) every M minutes inside an '
                         'epoch, so a kill -9 loses at most M minutes (0: off; a stop request always saves one)')
+    g.add_argument('--save_safetensors', type=str2bool, default=False,
+                   help='(new) when training ends, also write the best weights (the EMA\'s, when --model_ema_eval '
+                        'found them better) as model.safetensors in --output_dir, for timm/export/predict')
     g.add_argument('--start_epoch', default=0, type=int, metavar='N')
     g.add_argument('--eval', type=str2bool, default=False, help='only evaluate --resume')
     g.add_argument('--dist_eval', type=str2bool, default=True)
@@ -186,6 +190,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--use_amp', type=str2bool, default=False)
     g.add_argument('--amp_dtype', default='fp16', choices=('fp16', 'bf16'),
                    help='(new) autocast dtype with --use_amp true; fp16 uses a gradient scaler')
+    g.add_argument('--tf32', type=str2bool, default=True,
+                   help='(new) CUDA: fp32 matmuls and convs in TF32 (as cuDNN ran the original\'s convs); false: '
+                        'full fp32 (slower, bit-closer to the CPU)')
     g.add_argument('--print_freq', default=10, type=int, help='(new) progress line every N batches')
     g.add_argument('--max_batches_per_epoch', default=0, type=int,
                    help='(new) cap batches per epoch (0: all); for smoke tests')
@@ -198,6 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--local_rank', '--local-rank', default=-1, type=int, dest='local_rank')
     g.add_argument('--dist_on_itp', type=str2bool, default=False)
     g.add_argument('--dist_url', default='env://')
+    g.add_argument('--dist_backend', default=None, choices=('nccl', 'gloo'),
+                   help='(new) process-group backend (default: nccl on CUDA, gloo on CPU); gloo on CUDA lets '
+                        'several processes share one GPU, e.g. to test a multi-process run on one card')
 
     g = p.add_argument_group('Weights & Biases')
     g.add_argument('--enable_wandb', type=str2bool, default=False)
@@ -475,11 +485,12 @@ class StepCheckpointer:
             stop, due = bool(flags[0]), bool(flags[1])
         return stop, due
 
-    def on_step(self, epoch: int, batches_done: int, metric_logger: utils.MetricLogger) -> None:
-        """After an optimizer step: save when a stop is requested or the time is up; then stop if asked."""
+    def on_step(self, epoch: int, batches_done: int, read_metrics: Callable[[], utils.MetricLogger]) -> None:
+        """After an optimizer step: save when a stop is requested or the time is up; then stop if asked.
+        ``read_metrics`` gives the epoch's running metrics up to this step (read from the device only here)."""
         stop, due = self._decide()
         if (stop or due) and self.enabled:
-            self.save(epoch, batches_done, metric_logger)
+            self.save(epoch, batches_done, read_metrics())
         if stop:
             # raises the stop (KeyboardInterrupt, Terminated, submitit's exit on rank 0); a rank whose
             # handler returns (submitit's on other ranks) or that got no signal trains on as before,
@@ -526,6 +537,30 @@ def resume_inside_epoch(position: StepPosition, sampler: datasets.ResumableSampl
     if position.rng:
         utils.set_rng_states(position.rng)
     return position.batch
+
+
+def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: ModelEmaV3 | None,
+                       best: dict[str, float], label_names: Sequence[str] | None, ranked: bool) -> str:
+    """``model.safetensors`` in ``output_dir``: the weights of the best checkpoint when checkpoints
+    were ranked (``ranked``), those of the EMA when its best accuracy is higher, else the final
+    weights; which one, its accuracy and the class names go into the file's metadata."""
+    state, source, acc = model.state_dict(), 'final weights', None
+    if ranked:
+        use_ema = model_ema is not None and best['max_accuracy_ema'] > best['max_accuracy']
+        name, key = ('checkpoint-best-ema.pth', 'model_ema') if use_ema else ('checkpoint-best.pth', 'model')
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            state, source = checkpoint.load_file(path)[key], f'{key} of {name}'
+            acc = best['max_accuracy_ema' if use_ema else 'max_accuracy']
+    metadata = {'source': source}
+    if acc is not None:
+        metadata['acc1'] = f'{acc:.4f}'
+    if label_names is not None:
+        metadata[checkpoint.LABEL_NAMES] = json.dumps(list(label_names))
+    out = os.path.join(output_dir, checkpoint.WEIGHTS_NAME)
+    checkpoint.save_safetensors(state, out, metadata)
+    logger.info(f'wrote {out} ({source})')
+    return out
 
 
 def on_main(fn: Callable[[], Any]) -> Any:
@@ -616,6 +651,10 @@ def _check_device(args: argparse.Namespace) -> torch.device:
         # speed only: the input shapes repeat (fixed crops), so cuDNN's per-shape kernel search pays
         # off after the first step; as in the original release's training script
         torch.backends.cudnn.benchmark = True
+        # fp32 products in TF32 (--tf32, default on): the original's 1x1 convs ran through cuDNN, which
+        # uses TF32; ours are F.linear (cuBLAS), whose TF32 switch PyTorch leaves off
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     return device
 
 
@@ -880,6 +919,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
 
     total = datetime.timedelta(seconds=int(time.time() - start_time))
     logger.info(f'Training time {total}')
+    if manager is not None and args.save_safetensors and last_epoch == args.epochs:
+        on_main(lambda: save_final_weights(args.output_dir, model_without_ddp, model_ema, best, train_classes,
+                                           val_loader is not None and args.save_ckpt))
     if args.distributed:
         diff = utils.max_param_divergence(model_without_ddp)
         stats['rank_param_max_diff'] = diff

@@ -82,7 +82,8 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     ``LOCAL_RANK``; ``--local-rank`` / ``--local_rank`` are also honoured), OpenMPI on ITP
     (``--dist_on_itp``), SLURM (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, with
     ``MASTER_ADDR``/``MASTER_PORT`` set by the launcher). With none of them: a single process.
-    NCCL is used on CUDA, gloo otherwise.
+    The backend is ``args.dist_backend`` (``--dist_backend``), by default NCCL on CUDA and gloo
+    otherwise; gloo on CUDA lets two processes share one GPU (NCCL refuses that).
     """
     env = os.environ
     if args.dist_on_itp:
@@ -112,7 +113,10 @@ def init_distributed_mode(args: argparse.Namespace) -> None:
     if use_cuda:
         torch.cuda.set_device(args.gpu)
         args.device = f'cuda:{args.gpu}'
-    args.dist_backend = 'nccl' if use_cuda else 'gloo'
+    backend = getattr(args, 'dist_backend', None) or ('nccl' if use_cuda else 'gloo')
+    if backend == 'nccl' and not use_cuda:
+        raise TrainingError(f'--dist_backend nccl needs CUDA (--device {args.device}); pass --dist_backend gloo')
+    args.dist_backend = backend
     if args.dist_url == 'env://':
         env.setdefault('MASTER_ADDR', '127.0.0.1')
         env.setdefault('MASTER_PORT', '29500')
@@ -427,6 +431,18 @@ class MetricLogger:
 
 # ----------------------------------------------------------------------------- loss scaling
 
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together, in float32 (0-dim, on their device): one foreach kernel
+    per device and dtype where torch has them (CUDA), else per tensor."""
+    tensors = [t.float() for t in tensors]  # no copy for float32 gradients
+    if not tensors:
+        return torch.zeros(())
+    get_total_norm = getattr(torch.nn.utils, 'get_total_norm', None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
 class LossScaler:
     """Backward + optimizer step with optional fp16 gradient scaling and gradient clipping.
 
@@ -439,8 +455,9 @@ class LossScaler:
 
     def __call__(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                  clip_grad: float | None = None, parameters: Iterable | None = None,
-                 update_grad: bool = True) -> float | None:
-        """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm."""
+                 update_grad: bool = True) -> torch.Tensor | None:
+        """Backward ``loss``; when ``update_grad``, clip, step and return the gradient norm (a 0-dim
+        tensor on the gradients' device: reading it is left to the caller, so a step needs no host sync)."""
         self._scaler.scale(loss).backward()
         if not update_grad:
             return None
@@ -449,11 +466,10 @@ class LossScaler:
         if clip_grad is not None and clip_grad > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
         else:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in params]))
+            norm = total_norm([p.grad.detach() for p in params])
         self._scaler.step(optimizer)
         self._scaler.update()
-        return float(norm)
+        return norm.detach()
 
     def state_dict(self) -> dict:
         return self._scaler.state_dict()
@@ -480,17 +496,34 @@ def plain_args(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- loggers
 
+def tensorboard_writer_class() -> tuple[type, str]:
+    """``(SummaryWriter, its log-folder keyword)``: tensorboardX's (the original's), else PyTorch's own
+    ``torch.utils.tensorboard`` (needs the ``tensorboard`` package; GPU images often have it but not
+    tensorboardX); neither: a :class:`TrainingError` that says what to install."""
+    try:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter, 'logdir'
+    except ImportError:
+        pass
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter, 'log_dir'
+    except ImportError:
+        raise TrainingError('TensorBoard logging (into --log_dir or --output_dir) needs tensorboardX or '
+                            'tensorboard: pip install tensorboardX') from None
+
+
 class TensorboardLogger:
-    """Scalars to TensorBoard event files via tensorboardX."""
+    """Scalars to TensorBoard event files via tensorboardX, or ``torch.utils.tensorboard`` without it."""
 
     def __init__(self, log_dir: str, purge_step: int | None = None):
+        writer_cls, dir_key = tensorboard_writer_class()
         # purge_step (the first step of a resumed run): TensorBoard drops the events a killed run
-        # wrote from that step on, so re-trained steps are not shown twice
-        from tensorboardX import SummaryWriter
-        # a unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
+        # wrote from that step on, so re-trained steps are not shown twice.
+        # A unique suffix: tensorboardX names files by the second and opens them 'wb', so a rerun
         # within the same second would overwrite the previous run's events
-        self.writer = SummaryWriter(logdir=log_dir, purge_step=purge_step,
-                                    filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
+        self.writer = writer_cls(**{dir_key: log_dir}, purge_step=purge_step,
+                                 filename_suffix=f'.{os.getpid()}.{secrets.token_hex(3)}')
 
     def update(self, head: str, step: int, **kwargs: float) -> None:
         """Write each ``kwargs`` value as ``<head>/<name>`` at ``step`` (``None`` values are skipped)."""

@@ -117,7 +117,8 @@ def make_step(model: nn.Module, x: torch.Tensor, mode: str, amp_dtype: torch.dty
 
 
 def build(kind: str, name: str, args, device: torch.device, ours: nn.Module | None = None) -> nn.Module:
-    if kind == 'hornet':
+    # 'eager' (the uncompiled row next to --compile) is our model too: the memory probe builds it by kind
+    if kind in ('hornet', 'eager'):
         model = timm.create_model(name)
         if args.grad_ckpt_on:
             model.set_grad_checkpointing(True)
@@ -126,10 +127,12 @@ def build(kind: str, name: str, args, device: torch.device, ours: nn.Module | No
     elif kind == 'mmpretrain':
         model = mmpretrain_from(ours)
         model.classifier.backbone.with_cp = args.grad_ckpt_on
-    else:
+    elif kind == 'convnext':
         model = timm.create_model(convnext_for(name))
         if args.grad_ckpt_on:
             model.set_grad_checkpointing(True)
+    else:
+        raise ValueError(f'unknown model kind {kind!r}')
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -539,3 +539,54 @@ def test_log_txt_is_strict_json(tmp_path):
     assert checkpoint.trim_log(str(tmp_path), 1) == 2
     assert (tmp_path / 'log.txt').read_text() == text.splitlines()[0] + '\n'
     assert os.listdir(tmp_path) == ['log.txt']
+
+
+_HIDE_TENSORBOARD = '''
+import runpy, sys
+sys.modules['tensorboardX'] = None  # an import of a None entry raises ImportError: "not installed"
+sys.modules['torch.utils.tensorboard'] = None
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+@pytest.mark.slow
+def test_training_without_any_tensorboard_package_is_one_line(data, tmp_path):
+    """With neither tensorboardX nor tensorboard importable (hidden in a child process), a training run
+    that logs (it has an --output_dir) stops before its first step: one line that says what to install,
+    exit 2, no traceback, no checkpoint."""
+    out = str(tmp_path / 'out')
+    res = run_python(['-c', _HIDE_TENSORBOARD, MAIN, *tiny_argv(data, out, epochs=1)], timeout=120)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert err[-1].endswith('TensorBoard logging (into --log_dir or --output_dir) needs tensorboardX or '
+                            'tensorboard: pip install tensorboardX'), err
+    assert 'Traceback' not in res.stderr
+    assert not os.path.exists(out) or not [f for f in os.listdir(out) if f.endswith('.pth')]
+
+
+def test_tensorboard_falls_back_to_torch_utils_tensorboard(tmp_path, monkeypatch):
+    """Without tensorboardX, TensorBoard scalars go through ``torch.utils.tensorboard``'s writer (its
+    folder keyword is ``log_dir``), with the same purge step and tags."""
+    import types
+
+    import utils
+    made = []
+
+    class Writer:
+        def __init__(self, **kw):
+            self.kw, self.scalars = kw, []
+            made.append(self)
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+    monkeypatch.setitem(sys.modules, 'tensorboardX', None)
+    monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', types.SimpleNamespace(SummaryWriter=Writer))
+    assert utils.tensorboard_writer_class() == (Writer, 'log_dir')
+    log = utils.TensorboardLogger(str(tmp_path), purge_step=12)
+    log.update(head='loss', step=12, loss=torch.tensor(0.5), class_acc=None)
+    assert made[0].kw['log_dir'] == str(tmp_path) and made[0].kw['purge_step'] == 12
+    assert made[0].scalars == [('loss/loss', 0.5, 12)]

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, run_python
+from conftest import ROOT, run_python, subprocess_env
 
 THROUGHPUT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
 
@@ -217,3 +217,126 @@ def test_throughput_device_cuda_without_gpu_is_an_argparse_error(monkeypatch, ca
     with pytest.raises(Reached, match='cuda'):
         throughput.main(['--device', 'cuda', '--models', 'hornet_tiny_7x7', '--baselines', 'none'])
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_throughput_build_eager_row_is_our_model():
+    """The ``eager`` row (``--compile ... --memory``: its memory probe builds the model by kind) is our
+    HorNet with our parameter count, not ConvNeXt; an unknown kind is refused."""
+    import argparse
+
+    import timm
+
+    import models  # noqa: F401  (registers hornet_*)
+    from benchmarks import throughput
+    ns = argparse.Namespace(channels_last=False, grad_ckpt_on=False)
+    torch.manual_seed(0)
+    eager = throughput.build('eager', 'hornet_tiny_7x7', ns, torch.device('cpu'))
+    hornet = throughput.build('hornet', 'hornet_tiny_7x7', ns, torch.device('cpu'))
+    assert type(eager) is type(hornet) and type(eager).__name__ != 'ConvNeXt'
+    n = sum(p.numel() for p in eager.parameters())
+    assert n == sum(p.numel() for p in hornet.parameters())
+    assert n != sum(p.numel() for p in timm.create_model('convnext_tiny').parameters())
+    with pytest.raises(ValueError, match='unknown model kind'):
+        throughput.build('convnxt', 'hornet_tiny_7x7', ns, torch.device('cpu'))
+
+
+ROOFLINE = os.path.join(ROOT, 'benchmarks', 'gpu_roofline.py')
+TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+
+
+def test_roofline_kernel_time_is_the_slowest_of_compute_memory_and_launch():
+    """The cost model's per-kernel estimate, by hand: 2 GFLOP of bf16 products on a 100 TFLOP/s,
+    1 TB/s card take 20 us (compute-bound); 30 MB moved take 30 us (memory-bound); an fp32 product in
+    TF32 uses the TF32 peak, a depthwise conv the CUDA-core peak; a tiny kernel costs its launches."""
+    from benchmarks.gpu_roofline import GPU, Kernel, kernel_time
+    gpu = GPU('test', dict(bf16=100e12, fp16=100e12, tf32=50e12), dict(fp32=10e12, bf16=20e12), 1e12, 5e-6)
+
+    def k(flops, read, written, peak, launches=1):
+        return Kernel('aten.mm', 'forward', (1,), 'bf16', flops, read, written, False, launches, peak)
+    assert kernel_time(k(2e9, 1e6, 1e6, 'tensor:bf16'), gpu) == pytest.approx(20e-6)
+    assert kernel_time(k(2e9, 1e6, 1e6, 'tensor:tf32'), gpu) == pytest.approx(40e-6)
+    assert kernel_time(k(2e9, 1e6, 1e6, 'simt:bf16'), gpu) == pytest.approx(100e-6)
+    assert kernel_time(k(1e6, 20e6, 10e6, 'tensor:bf16'), gpu) == pytest.approx(30e-6)
+    assert kernel_time(k(0, 1e6, 1e6, 'tensor:bf16'), gpu) == pytest.approx(5e-6)  # launch-bound
+    assert kernel_time(k(0, 8, 8, '', launches=3), gpu) == pytest.approx(15e-6)
+
+
+def test_roofline_flops_match_the_flop_counter_and_casts_follow_autocast():
+    """A conv model's forward on fake CUDA tensors has the FLOPs torch's FLOP counter counts for the
+    same forward on the CPU; in fp32 there is no cast, under bf16 autocast every product's weights
+    and input are cast (``_to_copy`` to another dtype) and the products run at the bf16 peak."""
+    import timm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.gpu_roofline import trace_step
+    torch.manual_seed(0)
+    model = timm.create_model('convnext_tiny', **TINY_CONVNEXT).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    fp32 = trace_step('convnext_tiny', 'forward', 2, 64, amp_dtype=None, channels_last=False,
+                      model_kwargs=TINY_CONVNEXT)
+    assert sum(k.flops for k in fp32.kernels) == counter.get_total_flops() > 0
+    assert sum(k.cast for k in fp32.kernels) == 0
+    assert {k.peak for k in fp32.kernels if k.flops and k.op == 'aten.addmm'} == {'tensor:tf32'}
+    bf16 = trace_step('convnext_tiny', 'forward', 2, 64, amp_dtype=torch.bfloat16, channels_last=True,
+                      model_kwargs=TINY_CONVNEXT)
+    assert sum(k.flops for k in bf16.kernels) == counter.get_total_flops()
+    casts = [k for k in bf16.kernels if k.cast]
+    products = [k for k in bf16.kernels if k.op in ('aten.addmm', 'aten.convolution')]
+    assert len(casts) >= len(products) > 0 and all(k.op == 'aten._to_copy' for k in casts)
+    assert {k.peak for k in products if k.op == 'aten.addmm'} == {'tensor:bf16'}
+    assert all(k.read > 0 and k.written > 0 for k in products)
+
+
+@pytest.mark.slow
+def test_roofline_cli_totals_ratios_and_top_writers():
+    """The cost model's command on a tiny HorNet-T GF and ConvNeXt-T: a row per model and mode with
+    positive kernels, casts and estimated ms; a training step has more kernels than a forward (the
+    backward and AdamW); the x convnext column is the ratio of the estimated times, repeated in the
+    ratio line; the top writers are listed per model and mode."""
+    r = run_python([ROOFLINE, '--models', 'hornet_tiny_gf', 'convnext_tiny', '--batch_size', '2', '--input_size', '32',
+                    '--hornet_kwargs', 'depths=1,1,1,1', 'base_dim=16', '--convnext_kwargs', 'depths=1,1,1,1',
+                    'dims=16,32,64,128', '--top', '3'], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'an ESTIMATE (not a measurement): NVIDIA H100 SXM, 989 TFLOP/s bf16, 3.35 TB/s, 5 us per launch' in r.stdout
+    rows = {(row['model'], row['mode']): row for row in _table(r.stdout)}
+    assert set(rows) == {(m, mode) for m in ('hornet_tiny_gf', 'convnext_tiny') for mode in ('forward', 'train')}
+    for row in rows.values():
+        assert int(row['kernels']) > 0 and int(row['casts']) > 0 and float(row['est. ms']) > 0
+    for m in ('hornet_tiny_gf', 'convnext_tiny'):
+        assert int(rows[(m, 'train')]['kernels']) > 2 * int(rows[(m, 'forward')]['kernels'])
+    for mode in ('forward', 'train'):
+        ratio = float(rows[('hornet_tiny_gf', mode)]['est. ms']) / float(rows[('convnext_tiny', mode)]['est. ms'])
+        assert float(rows[('hornet_tiny_gf', mode)]['x convnext']) == pytest.approx(ratio, rel=0.02)  # ms rounded
+        assert f'hornet_tiny_gf {mode} {rows[("hornet_tiny_gf", mode)]["x convnext"]}x' in r.stdout
+    assert r.stdout.count('## top writers:') == 4
+
+
+def _run_bash(args, timeout=1900):
+    import subprocess
+    return subprocess.run(['bash', *args], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+DEVICE_CHECK_STEPS = ['env', 'equality', 'opcheck', 'autocast', 'train', 'torchrun', 'compile', 'throughput',
+                      'throughput_compile', 'roofline']
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_passes_every_step(tmp_path):
+    """`bash benchmarks/device_check.sh --dry REPORT` (the GPU check's steps on the CPU, tiny sizes)
+    exits 0 and its report lists every step as passed, the CUDA comparisons marked as CPU vs CPU, and
+    a measured time next to the cost model's estimate for each throughput row."""
+    report = tmp_path / 'report.md'
+    r = _run_bash([os.path.join(ROOT, 'benchmarks', 'device_check.sh'), '--dry', str(report)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = report.read_text()
+    rows = {row['step']: row for row in _table(text.split('## Measured vs estimated')[0])}
+    assert list(rows) == DEVICE_CHECK_STEPS
+    assert all(row['status'] == 'passed' for row in rows.values()), rows
+    assert 'CPU channels_last vs CPU (dry: no CUDA)' in rows['equality']['detail']
+    assert 'hornet::global_filter' in rows['opcheck']['detail']
+    measured = _table(text.split('## Measured vs estimated')[1].split('\n## ')[0])
+    assert {(m['model'], m['mode'], m['compile']) for m in measured} >= {
+        ('hornet_tiny_7x7', 'train', 'eager'), ('hornet_tiny_gf', 'infer', 'blocks')}
+    assert all(float(m['measured / estimated']) > 0 for m in measured)

@@ -165,7 +165,7 @@ def test_non_editable_install_holds_only_the_model_library(tmp_path):
     metadata = (target / dist_info / 'METADATA').read_text()
     assert 'Requires-Python: >=3.10' in metadata.splitlines()
     assert _requires(metadata) == {
-        'torch': {'>=2.4'}, 'timm': {'>=1.0.3', '<2'},
+        'torch': {'>=2.4'}, 'timm': {'>=1.0.29', '<2'},
         'webdataset[data]': {'>=1.0.2'}, 'datasets[data]': {'>=5.2'},
         'tensorboardX[train]': set(), 'submitit[train]': {'>=1.5', '<2'},
         'pytest[test]': {'>=8'}, 'pytest-timeout[test]': {'>=2.3'}, 'ruff[test]': {'==0.17.6'},

@@ -14,7 +14,8 @@ import main as train_main
 from conftest import read_log, snapshot, tiny_argv
 
 # what the project writes into --output_dir; everything else there belongs to someone else
-OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', checkpoint.TMP_PREFIX, checkpoint.LOCK_NAME)
+OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', checkpoint.TMP_PREFIX, checkpoint.LOCK_NAME,
+                 checkpoint.WEIGHTS_NAME)
 FOREIGN = {
     'notes.txt': b'what I tried\n',
     'my-model.pth': b'PK\x03\x04 not ours',
@@ -86,8 +87,8 @@ def test_no_rerun_changes_a_file_the_project_did_not_create(
             assert after['out/log.txt'] == before['out/log.txt']
         for path in (named[resume], named[finetune]):
             assert not path or os.path.isfile(path)
-        if rc == 0 and not evaluate:
-            assert read_log(out)  # the run's own log, strict JSON
+        if folder != 'notes-log' and os.path.exists(os.path.join(out, 'log.txt')):
+            assert read_log(out)  # the run's own log: strict JSON, never empty
 
 
 @pytest.mark.slow
@@ -186,3 +187,30 @@ def test_log_written_by_someone_else_is_recognised(tmp_path):
     assert checkpoint.foreign_log(str(tmp_path)) is None
     checkpoint.append_log(str(tmp_path), {'epoch': 0})
     assert checkpoint.trim_log(str(tmp_path), 0) == 1 and not os.path.exists(tmp_path / 'log.txt')
+
+
+@pytest.mark.slow
+def test_save_safetensors_writes_the_best_weights(data, tmp_path):
+    """--save_safetensors true: model.safetensors holds the better of the best model and the best EMA
+    (by logged accuracy), the class names and the accuracy in its metadata, and loads into timm."""
+    import json
+
+    import safetensors
+    import timm
+    out = str(tmp_path / 'run')
+    assert train_main.run(tiny_argv(data, out, save_safetensors='true', model_ema='true', model_ema_eval='true',
+                                    model_ema_decay=0.5)) == 0
+    last = read_log(out)[-1]
+    use_ema = last['max_ema_accuracy'] > last['max_accuracy']
+    name, key = ('checkpoint-best-ema.pth', 'model_ema') if use_ema else ('checkpoint-best.pth', 'model')
+    best = torch.load(os.path.join(out, name), weights_only=True)
+    with safetensors.safe_open(os.path.join(out, 'model.safetensors'), 'pt') as f:
+        meta = f.metadata()
+        saved = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no items())
+    assert saved.keys() == best[key].keys()
+    assert all(torch.equal(saved[k], best[key][k]) for k in saved)
+    assert meta['source'] == f'{key} of {name}' and json.loads(meta['label_names']) == best['label_names']
+    assert float(meta['acc1']) == pytest.approx(max(last['max_ema_accuracy'], last['max_accuracy']), abs=1e-4)
+    model = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16, num_classes=3, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=os.path.join(out, 'model.safetensors'), num_classes=3))
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())

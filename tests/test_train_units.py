@@ -478,3 +478,110 @@ def test_device_check_refuses_missing_cuda_and_turns_on_cudnn_search(monkeypatch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     assert train_main._check_device(_args(device='cuda')) == torch.device('cuda')
     assert torch.backends.cudnn.benchmark is True
+
+
+@pytest.mark.parametrize('device,flag,expected', [
+    ('cpu', None, 'gloo'), ('cuda', None, 'nccl'), ('cuda', 'gloo', 'gloo'), ('cpu', 'gloo', 'gloo')])
+def test_dist_backend_flag_reaches_init_process_group(monkeypatch, device, flag, expected):
+    """`--dist_backend` (default nccl on CUDA, gloo on CPU; gloo allowed on CUDA so two processes can
+    share one GPU) is the backend torchrun's processes join with; nccl without CUDA is refused with
+    what to pass. CUDA is simulated (is_available / set_device patched)."""
+    import torch.distributed as dist
+    seen = {}
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: device == 'cuda')
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda i: seen.setdefault('gpu', i))
+    monkeypatch.setattr(dist, 'init_process_group', lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, 'barrier', lambda: None)
+    argv = ['--device', device] + (['--dist_backend', flag] if flag else [])
+    args = train_main.parse_args(argv)
+    utils.init_distributed_mode(args)
+    assert seen['backend'] == expected == args.dist_backend
+    assert (seen['rank'], seen['world_size'], args.distributed) == (1, 2, True)
+    assert args.device == ('cuda:0' if device == 'cuda' else 'cpu')
+
+
+def test_dist_backend_nccl_without_cuda_is_refused(monkeypatch):
+    """`--dist_backend nccl --device cpu` under torchrun stops before joining, saying to pass gloo."""
+    import torch.distributed as dist
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(dist, 'init_process_group', lambda *a, **kw: pytest.fail('joined'))
+    args = train_main.parse_args(['--device', 'cpu', '--dist_backend', 'nccl'])
+    with pytest.raises(utils.TrainingError, match='--dist_backend nccl needs CUDA .*pass --dist_backend gloo'):
+        utils.init_distributed_mode(args)
+
+
+@pytest.mark.parametrize('flag,tf32', [([], True), (['--tf32', 'false'], False), (['--tf32', 'true'], True)])
+def test_tf32_on_cuda_by_default_and_off_by_flag(monkeypatch, flag, tf32):
+    """--device cuda turns TF32 on for fp32 matmuls and cuDNN convs (the original's 1x1 convs ran in
+    cuDNN's TF32); `--tf32 false` keeps full fp32; --device cpu leaves both switches alone (CUDA
+    simulated with torch.cuda.is_available patched)."""
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    # torch's switches are module properties (monkeypatch cannot undo them): restore by hand
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        train_main._check_device(train_main.parse_args(['--device', 'cpu', *flag]))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (not tf32, not tf32)
+        assert train_main._check_device(train_main.parse_args(['--device', 'cuda', *flag])) == torch.device('cuda')
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ('high' if tf32 else 'highest')
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# one epoch of hornet_tiny_gf (SMALL, 3 classes), 6 batches of 4, seed 0, lr 1e-3: the numbers the
+# per-step host reads gave before they were deferred to the progress lines
+_PINNED_EPOCH = {(None, 1): (1.083066334327062, 11.586979548136393, 0.3333333333333333),
+                 (1.0, 2): (1.0724900662899017, 5.287629127502441, 0.2916666666666667)}
+
+
+def _epoch(clip, freq, print_freq, crit=None, reads=None):
+    """Stats of one epoch; ``reads`` collects the sizes of the tensors read to the host (``tolist``) in it."""
+    model = _tiny()
+    args = _args(lr=1e-3, warmup_epochs=0, epochs=1)
+    opt = create_optimizer(args, model)
+    with pytest.MonkeyPatch.context() as mp:
+        if reads is not None:
+            tolist = torch.Tensor.tolist
+            mp.setattr(torch.Tensor, 'tolist', lambda t: reads.append(t.numel()) or tolist(t))
+        return train_one_epoch(model, crit or torch.nn.CrossEntropyLoss(), _batches(6, 4), opt,
+                               torch.device('cpu'), 0, utils.LossScaler('cpu'), max_norm=clip,
+                               schedules=Schedules(opt, args, 6 // freq), update_freq=freq, print_freq=print_freq)
+
+
+@pytest.mark.parametrize('clip,freq', sorted(_PINNED_EPOCH, key=str))
+def test_train_numbers_read_at_progress_lines_are_those_of_per_step_reads(one_thread, clip, freq):
+    """The host reads loss, accuracy and gradient norm once per progress line (one transfer), not per
+    step: an epoch's logged averages are the same whatever --print_freq (1: a read each step), and the
+    numbers per-step reads gave (pinned); with --print_freq 3 over 6 batches there are 3 reads."""
+    reads = []
+    every = _epoch(clip, freq, print_freq=1, reads=reads)
+    assert len(reads) == 6
+    reads.clear()
+    deferred = _epoch(clip, freq, print_freq=3, reads=reads)
+    assert len(reads) == 3  # batches 0, 3 and 5 (the last)
+    assert sum(reads) == 6 * 2 + 6 // freq  # loss and accuracy per batch, a gradient norm per optimizer step
+    assert deferred == every
+    loss, grad_norm, class_acc = _PINNED_EPOCH[(clip, freq)]
+    assert (every['loss'], every['grad_norm'], every['class_acc']) == pytest.approx(
+        (loss, grad_norm, class_acc), rel=1e-6)
+
+
+def test_non_finite_loss_found_at_the_progress_line_names_its_step():
+    """A NaN loss at batch 2 of 6, read with the others at the epoch's last progress line, stops
+    training with the step it happened at."""
+    calls = {'n': 0}
+
+    class Crit(torch.nn.Module):
+        def forward(self, out, target):
+            calls['n'] += 1
+            loss = torch.nn.functional.cross_entropy(out, target)
+            return loss * float('nan') if calls['n'] == 3 else loss
+    with pytest.raises(utils.NonFiniteLossError, match=r'loss is nan at epoch 0, step 2 \(batch\) / 1 \(optimizer'):
+        _epoch(None, 2, print_freq=100, crit=Crit())
+    assert calls['n'] == 6  # found at the last batch's read
