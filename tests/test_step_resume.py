@@ -96,14 +96,15 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
 
 
 @pytest.mark.slow
-def test_sigkill_with_save_every_minutes_resumes_bit_for_bit(data, tmp_path):
+@pytest.mark.parametrize('workers', [0, 2])
+def test_sigkill_with_save_every_minutes_resumes_bit_for_bit(data, tmp_path, workers):
     """kill -9 inside epoch 1 with --save_every_minutes small (a step checkpoint at every step): the
     rerun continues from the newest step checkpoint and ends bit for bit as the uninterrupted run."""
     straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-    extra = dict(HEAVY, num_workers=0, save_every_minutes=1e-6)
+    extra = dict(HEAVY, num_workers=workers, save_every_minutes=1e-6)
     assert run_python([MAIN, *tiny_argv(data, straight, **extra)], timeout=240).returncode == 0
     argv = tiny_argv(data, killed, **extra)
-    at = random.Random(9).randrange(3, BATCHES - 2)
+    at = random.Random(9 + workers).randrange(3, BATCHES - 2)
     code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGKILL, at, wait_for_step_file=True)
     assert code == -signal.SIGKILL, out[-3000:]
     position = _weights(f'{killed}/{checkpoint.STEP_NAME}')['step']
