@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 import checkpoint
+from models.state_dict import non_finite_count, strip_prefixes
 from utils import OneLineArgumentParser
 
 
@@ -79,8 +80,8 @@ def average_weights(paths: Sequence[str], entry: str = 'model') -> dict[str, tor
         if not isinstance(state, dict):
             hint = ' (the run had no --model_ema true; leave --ema out)' if entry == 'model_ema' else ''
             raise AverageError(f'{path} has no {entry!r} weights{hint}')
-        state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-        bad, _ = checkpoint.non_finite_count(state)
+        state = strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+        bad, _ = non_finite_count(state)
         if bad:
             raise AverageError(f'{path} has {bad} non-finite weights (NaN or inf); leave that epoch out')
         if not total:

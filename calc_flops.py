@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-import models  # noqa: F401  (registers the hornet_* variants)
+import models  # also registers the hornet_* variants
 
 aten = torch.ops.aten
 VARIANTS = {  # name -> input size of the published number
@@ -41,7 +41,6 @@ VARIANTS = {  # name -> input size of the published number
     'hornet_base_7x7': 224, 'hornet_base_gf': 224, 'hornet_base_gf_img384': 384,
     'hornet_large_7x7': 224, 'hornet_large_gf': 224, 'hornet_large_gf_img384': 384,
 }
-MIN_INPUT_SIZE = 32  # the stem (stride 4) and three 2x downsamplings need a 32 px input
 
 
 def fft_flops(input_shape: Sequence[int]) -> int:
@@ -110,8 +109,8 @@ def count_flops(
 def analyse(name: str, input_size: int | None = None, **model_kwargs) -> dict[str, float]:
     """Parameter count and GFLOPs of a registered variant at ``input_size`` (default: its own)."""
     size = VARIANTS.get(name, 224) if input_size is None else input_size
-    if size < MIN_INPUT_SIZE:  # 0 used to become 224 silently
-        raise ValueError(f'input_size must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {size}')
+    if size < models.MIN_INPUT_SIZE:  # 0 used to become 224 silently
+        raise ValueError(f'input_size must be at least {models.MIN_INPUT_SIZE} (HorNet downsamples by 32), got {size}')
     with torch.device('meta'):
         model = timm.create_model(name, **model_kwargs)
     params = sum(p.numel() for p in model.parameters())
@@ -120,17 +119,20 @@ def analyse(name: str, input_size: int | None = None, **model_kwargs) -> dict[st
                 fft_gflops=flops['fft'] / 1e9, ln_gflops=flops['layernorm'] / 1e9)
 
 
-def _input_size_arg(value: str) -> int:
+def input_size_arg(value: str) -> int:
+    """argparse type for ``--input_size`` (this script's, export.py's, predict.py's): an image side of
+    at least :data:`models.MIN_INPUT_SIZE`."""
     n = int(value)
-    if n < MIN_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(f'must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {value}')
+    if n < models.MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(
+            f'must be at least {models.MIN_INPUT_SIZE} (HorNet downsamples by 32), got {value}')
     return n
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description='HorNet parameters and FLOPs (paper convention)')
     parser.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_gf')
-    parser.add_argument('--input_size', type=_input_size_arg, default=None,
+    parser.add_argument('--input_size', type=input_size_arg, default=None,
                         help='image side, at least 32 (default: the variant\'s)')
     parser.add_argument('--num_classes', type=int, default=1000)
     parser.add_argument('--table', action='store_true', help='print every variant as a Markdown table')

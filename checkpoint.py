@@ -12,28 +12,26 @@ object that owns a run's checkpoint folder):
   kernel releases it when the process dies, so a killed run never blocks the next one);
 * ``log.txt`` holds one strict-JSON line per epoch and is trimmed back on resume.
 
-The checkpoint *format* adapter (unwrapping ``model``/``module`` entries, mmpretrain keys, GF
-filter resizing) stays with the model: ``models.hornet.checkpoint_filter_fn``.
+Reading a weights file (weights-only loading, the entry that holds the weights, prefixes, non-finite
+weights) is ``models.state_dict``; adapting a checkpoint to a model (mmpretrain keys, GF filter
+resizing, the head) is ``models.hornet.checkpoint_filter_fn``.
 """
-import argparse
 import fcntl
 import glob
 import json
 import logging
 import math
 import os
-import pickle
 import re
 import secrets
 import socket
-import warnings
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from models.state_dict import CheckpointFileError, check_finite, load_checkpoint
 from utils import TrainingError
 
 logger = logging.getLogger('hornet')
@@ -51,8 +49,10 @@ WEIGHTS_NAME = 'model.safetensors'  # main.py --save_safetensors: the run's best
 _EPOCH_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
 
 
-class CheckpointError(TrainingError):
-    """A checkpoint cannot be read or written; the message is one line that names the file."""
+class CheckpointError(TrainingError, CheckpointFileError):
+    """A checkpoint cannot be read or written; the message is one line that names the file. Reading
+    errors of :mod:`models.state_dict` come out of this module as this type, so that a training run
+    treats them as any other :class:`TrainingError`."""
 
 
 class OutputDirError(TrainingError):
@@ -151,88 +151,19 @@ def clean_temp_files(folder: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- loading
 
-def _sniff(path: str) -> str | None:
-    """Why ``path`` cannot be a PyTorch checkpoint, judged from its first bytes (None: may be one)."""
-    size = os.path.getsize(path)
-    if size == 0:
-        return 'the file is empty (0 bytes)'
-    with open(path, 'rb') as f:
-        head = f.read(64)
-    if head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':  # zip (torch >= 1.6) or legacy pickle
-        return None
-    try:
-        text = head.decode('utf-8')
-    except UnicodeDecodeError:
-        return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
-    if text.isprintable() or text.replace('\n', '').replace('\r', '').replace('\t', '').isprintable():
-        first = text.strip().splitlines()[0][:30] if text.strip() else ''
-        return f'it is a text file ({size} bytes, starts with {first!r}), not a PyTorch checkpoint'
-    return 'not a PyTorch checkpoint (neither a zip archive nor a pickle)'
-
-
-def _load_failure_reason(e: BaseException, not_unpickled: str) -> str:
-    text = str(e)
-    if isinstance(e, pickle.UnpicklingError) or 'Weights only load failed' in text:
-        m = re.search(r'GLOBAL (\S+)', text) or re.search(r"(?:but got|function) <?(?:class )?'?([\w.]+)", text)
-        what = f' (it asks for {m.group(1)})' if m else ''
-        return f'it holds Python objects, not only weights{what}; it was not unpickled ({not_unpickled})'
-    if isinstance(e, (zipfile.BadZipFile, EOFError)) or 'zip archive' in text or 'central directory' in text:
-        return 'the file is truncated or damaged (incomplete zip archive)'
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return f'{type(e).__name__}: {lines[-1] if lines else "unreadable"}'
-
-
-def describe_load_failure(path: str, e: BaseException,
-                          not_unpickled: str = 'only tensors and plain containers are loaded') -> str:
-    """Why ``torch.load(path, weights_only=True)`` failed with ``e``, as the reason part of a one-line
-    error (empty, text, truncated, holding Python objects, ...); ``not_unpickled`` says what to do about
-    a file that holds Python objects."""
-    return (_sniff(path) if os.path.isfile(path) else None) or _load_failure_reason(e, not_unpickled)
-
-
 def load_file(path: str, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
-
-    ``mmap`` maps the tensors instead of reading them (cheap: used to look at a file's epoch).
-    Older training checkpoints that pickled their ``argparse.Namespace`` are accepted.
+    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU
+    (:func:`models.state_dict.load_checkpoint`); ``mmap`` maps the tensors instead of reading them
+    (cheap: used to look at a file's epoch).
 
     Raises:
         CheckpointError: ``cannot load checkpoint PATH: <reason>`` for a missing, empty, text,
             truncated or non-weights (e.g. malicious) file, or one that does not hold a dict.
     """
-    def fail(reason: str) -> CheckpointError:
-        return CheckpointError(f'cannot load checkpoint {path}: {reason}')
-    if not os.path.exists(path):
-        raise fail('no such file')
-    if os.path.isdir(path):
-        raise fail('it is a directory, not a file')
     try:
-        reason = _sniff(path)
-    except OSError as e:
-        raise fail(e.strerror or str(e)) from None
-    if reason:
-        raise fail(reason)
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # e.g. "Detected pickle protocol 4": the error says it all
-            ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001  (any failure of a user-given file is reported, not raised)
-        if mmap and 'mmap' in str(e):  # legacy (non-zip) files cannot be mapped: read them
-            return load_file(path, mmap=False)
-        raise fail(describe_load_failure(path, e)) from None
-    if not isinstance(ckpt, dict):
-        raise fail(f'it holds a {type(ckpt).__name__}, expected a dict of weights')
-    return ckpt
-
-
-def non_finite_count(state: dict[str, Any]) -> tuple[int, int]:
-    """(non-finite values, all values) over the floating-point tensors of a state dict."""
-    bad = total = 0
-    for v in state.values():
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            total += v.numel()
-            bad += int((~torch.isfinite(v)).sum())
-    return bad, total
+        return load_checkpoint(path, mmap=mmap)
+    except CheckpointFileError as e:
+        raise CheckpointError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- finding
@@ -686,10 +617,10 @@ def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer |
     """
     ckpt = load_file(path)
     state = prepare_state(ckpt) if prepare_state is not None else ckpt['model']
-    bad, total = non_finite_count(state)
-    if bad:
-        raise CheckpointError(f'checkpoint {path} has non-finite weights ({bad} of {total} values are '
-                              'NaN or inf): the model diverged; use an earlier checkpoint')
+    try:
+        check_finite(state, path)
+    except CheckpointFileError as e:
+        raise CheckpointError(str(e)) from None
     model.load_state_dict(state)
     out = ResumeState(path=path, start_epoch=start_epoch, checkpoint=ckpt)
     out.has_ema = isinstance(ckpt.get('model_ema'), dict)

@@ -47,6 +47,7 @@ import torch.nn as nn
 import calc_flops
 import checkpoint
 import models
+from calc_flops import input_size_arg
 
 # ONNX protobuf files cannot exceed 2 GiB; above this size the weights go to a side file.
 _ONNX_INLINE_LIMIT = 1800 * 2 ** 20
@@ -70,31 +71,6 @@ def parse_model_kwargs(items: Sequence[str] | None) -> dict[str, Any]:
     return kwargs
 
 
-def load_checkpoint_file(path: str, key: str = 'auto') -> dict[str, torch.Tensor]:
-    """Read a checkpoint file (weights only, never unpickled) and return the model state dict in it.
-
-    Args:
-        path: ``.pth`` file: a training checkpoint, a released/mmpretrain file or a bare state dict.
-        key: Entry to take (e.g. ``model_ema``); ``auto`` picks ``model``/``module``/``state_dict``.
-
-    Raises:
-        checkpoint.CheckpointError: the file is missing, empty, text, truncated or not weights only.
-        KeyError: ``key`` names no state dict in the file.
-    """
-    ckpt = checkpoint.load_file(path)
-    if key != 'auto':
-        if not isinstance(ckpt.get(key), dict):
-            found = ', '.join(k for k, v in ckpt.items() if isinstance(v, dict)) or 'none'
-            raise KeyError(f'checkpoint {path!r} has no state dict under {key!r} (dict entries: {found})')
-        ckpt = ckpt[key]
-    state = models.unwrap_checkpoint(ckpt)
-    bad, total = checkpoint.non_finite_count(state)
-    if bad:
-        raise checkpoint.CheckpointError(f'checkpoint {path} has non-finite weights ({bad} of {total} values are '
-                                         'NaN or inf): the model diverged; use an earlier checkpoint')
-    return state
-
-
 def _checkpoint_num_classes(state_dict: dict[str, torch.Tensor]) -> int | None:
     for k in ('head.weight', 'head.fc.weight'):
         if k in state_dict:
@@ -113,6 +89,12 @@ def create_model(
 
     The class count follows the checkpoint's classifier unless ``num_classes`` is given, in which
     case the two must agree: a deployed model must never carry a freshly initialised head.
+    ``checkpoint_key`` is the entry that holds the weights (``auto``: the rule of
+    :func:`models.unwrap_checkpoint`).
+
+    Raises:
+        models.CheckpointFileError: the file cannot be read, has no weights under the key or holds NaN/inf.
+        models.CheckpointMismatchError: the weights do not fit the model.
     """
     valid = timm.list_models('hornet_*')
     if name not in valid:
@@ -120,7 +102,7 @@ def create_model(
     kwargs = dict(model_kwargs or {})
     state_dict = None
     if checkpoint:
-        state_dict = load_checkpoint_file(checkpoint, checkpoint_key)
+        state_dict = models.read_weights(checkpoint, key=None if checkpoint_key == 'auto' else checkpoint_key)
         ckpt_classes = _checkpoint_num_classes(state_dict)
         if ckpt_classes is None:
             raise models.CheckpointMismatchError(f'checkpoint {checkpoint!r} has no classifier (head.weight)')
@@ -224,7 +206,7 @@ def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
     weights exported (``max_accuracy``, or ``max_accuracy_ema`` for ``--checkpoint_key model_ema``)
     and class names (``label_names`` or ``class_names``, one string per class). Absent entries are
     left out."""
-    ckpt = checkpoint.load_file(path, mmap=True)
+    ckpt = models.state_dict.load_checkpoint(path, mmap=True)
     info: dict[str, Any] = {}
     if isinstance(ckpt.get('epoch'), int):
         info['epoch'] = ckpt['epoch']
@@ -367,7 +349,7 @@ def export_hub_folder(model: nn.Module, args: argparse.Namespace, input_size: in
         info = checkpoint_info(args.checkpoint, args.checkpoint_key) if args.checkpoint else {}
         source = os.path.basename(args.checkpoint) if args.checkpoint else 'random weights'
         write_hub_folder(model, folder, input_size, info, source, args.overwrite)
-    except (FileExistsError, ValueError, checkpoint.CheckpointError) as e:
+    except (FileExistsError, ValueError, models.CheckpointFileError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except OSError as e:
@@ -388,23 +370,11 @@ def export_hub_folder(model: nn.Module, args: argparse.Namespace, input_size: in
     return 0
 
 
-MIN_INPUT_SIZE = 32  # the stem (stride 4) and three 2x downsamplings need a 32 px input
-
-
 def positive_int_arg(value: str) -> int:
     """argparse type: an integer >= 1."""
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f'must be a positive integer, got {value}')
-    return n
-
-
-def input_size_arg(value: str) -> int:
-    """argparse type for ``--input_size``: an image side of at least ``MIN_INPUT_SIZE``."""
-    n = int(value)
-    if n < MIN_INPUT_SIZE:
-        raise argparse.ArgumentTypeError(
-            f'must be at least {MIN_INPUT_SIZE} (HorNet downsamples by 32), got {value}')
     return n
 
 
@@ -452,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = create_model(args.model, args.checkpoint or None, args.checkpoint_key, args.num_classes,
                              parse_model_kwargs(args.model_kwargs))
-    except (ValueError, KeyError, FileNotFoundError, models.CheckpointMismatchError, checkpoint.CheckpointError) as e:
-        print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
+    except (ValueError, FileNotFoundError, models.CheckpointMismatchError, models.CheckpointFileError) as e:
+        print(f'error: {e}', file=sys.stderr)
         return 2
     input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
     if args.format == 'hub':

@@ -40,6 +40,7 @@ from utils import TrainingError, str2bool
 
 logger = logging.getLogger('hornet')
 DEFAULT_NB_CLASSES = 1000
+MODEL_KEY_DEFAULT = 'model|module'  # --model_key as the original: means the rule of models.unwrap_checkpoint
 # line i: the ImageNet-22K class index of ImageNet-1K class i (the original release's mapping)
 IN1K_TO_IN22K_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'in1k_to_in22k_map.txt')
 # DDP's bucket-layout hint for mkldnn 1x1-conv gradients on CPU: a speed note, not a problem
@@ -134,7 +135,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('fine-tuning')
     g.add_argument('--finetune', default='', help='checkpoint to start from')
     g.add_argument('--head_init_scale', default=1.0, type=float)
-    g.add_argument('--model_key', default='model|module', type=str)
+    g.add_argument('--model_key', default=MODEL_KEY_DEFAULT, type=str,
+                   help='checkpoint entry with the weights, "|" between alternatives (default: model, module '
+                        'or state_dict, else the whole file)')
     g.add_argument('--model_prefix', default='', type=str)
     g.add_argument('--head_map', default='', type=str,
                    help='(new) text file, one checkpoint class index per line and model class, used '
@@ -286,16 +289,11 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, classes: Seq
     """
     ckpt = checkpoint.load_file(args.finetune)
     ckpt_names = checkpoint.label_names(ckpt)
-    state = None
-    for key in args.model_key.split('|'):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            state = ckpt[key]
-            logger.info(f'fine-tuning from {args.finetune} [{key}]')
-            break
-    state = dict(ckpt if state is None else state)
-    if args.model_prefix:
-        state = {k[len(args.model_prefix):]: v for k, v in state.items() if k.startswith(args.model_prefix)}
-    state = models.unwrap_checkpoint(state)
+    # --model_key's default is the rule of models.unwrap_checkpoint (model, module, state_dict, or
+    # a bare state dict); another value names the entry (e.g. model_ema), '|' between alternatives
+    key = None if args.model_key == MODEL_KEY_DEFAULT else args.model_key
+    state = models.state_dict.weights_in(ckpt, args.finetune, key=key, prefix=args.model_prefix)
+    logger.info(f'fine-tuning from {args.finetune}' + (f' [{args.model_key}]' if key else ''))
     head = model.get_classifier()
     if 'head.weight' in state and isinstance(head, torch.nn.Linear):
         ckpt_classes, n = state['head.weight'].shape[0], head.out_features
@@ -586,7 +584,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
 def _require_finite(epoch: int, model: torch.nn.Module, stats: dict[str, float] | None = None,
                     what: str = 'model') -> None:
     """A diverged model is never logged, ranked or saved: stop with the last good checkpoint intact."""
-    bad, total = checkpoint.non_finite_count(model.state_dict())
+    bad, total = models.state_dict.non_finite_count(model.state_dict())
     if bad:
         raise TrainingError(f'the {what} diverged at epoch {epoch}: {bad} of {total} weights are NaN or inf; '
                             'nothing of this epoch was saved, the last good checkpoint in --output_dir is intact '
@@ -618,8 +616,7 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, 0.0)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise TrainingError(f'--{name} must be a finite number >= 0, got {value}')
-    with torch.device('meta'):  # the network's total stride, without allocating it
-        stride = build_model(args).feature_info[-1]['reduction']
+    stride = models.MIN_INPUT_SIZE  # the network's total stride
     if args.input_size < stride:
         raise TrainingError(f'--input_size {args.input_size} is too small for {args.model}: its stages '
                             f'downsample {stride}x, so the input must be at least {stride} pixels')
@@ -984,7 +981,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             code, message = stops[sig]
             logger.error(message)
             return code
-        if isinstance(e, (TrainingError, models.CheckpointMismatchError)):
+        if isinstance(e, (TrainingError, models.CheckpointFileError, models.CheckpointMismatchError)):
             logger.error(f'error: {_user_message(e)}')
             return 2
         raise

@@ -1,72 +1,26 @@
 """Optimizer with layer-wise lr decay groups, and the per-step lr / weight-decay schedules."""
 import argparse
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-import models
+from models.layer_decay import param_groups_layer_decay
+
+__all__ = ['NUM_LAYERS', 'Schedules', 'create_optimizer', 'param_groups_layer_decay']
 
 NUM_LAYERS = 12  # the classifier's layer-decay depth: ids 0..13, as the original fine-tuning
 
 
-def param_groups_layer_decay(
-        model: torch.nn.Module,
-        weight_decay: float = 0.05,
-        layer_decay: float = 1.0,
-        skip_list: Sequence[str] = (),
-        get_layer_id: Callable[[str], int] | None = None,
-        num_layers: int = NUM_LAYERS,
-) -> list[dict]:
-    """Parameter groups keyed by (layer id, decay / no decay), as the original fine-tuning.
-
-    A parameter with layer id ``L`` (:func:`models.layer_id`, ``layer_wise`` rule) gets
-    ``lr_scale = layer_decay ** (num_layers + 1 - L)`` (the scheduler multiplies the lr by it):
-    ``head``/``norm`` (id 13) get 1, the stem ``layer_decay ** 13``. 1-D parameters (norm affine,
-    biases, layer scales), names ending in ``.bias`` and names in ``skip_list`` get no weight decay.
-
-    Args:
-        model: The model (without a DDP wrapper).
-        weight_decay: Weight decay of the decayed groups.
-        layer_decay: Per-layer lr decay factor; 1.0 gives every group scale 1.
-        skip_list: Parameter names that never get weight decay.
-        get_layer_id: Maps a parameter name to its layer id (default: :func:`models.layer_id`
-            with ``num_layers``).
-        num_layers: ``n`` of the rule: ids run 0..n+1.
-
-    Returns:
-        A list of dicts for ``torch.optim`` with ``params``, ``weight_decay``, ``use_wd``,
-        ``lr_scale``, ``layer_id`` and the parameter ``names`` (for inspection).
-    """
-    if get_layer_id is None:
-        def get_layer_id(name: str) -> int:
-            return models.layer_id(name, num_layers=num_layers, decay_type='layer_wise')
-    groups: dict[str, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = param.ndim <= 1 or name.endswith('.bias') or name in skip_list
-        lid = get_layer_id(name)
-        key = f'layer_{lid}_{"no_decay" if no_decay else "decay"}'
-        if key not in groups:
-            groups[key] = dict(
-                params=[], names=[], layer_id=lid, use_wd=not no_decay,
-                weight_decay=0.0 if no_decay else weight_decay,
-                lr_scale=layer_decay ** (num_layers + 1 - lid),
-            )
-        groups[key]['params'].append(param)
-        groups[key]['names'].append(name)
-    return [groups[k] for k in sorted(groups, key=lambda k: (groups[k]['layer_id'], k))]
-
-
 def create_optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by ``--opt`` over :func:`param_groups_layer_decay` groups."""
+    """The optimizer named by ``--opt`` over :func:`models.layer_decay.param_groups_layer_decay`
+    groups (``NUM_LAYERS`` layers; the rule is explained there)."""
     skip = set(model.no_weight_decay()) if hasattr(model, 'no_weight_decay') else set()
-    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay, skip_list=skip)
+    groups = param_groups_layer_decay(model, args.weight_decay, args.layer_decay, skip_list=skip,
+                                      num_layers=NUM_LAYERS)
     for g in groups:
-        del g['names']  # torch.optim keeps unknown keys; names would bloat the checkpoint
+        del g['names'], g['group_name']  # torch.optim keeps unknown keys; they would bloat the checkpoint
     kwargs = dict(momentum=args.momentum)
     if args.opt_eps is not None:
         kwargs['eps'] = args.opt_eps

@@ -137,13 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.topk < 1:
         parser.error(f'argument --topk: must be at least 1, got {args.topk}')
     try:
-        # weights-only load through checkpoint.load_file: a missing, empty, text, truncated or
-        # pickled-objects file is a CheckpointError (a TrainingError) whose message is one line
+        # weights-only load through models.read_weights: a missing, empty, text, truncated or
+        # pickled-objects file, or a --checkpoint_key that names no entry, is a CheckpointFileError
+        # whose message is one line
         model = create_model(args.model, args.checkpoint, args.checkpoint_key,
                              model_kwargs=parse_model_kwargs(args.model_kwargs))
-    except (ValueError, KeyError, models.CheckpointMismatchError, TrainingError) as e:
-        # KeyError: --checkpoint_key names no entry of the file (its str() would add quotes)
-        print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
+    except (ValueError, models.CheckpointMismatchError, models.CheckpointFileError) as e:
+        print(f'error: {e}', file=sys.stderr)
         return 2
     try:
         ckpt_names, train_args = checkpoint_meta(args.checkpoint)

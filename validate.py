@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'{ev.name}: {metrics["count"]} images, top-1 {metrics["top1"]:.3f}, top-5 {metrics["top5"]:.3f}',
                   flush=True)
     except (ValidateError, ValueError, KeyError, FileNotFoundError, DownloadError, TrainingError,
-            models.CheckpointMismatchError, checkpoint.CheckpointError) as e:
+            models.CheckpointMismatchError, models.CheckpointFileError) as e:
         print(f'error: {e.args[0] if isinstance(e, KeyError) else e}', file=sys.stderr)
         return 2
     table = format_csv(rows)

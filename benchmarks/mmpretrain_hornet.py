@@ -8,6 +8,9 @@ there); nothing in ``models/`` imports it.
 import torch
 import torch.nn as nn
 
+# our (= the released) keys -> an mmpretrain ImageClassifier's; models.from_mmpretrain is the inverse
+from models.state_dict import to_mmpretrain as to_mmpretrain_state_dict
+
 __all__ = ['mmpretrain_available', 'to_mmpretrain_state_dict', 'mmpretrain_arch', 'MMPretrainHorNet',
            'mmpretrain_from']
 
@@ -20,22 +23,6 @@ def mmpretrain_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def to_mmpretrain_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our (= the released) keys -> an mmpretrain ``ImageClassifier``'s: ``backbone.`` prefix, the
-    final norm as ``norm3``, ``pws`` as ``projs``, layer scales as ``LayerScale`` modules, the head as
-    ``head.fc``. The inverse of the mapping ``models.checkpoint_filter_fn`` applies to mmpretrain files."""
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith('head.'):
-            out['head.fc.' + k[len('head.'):]] = v
-            continue
-        k = 'backbone.norm3.' + k[len('norm.'):] if k.startswith('norm.') else 'backbone.' + k
-        k = k.replace('.gnconv.pws.', '.gnconv.projs.')
-        k = k.replace('.gamma1', '.gamma1.weight').replace('.gamma2', '.gamma2.weight')
-        out[k] = v
-    return out
 
 
 def mmpretrain_arch(model: nn.Module) -> dict:

@@ -1,7 +1,8 @@
-"""A straightforward HorNet, written from the architecture specification, as the yardstick.
+"""A straightforward HorNet, written from the architecture specification: the plain-formula oracle.
 
-The optimized model in ``models/hornet.py`` must compute the same numbers (tests/test_models.py)
-and run faster than this one (benchmarks/throughput.py). This file spells the network out the
+The optimized model in ``models/hornet.py`` (with its fast paths in ``models/ops.py``) must compute
+the same numbers as this one (tests/test_models.py) and run faster (benchmarks/throughput.py, where
+it is the ``reference`` yardstick). This file spells the network out the
 plain way the specification reads, in NCHW throughout: the channels-first LayerNorm as separate
 mean / variance / normalize / affine ops, gnConv as one ``proj_in`` followed by channel splits, the
 gate scale and the layer scales as their own multiplications, the global filter with a complex

@@ -3,87 +3,44 @@
 Paper: "HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions",
 Rao et al., NeurIPS 2022 (arXiv:2207.14284).
 
-This file is the one definition of the network in this project. Parameter names follow the
-officially released checkpoints exactly, so they load with ``strict=True``. Building blocks come
-first (filter -> gnConv -> block), then the model, the checkpoint adapter and the timm variants.
+The network as the paper's figure 2 draws it, top to bottom: the global-local filter (GF mixer),
+gnConv, the HorNet block, the model and its variants, then the checkpoint adapter and the timm
+registry. Parameter names follow the officially released checkpoints exactly, so they load with
+``strict=True``; detection and segmentation (``models/mm_hornet.py``) wrap this model, they do not
+copy it.
+
+The layers call the fast paths of ``models/ops.py`` (global filter, depthwise conv, fused linear
+maps), which compute the same formulas faster; ``benchmarks/reference_hornet.py`` writes the whole
+network in the plain formulas of the paper and is the oracle the tests compare this file against.
+Reading and converting weight files is ``models/state_dict.py``, layer decay ``models/layer_decay.py``.
 """
-import contextlib
-import math
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, get_device_dtype, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, LayerNorm2d, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.checkpoint import checkpoint
 
 from .hub import RELEASE_BASE, cached_download, mirrored
+from .layer_decay import layer_id
+from .ops import depthwise_conv2d, global_filter, linear_gate, linear_post
+from .state_dict import check_state_dict, from_mmpretrain, resize_gf_filters, unwrap_checkpoint
 
 __all__ = [
-    'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'checkpoint_filter_fn',
-    'layer_id', 'resize_complex_weight', 'run_stage', 'set_dft_filter', 'CheckpointMismatchError',
-    'check_state_dict', 'unwrap_checkpoint', 'global_filter', 'HorNetFeatures', 'depthwise_conv2d',
-    'linear_post', 'compile_blocks',
+    'GlobalLocalFilter', 'GnConv', 'HorBlock', 'HorNet', 'HORNET_ARCHS', 'MIN_INPUT_SIZE', 'HorNetFeatures',
+    'checkpoint_filter_fn', 'compile_blocks', 'run_stage', 'set_dft_filter',
 ]
 
+# FX tracing keeps these two as leaves (they read shapes); torch.fx.wrap patches the names it is
+# called with in this module's namespace, where the layers look them up
+torch.fx.wrap('global_filter')
+torch.fx.wrap('depthwise_conv2d')
+
 FilterSize = tuple[int, int]
-
-
-def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize a GF filter ``(C, h, w, 2)`` to ``(C, size[0], size[1], 2)``.
-
-    Real and imaginary parts are resized independently with bilinear interpolation,
-    ``align_corners=True``; that is what lets a GF model run at any input size.
-    """
-    size = tuple(int(s) for s in size)
-    if tuple(weight.shape[1:3]) == size:
-        return weight
-    dtype = weight.dtype
-    w = weight.float().permute(3, 0, 1, 2)  # (2, C, h, w): real/imag act as the batch
-    w = F.interpolate(w, size=size, mode='bilinear', align_corners=True)
-    return w.permute(1, 2, 3, 0).to(dtype)
-
-
-def _dft_mats(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin DFT matrices ``M[k, t] = cos|sin(2*pi*k*t/n)`` in float64, for exactness."""
-    idx = torch.arange(n, device=device, dtype=torch.float64)
-    ang = 2 * math.pi * torch.outer(idx, idx).remainder(n) / n
-    return torch.cos(ang), torch.sin(ang)
-
-
-def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``irfft2(rfft2(x) * weight)`` (orthonormal) written as real matrix products.
-
-    Numerically equal to the FFT path; used where FFT ops cannot be exported (ONNX).
-    ``x``: (B, C, H, W) float32, ``weight``: (C, H, W//2 + 1, 2) float32.
-    """
-    H, W = x.shape[-2:]
-    wf = W // 2 + 1
-    ch, sh = _dft_mats(H, x.device)
-    cw, sw = _dft_mats(W, x.device)
-    cw, sw = cw[:, :wf], sw[:, :wf]  # (W, wf)
-    # inverse real DFT along W counts each non-self-conjugate frequency twice
-    c = torch.full((wf,), 2.0, dtype=torch.float64, device=x.device)
-    c[0] = 1.0
-    if W % 2 == 0:
-        c[-1] = 1.0
-    scale = 1.0 / math.sqrt(H * W)
-    ch, sh = ch.float(), sh.float()
-    cw_f, sw_f = (cw * scale).float(), (sw * scale).float()
-    cw_i, sw_i = (cw * c * scale).t().float(), (sw * c * scale).t().float()  # (wf, W)
-    # forward: real DFT along W, complex DFT along H
-    ar, ai = x @ cw_f, -(x @ sw_f)
-    br, bi = ch @ ar + sh @ ai, ch @ ai - sh @ ar
-    # filter
-    wr, wi = weight[..., 0], weight[..., 1]
-    yr, yi = br * wr - bi * wi, br * wi + bi * wr
-    # inverse: complex DFT along H, real inverse DFT along W
-    dr, di = ch @ yr - sh @ yi, ch @ yi + sh @ yr
-    return dr @ cw_i - di @ sw_i
 
 
 def _no_torchscript(self):
@@ -91,320 +48,6 @@ def _no_torchscript(self):
     raise RuntimeError(
         f'{type(self).__name__} does not support TorchScript (torch.jit.script is deprecated in torch 2.x). '
         'Use torch.compile, torch.export or export.py (ONNX / torch.export) instead.')
-
-
-def _cpu_eager(x) -> bool:
-    """Whether ``x`` is a real CPU tensor in plain eager mode, where this file's hand-written CPU
-    paths run: not an FX proxy, not under torch.compile, not under a dispatch mode (e.g. the FLOP
-    counter), which see plain aten ops."""
-    return (isinstance(x, torch.Tensor) and x.device.type == 'cpu' and not torch.compiler.is_compiling()
-            and not is_in_torch_dispatch_mode())
-
-
-def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x * complex(weight[..., 0], weight[..., 1])`` for complex ``x`` in real arithmetic, so that
-    inductor generates a kernel for it instead of falling back to an eager complex op."""
-    xr = torch.view_as_real(x)
-    a, b = xr[..., 0], xr[..., 1]
-    c, d = weight[..., 0], weight[..., 1]
-    return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
-
-
-# The global filter ``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
-# ``(C, H, W // 2 + 1, 2)`` of the complex filter) as two custom ops with a hand-written backward.
-#
-# The filter is a linear map of ``x``, a real circular convolution, so its transpose is the same
-# filter with the conjugate spectrum: ``grad_x = irfft2(rfft2(g) * conj(w))``. The filter gradient
-# is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2`` counts twice
-# (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward FFT pair per pass
-# instead of autograd's, whose ``rfft2`` backward pads the half spectrum and runs a full complex FFT
-# (HorNet-T stage 2, batch 8: fwd+bwd 5.9 -> 3.4 ms per filter). Equal to autograd's gradients to
-# float rounding (tests/test_models.py).
-#
-# Custom ops, not an autograd.Function, so that torch.compile keeps them whole: the graph holds two
-# opaque real-valued ops instead of complex FFT and product nodes, which inductor cannot generate
-# code for (it falls back op by op and warns), and the compiled backward is this one.
-
-@torch.library.custom_op('hornet::global_filter', mutates_args=())
-def _global_filter_op(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns the filtered ``x`` and ``rfft2(x)`` as a real view (saved for the backward)."""
-    spec = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
-    y = torch.fft.irfft2(spec * torch.view_as_complex(weight), s=x.shape[-2:], dim=(-2, -1), norm='ortho')
-    return y, torch.view_as_real(spec)
-
-
-@_global_filter_op.register_fake
-def _(x, weight):
-    # the FFTs return dense tensors whatever the input's strides
-    return x.new_empty(x.shape), x.new_empty((*x.shape[:-1], x.shape[-1] // 2 + 1, 2))
-
-
-# conj_physical, not conj: a product with a lazily conjugated view came out unconjugated when
-# the op ran inside a compiled graph (torch 2.14, aot_eager and inductor; tests/test_models.py)
-@torch.library.custom_op('hornet::global_filter_backward', mutates_args=())
-def _global_filter_backward_op(grad: torch.Tensor, spec: torch.Tensor, weight: torch.Tensor, need_x: bool,
-                               need_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients for ``x`` and ``weight`` (an empty tensor for the one not needed)."""
-    H, W = grad.shape[-2:]
-    grad_spec = torch.fft.rfft2(grad, dim=(-2, -1), norm='ortho')
-    grad_x, grad_w = grad.new_empty(0), weight.new_empty(0)
-    if need_x:
-        grad_x = torch.fft.irfft2(grad_spec * torch.view_as_complex(weight).conj_physical(), s=(H, W),
-                                  dim=(-2, -1), norm='ortho')
-    if need_weight:
-        grad_w = (grad_spec * torch.view_as_complex(spec).conj_physical()).sum(0)
-        grad_w[..., 1:(W + 1) // 2] *= 2
-        grad_w = torch.view_as_real(grad_w)
-    return grad_x, grad_w
-
-
-@_global_filter_backward_op.register_fake
-def _(grad, spec, weight, need_x, need_weight):
-    return (grad.new_empty(grad.shape) if need_x else grad.new_empty(0),
-            weight.new_empty(weight.shape) if need_weight else weight.new_empty(0))
-
-
-def _global_filter_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], inputs[1])
-
-
-def _global_filter_grad(ctx, grad, _grad_spec):
-    spec, weight = ctx.saved_tensors
-    need_x, need_w = ctx.needs_input_grad
-    grad_x, grad_w = _global_filter_backward_op(grad, spec, weight, need_x, need_w)
-    return grad_x if need_x else None, grad_w if need_w else None
-
-
-_global_filter_op.register_autograd(_global_filter_grad, setup_context=_global_filter_setup)
-
-
-def _use_global_filter_op(x) -> bool:
-    """Whether :func:`global_filter` runs the custom ops: in eager mode and under torch.compile, but
-    not under torch.export (its programs keep plain ``torch.fft`` ops, loadable without this file),
-    FX proxies or dispatch modes (the FLOP counter counts the FFT ops)."""
-    if torch.compiler.is_compiling():
-        return not torch.compiler.is_exporting()
-    return isinstance(x, torch.Tensor) and not is_in_torch_dispatch_mode()
-
-
-@register_notrace_function
-def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) -> torch.Tensor:
-    """``irfft2(rfft2(x) * weight)`` over the last two axes (orthonormal), computed in float32.
-
-    ``weight`` is a real ``(C, h, w, 2)`` filter, resized to ``(H, W // 2 + 1)`` when it differs.
-    Autocast is off inside (the FFT stays float32); the result has ``x``'s dtype. A leaf for FX
-    tracing (``torch.fx.wrap`` below and timm's notrace registry): it reads shapes and enters autocast.
-    """
-    dtype = x.dtype
-    H, W = x.shape[-2:]
-    device_type = x.device.type
-    no_autocast = torch.autocast(device_type, enabled=False) \
-        if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
-    with no_autocast:
-        x = x.float()
-        weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
-        if use_dft:
-            x = _global_filter_dft(x, weight)
-        elif _use_global_filter_op(x):
-            x = _global_filter_op(x, weight.contiguous())[0]
-        else:
-            x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
-            x = _complex_mul(x, weight)
-            x = torch.fft.irfft2(x, s=(H, W), dim=(-2, -1), norm='ortho')
-    return x.to(dtype)
-
-
-torch.fx.wrap('global_filter')
-
-
-class _DepthwiseConvFn(torch.autograd.Function):
-    """Depthwise "same" convolution (stride 1, odd kernel, padding ``(k - 1) // 2``) whose backward
-    runs as two *forward* depthwise convolutions.
-
-    Why: on CPU, oneDNN's depthwise backward, the weight gradient above all, runs far below its
-    forward kernel (HorNet-T 7x7, batch 8, 2 threads: 27 / 15 / 8.8 / 22 ms per block for stages
-    0-3 against 0.3-2.8 ms forward); it was 18% of a training step. Here:
-
-    - input gradient: the same conv of the output gradient with the kernel flipped;
-    - weight gradient: ``dW[c, i, j] = sum_{b,h,w} x[b, c, h+i-p, w+j-p] * g[b, c, h, w]``, one
-      depthwise conv over the ``B * C`` maps of ``x`` with the maps of ``g`` as ``H x W``
-      kernels (zero padding ``p`` gives exactly the ``k x k`` output), then a sum over the batch.
-
-    Same numbers as autograd's backward up to float rounding (tests/test_models.py).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding):
-        ctx.save_for_backward(x, weight)
-        ctx.padding = padding
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        C = weight.shape[0]
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, padding=ctx.padding, groups=C)
-        if ctx.needs_input_grad[1]:
-            B, _, H, W = x.shape
-            grad_w = F.conv2d(x.reshape(1, B * C, H, W), grad.reshape(B * C, 1, H, W),
-                              padding=ctx.padding, groups=B * C)
-            grad_w = grad_w.view(B, C, *weight.shape[-2:]).sum(0, dtype=torch.float32)
-            grad_w = grad_w.unsqueeze(1).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None
-
-
-@register_notrace_function
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                     padding: tuple[int, int]) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a depthwise ``(C, 1, kh, kw)``
-    kernel; on CPU, for "same" kernels of 5 or more and when a gradient is needed, through
-    :class:`_DepthwiseConvFn` (a backward several times faster). Under autocast the inputs take the
-    autocast dtype first, as ``F.conv2d`` would. A leaf for FX tracing."""
-    kh, kw = weight.shape[-2:]
-    fast = (x.device.type == 'cpu' and torch.is_grad_enabled() and max(kh, kw) >= 5
-            and tuple(padding) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 == 1 and kw % 2 == 1
-            and (x.requires_grad or weight.requires_grad))
-    if not fast:
-        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
-    if torch.is_autocast_enabled('cpu'):
-        dtype = torch.get_autocast_dtype('cpu')
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-        with torch.autocast('cpu', enabled=False):
-            return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
-    return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
-
-
-torch.fx.wrap('depthwise_conv2d')
-
-try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference
-    _MKLDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
-except (AttributeError, RuntimeError):
-    _MKLDNN_LINEAR = None
-
-
-def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
-    """The dtype to run :func:`linear_post` in on oneDNN, or None to run plain ops.
-
-    Only on CPU in eager mode: torch.compile fuses on its own, FX proxies and dispatch modes (e.g.
-    the FLOP counter) see plain aten ops.
-    """
-    if _MKLDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _cpu_eager(x):
-        return None
-    if torch.is_autocast_enabled('cpu'):
-        dtype = torch.get_autocast_dtype('cpu')
-    elif x.dtype == weight.dtype:
-        dtype = x.dtype
-    else:
-        return None
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return dtype
-    return None
-
-
-# Below these many multiply-adds per product plain ops are faster than oneDNN: its primitive lookup
-# and this file's checks cost ~50 us a call. float32 inference: fused 0.2-0.6x of plain up to 2**22
-# MACs, even around 2**24, 1.1-1.5x from 2**26 (2 threads; HorNet-T batch 1 at 64 px 1.19x, 224 px
-# batch 8 unchanged). bf16 inference keeps every product fused: the threshold cost 2-4% at 224 px.
-# Training: the autograd Function's fixed cost (~0.1 ms) made 0.03-13 M MAC products 0.35-0.9x.
-_ONEDNN_INFER_MIN_MACS = 2 ** 24
-_ONEDNN_TRAIN_MIN_MACS = 2 ** 26
-
-
-class _OneDNNLinearFn(torch.autograd.Function):
-    """``x @ weight.T + bias (+ other)`` for CPU training, its forward and its input gradient on
-    oneDNN's matmul instead of MKL's sgemm (``F.linear``'s path); the weight gradient stays ``torch.mm``.
-
-    Why: for HorNet's shapes oneDNN's forward runs 5-25% faster (HorNet-T, 2 threads: 1568x256 @
-    256x1024, 150 vs 185-198 GFLOP/s; 392x512 @ 512x2048, 149 vs 181-191), the bias comes in without
-    addmm's copy of it into the output, and the residual add (``other``) rides along. The input
-    gradient ``grad @ weight`` is oneDNN's linear with ``weight.t()`` as a strided view (no copy):
-    1.1-1.8x sgemm's speed in float32 (25088x256 @ 256x64: 145 vs 78 GFLOP/s; 1568x256 @ 256x1024:
-    176 vs 123). For the weight gradient sgemm was as fast or faster (measured).
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, other):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        if other is not None:
-            return _MKLDNN_LINEAR.binary(x, other, weight, bias, 'add')
-        return _MKLDNN_LINEAR(x, weight, bias, 'none', [], '')
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        g2 = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[0]:
-            # float32: oneDNN takes the transposed weight as a strided view (no copy) and runs
-            # 1.1-1.8x faster than sgemm here; bf16 mm already is oneDNN
-            if grad.dtype == torch.float32:
-                grad_x = _MKLDNN_LINEAR(g2, weight.t(), None, 'none', [], '')
-            else:
-                grad_x = g2.mm(weight)
-            grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
-        if ctx.needs_input_grad[1]:
-            grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = g2.sum(0)
-        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
-
-
-def _apply_post(y: torch.Tensor, post: str, other: torch.Tensor | None) -> torch.Tensor:
-    """``post`` of :func:`linear_post` as a separate op on the product ``y``."""
-    if post == 'gelu':
-        return F.gelu(y)
-    if post == 'mul':
-        return y * other
-    if post == 'add':
-        return y + other
-    return y
-
-
-def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = 'none',
-                other: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
-    ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
-
-    On CPU the product runs on oneDNN (in float32 from ``_ONEDNN_INFER_MIN_MACS`` multiply-adds). For
-    inference it is one kernel with the bias and ``post`` fused in: no extra pass over the result
-    for the bias (addmm copies it in first), the GELU, the gnConv gate or the residual, each a full
-    read and write of a large activation (HorNet-T fp32 inference: 1.2x img/s). For training,
-    products of ``_ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
-    :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and the gate
-    product stay separate ops, their backward needs the product's output).
-    Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
-    another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
-    torch.compile, FX, dispatch modes) plain ops.
-    """
-    dtype = _fused_linear_dtype(x, weight)  # None for FX proxies, under torch.compile, ...
-    macs = x.numel() * weight.shape[0] if dtype is not None else 0
-    min_macs = _ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
-    if dtype is not None and macs >= min_macs and not (post == 'add' and other.dtype != dtype):
-        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                            or (bias is not None and bias.requires_grad)
-                                            or (other is not None and other.requires_grad))
-        if not grad or macs >= _ONEDNN_TRAIN_MIN_MACS:
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-            other = other.to(dtype) if post in ('mul', 'add') else None
-            # the operands already have the autocast dtype; entering a context costs ~4 us, so only
-            # when autocast is on
-            autocast_on = torch.is_autocast_enabled('cpu')
-            with torch.autocast('cpu', enabled=False) if autocast_on else contextlib.nullcontext():
-                if not grad:
-                    if post in ('mul', 'add'):
-                        return _MKLDNN_LINEAR.binary(x, other, weight, bias, post)
-                    return _MKLDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
-                y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
-                return y if post == 'add' else _apply_post(y, post, other)  # the add is fused in
-    return _apply_post(F.linear(x, weight, bias), post, other)
 
 
 class GlobalLocalFilter(nn.Module):
@@ -455,6 +98,11 @@ class GlobalLocalFilter(nn.Module):
 
 
 MixerSpec = str | Callable[[int], nn.Module]
+
+
+def _as_linear(conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A 1x1 conv's ``(weight, bias)`` as a linear map over the channels of a channels-last tensor."""
+    return conv.weight.flatten(1), conv.bias
 
 
 class GnConv(nn.Module):
@@ -549,19 +197,20 @@ class GnConv(nn.Module):
         Speed: the 1x1 convs run as matrix products on the channels-last view (B, H, W, C), free
         for a channels_last ``x`` (as inside HorNet): no layout copies, and no fall-back to torch's
         slow 1x1-conv path, which CPU convolution takes for small batches on one thread. For CPU
-        inference each gate product is fused into its matrix product (:func:`linear_post`).
+        inference each gate product is fused into its matrix product (:func:`models.linear_gate`).
         """
-        x = x.permute(0, 2, 3, 1)
-        w, b = self.proj_in.weight.flatten(1), self.proj_in.bias
+        x = x.permute(0, 2, 3, 1)  # channels-last view: each 1x1 conv below is a matrix product
+        w_in, b_in = _as_linear(self.proj_in)
         d0 = self.dims[0]
-        # q first, p in its own product: both come out dense (a channel slice of a channels-last
-        # tensor is strided, and the depthwise conv would copy it), and p's product takes the gate
-        q = linear_post(x, w[d0:], b[d0:]).permute(0, 3, 1, 2)
-        gates = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
-        y = linear_post(x, w[:d0], b[:d0], 'mul', gates[0])
-        for i in range(self.order - 1):  # indexed, not zipped: FX-traceable
-            pw = self.pws[i]
-            y = linear_post(y, pw.weight.flatten(1), pw.bias, 'mul', gates[i + 1])
+        # proj_in(x) = [p, q]; q is mixed and split into the gates g_0 .. g_{n-1}. q and p are two
+        # products: both come out dense (a channel slice of a channels-last tensor is strided, and
+        # the depthwise conv would copy it), and p's product takes its gate
+        q = linear_post(x, w_in[d0:], b_in[d0:]).permute(0, 3, 1, 2)
+        g = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
+        # the recursion: y = p * g_0, then y = pws[k](y) * g_{k+1}
+        y = linear_gate(x, w_in[:d0], b_in[:d0], g[0])
+        for k in range(self.order - 1):  # indexed, not zipped: FX-traceable
+            y = linear_gate(y, *_as_linear(self.pws[k]), g[k + 1])
         po = self.proj_out
         res = residual.permute(0, 2, 3, 1) if residual is not None else None
         if isinstance(po, nn.Conv2d):
@@ -653,17 +302,6 @@ def run_stage(downsample: nn.Module, blocks: nn.Sequential, x: torch.Tensor,
     return blocks(x)
 
 
-# Variant definitions: plain data. ``gf_sizes[i]`` is the GF filter (h, w) of stage i, None = 7x7 dwconv.
-_GF_224 = (None, None, (14, 8), (7, 4))
-_GF_384 = (None, None, (24, 13), (12, 7))
-_NO_GF = (None, None, None, None)
-HORNET_ARCHS: dict[str, dict] = {
-    f'{size}_{kind}': dict(depths=(2, 3, 18, 2), base_dim=base_dim, gf_sizes=gf)
-    for size, base_dim in (('tiny', 64), ('small', 96), ('base', 128), ('large', 192))
-    for kind, gf in (('7x7', _NO_GF), ('gf', _GF_224), ('gf_img384', _GF_384))
-}
-
-
 class HorNet(nn.Module):
     """HorNet image classifier (and, via ``forward_intermediates``, a 4-stage feature pyramid).
 
@@ -697,7 +335,7 @@ class HorNet(nn.Module):
             base_dim: int = 64,
             orders: Sequence[int] = (2, 3, 4, 5),
             scale: float = 1 / 3,
-            gf_sizes: Sequence[FilterSize | None] = _NO_GF,
+            gf_sizes: Sequence[FilterSize | None] = (None, None, None, None),
             kernel_size: int = 7,
             mlp_ratio: float = 4.,
             drop_rate: float = 0.,
@@ -879,47 +517,6 @@ class HorNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def layer_id(name: str, num_layers: int = 12, decay_type: str = 'layer_wise') -> int:
-    """Layer-decay id of a HorNet trunk parameter: the one rule of the original release.
-
-    ``name`` is relative to the trunk (``downsample_layers.*``, ``stages.*``, ``norm.*``,
-    ``head.*``); a dense model strips its ``backbone.`` prefix first and gives every parameter
-    outside the backbone the top id ``num_layers + 1``. The lr scale is
-    ``decay_rate ** (num_layers + 1 - id)``, never clamped.
-
-    ``layer_wise``: ``downsample_layers.k`` -> 0, 2, 3, 12 for k = 0..3; ``stages.0`` -> 1,
-    ``stages.1`` -> 2, ``stages.2.b`` -> min(3 + b // 2, 11), ``stages.3`` -> 12; any other name
-    -> ``num_layers + 1``. The constants 11 and 12 are fixed (they do not follow ``num_layers``),
-    so with ``num_layers`` < 11 late stage-2 blocks, ``downsample_layers.3`` and ``stages.3``
-    get ids above the top one and lr scales above 1, exactly as the original runs did.
-
-    ``stage_wise``: every ``downsample_layers.k`` -> 0, ``stages.s`` -> s + 1, any other name
-    -> ``num_layers + 1``.
-
-    The classifier uses ``num_layers=12`` (ids 0..13; ``head`` and ``norm`` -> 13).
-    """
-    top = num_layers + 1
-    parts = name.split('.')
-    if decay_type == 'layer_wise':
-        if parts[0] in ('cls_token', 'mask_token', 'pos_embed'):
-            return 0
-        if parts[0] == 'downsample_layers':
-            return (0, 2, 3, 12)[int(parts[1])]
-        if parts[0] == 'stages':
-            stage = int(parts[1])
-            if stage == 2:
-                return min(3 + int(parts[2]) // 2, 11)
-            return (1, 2, None, 12)[stage]
-        return top
-    if decay_type == 'stage_wise':
-        if parts[0] == 'downsample_layers':
-            return 0
-        if parts[0] == 'stages':
-            return int(parts[1]) + 1
-        return top
-    raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
-
-
 def set_dft_filter(model: nn.Module, enable: bool = True) -> nn.Module:
     """Make every GlobalLocalFilter in ``model`` use real DFT matrix products instead of torch.fft
     (same numbers; exportable to ONNX)."""
@@ -941,8 +538,8 @@ def compile_blocks(model: nn.Module, block_types: tuple[type[nn.Module], ...] = 
     unless ``compile_kwargs`` say otherwise; stems, downsampling layers and the head stay eager.
 
     Blocks of one width share their compiled graph, so the compiler traces, lowers and builds each
-    block kind once instead of all 25 (HorNet-T) of a whole-model graph: HorNet-T GF training on a
-    2-core CPU compiles in 54 s instead of 121 s, at the same step time (benchmarks/throughput.py
+    block kind once instead of all 25 (HorNet-T) of a whole-model graph: it compiles in about half
+    the time, at the same step time (benchmarks/results/cpu_compile_scope_2threads_cold_cache.md,
     ``--compile blocks``). Parameter names and the state dict stay the same.
     Every compiled module shares one code object (``Module._call_impl``), whose graph count dynamo
     limits (``torch._dynamo.config.recompile_limit``, 8 by default); it is raised to
@@ -960,60 +557,27 @@ def compile_blocks(model: nn.Module, block_types: tuple[type[nn.Module], ...] = 
     return model
 
 
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint does not fit the model: lists missing, unexpected and shape-mismatched keys."""
+# Variant definitions: plain data. ``gf_sizes[i]`` is the GF filter (h, w) of stage i, None = 7x7 dwconv.
+_GF_224 = (None, None, (14, 8), (7, 4))
+_GF_384 = (None, None, (24, 13), (12, 7))
+_NO_GF = (None, None, None, None)
+HORNET_ARCHS: dict[str, dict] = {
+    f'{size}_{kind}': dict(depths=(2, 3, 18, 2), base_dim=base_dim, gf_sizes=gf)
+    for size, base_dim in (('tiny', 64), ('small', 96), ('base', 128), ('large', 192))
+    for kind, gf in (('7x7', _NO_GF), ('gf', _GF_224), ('gf_img384', _GF_384))
+}
 
 
-def _describe(keys: list[str], limit: int = 20) -> str:
-    shown = ', '.join(keys[:limit])
-    return shown + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+# The smallest input side: the stem (stride 4) and three 2x downsamplings reduce by 32 in all
+MIN_INPUT_SIZE = 32
 
 
-def check_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module, what: str = 'checkpoint') -> None:
-    """Raise :class:`CheckpointMismatchError` listing every key that does not fit ``model``."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in target]
-    mismatched = [f'{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in target.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        lines = [f'{what} does not fit {type(model).__name__}:']
-        if missing:
-            lines.append(f'  missing keys ({len(missing)}): {_describe(missing)}')
-        if unexpected:
-            lines.append(f'  unexpected keys ({len(unexpected)}): {_describe(unexpected)}')
-        if mismatched:
-            lines.append(f'  shape mismatches ({len(mismatched)}): {_describe(mismatched)}')
-        raise CheckpointMismatchError('\n'.join(lines))
+class HorNetFeatures(FeatureGetterNet):
+    """timm's ``features_only`` wrapper (``forward_intermediates``) plus ``set_grad_checkpointing``,
+    which timm's getter wrapper lacks but its other feature wrappers have."""
 
-
-def unwrap_checkpoint(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint file: its ``model``/``module``/``state_dict`` entry,
-    or the dict itself; a DDP ``module.`` prefix is removed."""
-    for key in ('model', 'module', 'state_dict'):
-        if isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-            break
-    return {(k[7:] if k.startswith('module.') else k): v for k, v in checkpoint.items()}
-
-
-def _from_mmpretrain(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state_dict.items():
-        if k.startswith('backbone.'):
-            k = k[len('backbone.'):]
-            if k.startswith('norm3.'):
-                k = 'norm.' + k[len('norm3.'):]
-            elif k.startswith(('norm0.', 'norm1.', 'norm2.')):
-                continue  # per-stage output norms of the dense backbone have no classifier twin
-        elif k.startswith('head.fc.'):
-            k = 'head.' + k[len('head.fc.'):]
-        elif k.startswith(('neck.', 'data_preprocessor.')):
-            continue
-        k = k.replace('.gnconv.projs.', '.gnconv.pws.')
-        k = k.replace('.gamma1.weight', '.gamma1').replace('.gamma2.weight', '.gamma2')
-        out[k] = v
-    return out
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
 
 
 _STEM_CONV = 'downsample_layers.0.0'  # the pretrained cfg's `first_conv`
@@ -1023,21 +587,19 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
     """Adapt a released or mmpretrain HorNet checkpoint to ``model``.
 
     Accepts a training checkpoint (``model``/``module`` entry), an mmpretrain checkpoint
-    (``state_dict`` entry, ``backbone.``/``head.fc.`` keys) or a bare state dict. Resizes each GF
-    ``complex_weight`` to the model's filter size and drops the classifier when its shape differs.
+    (``state_dict`` entry, ``backbone.``/``head.fc.`` keys) or a bare state dict
+    (:func:`models.unwrap_checkpoint`). Resizes each GF ``complex_weight`` to the model's filter
+    size and drops the classifier when its shape differs.
     Raises :class:`CheckpointMismatchError` if anything else does not fit.
     """
     state_dict = unwrap_checkpoint(state_dict)
     if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = _from_mmpretrain(state_dict)
+        state_dict = from_mmpretrain(state_dict)
     target = model.state_dict()
-    out = {}
-    for k, v in state_dict.items():
-        if k.endswith('complex_weight') and k in target and v.shape != target[k].shape:
-            v = resize_complex_weight(v, target[k].shape[1:3])
-        elif k.startswith('head.') and (k not in target or v.shape != target[k].shape):
-            continue  # class count differs (or no classifier): the head starts fresh
-        out[k] = v
+    resize_gf_filters(state_dict, target)
+    # class count differs (or no classifier): the head starts fresh
+    out = {k: v for k, v in state_dict.items()
+           if not (k.startswith('head.') and (k not in target or v.shape != target[k].shape))}
     head_keys = [k for k in target if k.startswith('head.')]
     check = dict(out)
     if any(k not in out for k in head_keys):
@@ -1050,14 +612,6 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
         check[stem] = target[stem]
     check_state_dict(check, model)
     return out
-
-
-class HorNetFeatures(FeatureGetterNet):
-    """timm's ``features_only`` wrapper (``forward_intermediates``) plus ``set_grad_checkpointing``,
-    which timm's getter wrapper lacks but its other feature wrappers have."""
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.model.set_grad_checkpointing(enable)
 
 
 def _weights_overlay(variant: str, kwargs: dict) -> dict:

@@ -26,7 +26,9 @@ Usage in an mmdet / mmseg config::
         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
         paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise', num_layers=12))
 
-The repository root must be importable (``sys.path``) for ``custom_imports`` to find ``models``.
+The repository root must be importable (``sys.path``) for ``custom_imports`` to find ``models``;
+with the package installed (``pip install .``) import ``hornet.mm_hornet`` instead, from anywhere.
+Everything this module needs lives in ``models/``: checkpoints are read by ``models.state_dict``.
 """
 import logging
 import os
@@ -36,23 +38,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.fileio import get_local_path
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from timm.layers import LayerNorm2d
 
-from .hornet import (
-    HORNET_ARCHS,
-    GnConv,
-    HorNet,
-    check_state_dict,
-    checkpoint_filter_fn,
-    layer_id,
-    resize_complex_weight,
-    run_stage,
-    unwrap_checkpoint,
-)
+from .hornet import HORNET_ARCHS, GnConv, HorNet, checkpoint_filter_fn, run_stage
+from .layer_decay import dense_layer_id, param_groups_layer_decay
+from .state_dict import check_state_dict, from_mmpretrain, read_weights, resize_gf_filters, unwrap_checkpoint
 
 __all__ = ['HorNetBackbone', 'HorNetLayerDecayOptimizerConstructor', 'load_hornet_backbone_checkpoint']
 
@@ -104,20 +99,16 @@ def load_hornet_backbone_checkpoint(backbone: 'HorNetBackbone', checkpoint: dict
         state = {k[len('backbone.'):]: v for k, v in raw.items() if k.startswith('backbone.')}
         extra_norms = {f'norm{i}' for i in range(4)} - {f'norm{i}' for i in backbone.out_indices}
         state = {k: v for k, v in state.items() if k.split('.')[0] not in extra_norms}
-        resized = []
-        for k, v in state.items():
-            if k.endswith('complex_weight') and k in target and v.shape != target[k].shape:
-                state[k] = resize_complex_weight(v, target[k].shape[1:3])
-                resized.append(k)
+        resized = resize_gf_filters(state, target)
         check_state_dict(state, backbone, what='detection/segmentation checkpoint (backbone.* keys)')
         backbone.load_state_dict(state, strict=True)
         return dict(loaded=sorted(state), missing=[], resized=resized)
 
     view = _ClassifierView(backbone)
-    target_view = view.state_dict()
-    resized = [k for k, v in raw.items()
-               if k.endswith('complex_weight') and k in target_view and v.shape != target_view[k].shape]
-    state = checkpoint_filter_fn(checkpoint, view)  # strict check + mmpretrain mapping + GF resize
+    if any(k.startswith('backbone.') for k in raw):  # an mmpretrain classifier
+        raw = from_mmpretrain(raw)
+    resized = resize_gf_filters(raw, view.state_dict())
+    state = checkpoint_filter_fn(raw, view)  # strict check (the GF filters already fit)
     state = {k: v for k, v in state.items() if not k.startswith('norm.')}
     result = backbone.load_state_dict(state, strict=False)
     if result.unexpected_keys or any(not k.startswith('norm') for k in result.missing_keys):
@@ -228,9 +219,12 @@ class HorNetBackbone(BaseModule):
                 f'HorNet backbone checkpoint {self.pretrained!r} not found: download the ImageNet '
                 f'checkpoint there, or set model.backbone.init_cfg.checkpoint=PATH (or init_cfg=None '
                 f'to train from scratch)')
-        from tools.mm_runner import load_classification_checkpoint  # weights only, never unpickled
-        ckpt = load_classification_checkpoint(self.pretrained)
-        info = load_hornet_backbone_checkpoint(self, ckpt)
+        if '://' in self.pretrained and not self.pretrained.startswith(('http://', 'https://')):
+            with get_local_path(self.pretrained) as path:  # another mmengine file backend
+                state = read_weights(path)  # weights only, never unpickled
+        else:
+            state = read_weights(self.pretrained)
+        info = load_hornet_backbone_checkpoint(self, state)
         # mmengine's logger, so the line lands in the runner's log file
         print_log(f"HorNet backbone: loaded {len(info['loaded'])} tensors from {self.pretrained} "
                   f"(fresh: {', '.join(info['missing']) or 'none'}; "
@@ -255,12 +249,9 @@ class HorNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         ``decay_rate`` r (float), ``decay_type`` (``'layer_wise'`` or ``'stage_wise'``),
         ``num_layers`` n (int).
 
-    A ``backbone.*`` parameter gets the id :func:`models.layer_id` gives its name without the
-    prefix; every other parameter (neck, heads) gets ``n + 1``. The lr is
-    ``base_lr * r ** (n + 1 - id)``, unclamped: with ``layer_wise`` and ``n`` < 11 the late
-    stage-2 blocks, ``downsample_layers.3`` and ``stages.3`` get scales above 1, as in the
-    original runs. The backbone's output norms are at scale 1. Parameters that are 1-D or whose
-    name ends in ``.bias`` get weight decay 0. Groups are ``layer_{id}_{decay|no_decay}``.
+    The groups of :func:`models.layer_decay.param_groups_layer_decay` with the ids of
+    :func:`models.dense_layer_id` (the rule is explained in ``models/layer_decay.py``), each with
+    its ``lr = base_lr * lr_scale``.
     """
 
     def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
@@ -270,25 +261,16 @@ class HorNetLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         if decay_type not in ('layer_wise', 'stage_wise'):
             raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', got {decay_type!r}")
         num_layers = int(cfg.get('num_layers', 12))
-        groups: dict[str, dict] = {}
-        for name, param in module.named_parameters():
-            if not param.requires_grad:
-                continue
-            lid = num_layers + 1
-            if name.startswith('backbone.'):
-                lid = layer_id(name[len('backbone.'):], num_layers=num_layers, decay_type=decay_type)
-            no_decay = param.ndim == 1 or name.endswith('.bias')
-            key = f'layer_{lid}_{"no_decay" if no_decay else "decay"}'
-            if key not in groups:
-                scale = decay_rate ** (num_layers + 1 - lid)
-                groups[key] = dict(
-                    params=[], group_name=key, lr_scale=scale, layer_id=lid, lr=self.base_lr * scale,
-                    weight_decay=0. if no_decay or self.base_wd is None else self.base_wd)
-            groups[key]['params'].append(param)
-        for key in sorted(groups, key=lambda k: (groups[k]['layer_id'], k)):
-            _logger.debug('lr group %s: scale %.4g, %d params', key, groups[key]['lr_scale'],
-                          len(groups[key]['params']))
-            params.append(groups[key])
+        groups = param_groups_layer_decay(
+            module, weight_decay=0. if self.base_wd is None else self.base_wd, layer_decay=decay_rate,
+            get_layer_id=lambda name: dense_layer_id(name, num_layers=num_layers, decay_type=decay_type),
+            num_layers=num_layers)
+        for group in groups:
+            del group['names'], group['use_wd']  # mmengine's groups: params, lr and weight decay
+            group['lr'] = self.base_lr * group['lr_scale']
+            _logger.debug('lr group %s: scale %.4g, %d params', group['group_name'], group['lr_scale'],
+                          len(group['params']))
+            params.append(group)
 
 
 class GnConvModule(nn.Module):

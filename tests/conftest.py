@@ -213,6 +213,11 @@ def run_python(args: Sequence[str], cwd: str = ROOT, timeout: float = 300, env: 
                           capture_output=True, text=True, timeout=timeout)
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``||a - b|| / ||b||``: the relative error of ``a`` against the expected ``b``."""
+    return ((a - b).norm() / b.norm()).item()
+
+
 def plain(x):
     """An mmengine config value as plain Python (ConfigDict -> dict, tuples/lists -> lists)."""
     if isinstance(x, dict):

@@ -1,6 +1,11 @@
 """models/mm_hornet.py: the OpenMMLab HorNet backbone and the layer-decay optimizer constructor."""
 import functools
+import json
 import os
+import shutil
+import site
+import subprocess
+import sys
 
 import mmdet.registry
 import mmseg.registry
@@ -11,7 +16,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import models
-from conftest import ROOT, SMALL, run_python
+from conftest import ROOT, SMALL, run_python, subprocess_env
 from models.mm_hornet import HorNetBackbone, HorNetLayerDecayOptimizerConstructor, load_hornet_backbone_checkpoint
 
 GF_DET = ((14, 8), (7, 4))
@@ -311,3 +316,59 @@ def test_one_layer_id_rule_for_classifier_and_timm():
             ('downsample_layers.3.1.weight', 'stages.2.5.gamma1', 'norm.weight')] == [0, 3, 13]
     with pytest.raises(ValueError, match='stage_wise'):
         models.layer_id('stages.0.0.gamma1', 12, 'blockwise')
+
+
+@pytest.mark.slow  # creates a virtual environment and builds the package (~1 minute)
+def test_installed_package_backbone_loads_a_local_checkpoint(tmp_path):
+    """`pip install .` into a fresh environment, then, from a folder outside the repository: the
+    OpenMMLab backbone of the installed package (`hornet.mm_hornet`, type='HorNet') with a local
+    checkpoint in its init_cfg loads it in init_weights, importing nothing of the repository."""
+    cls = timm.create_model('hornet_tiny_gf', num_classes=10, **SMALL)
+    torch.manual_seed(3)
+    for p in cls.parameters():
+        nn.init.normal_(p)
+    ckpt = tmp_path / 'hornet_small.pth'
+    torch.save({'model': cls.state_dict(), 'epoch': 3}, ckpt)
+
+    venv = tmp_path / 'venv'
+    made = subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', '--without-pip', str(venv)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    python = str(venv / 'bin' / 'python')
+    # torch, timm, mmengine, mmcv and pip come from this interpreter's environment. When that is itself a
+    # virtual environment --system-site-packages reaches only the base Python, so its site-packages go on
+    # the new one's path too (a plain path entry: the editable `hornet` of this environment stays out)
+    site_dir = subprocess.run([python, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                              capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site_dir, 'dev-environment.pth'), 'w') as f:
+        f.write('\n'.join(p for p in site.getsitepackages() if os.path.isdir(p)) + '\n')
+    # a copy of the checkout, so that the build's build/ and egg-info stay out of it; --ignore-installed:
+    # pip never touches the hornet installed in this interpreter's environment
+    src = tmp_path / 'src'
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        '.git', 'output', 'logs', '__pycache__', '*.egg-info', 'build', '.pytest_cache', '.hypothesis'))
+    env = subprocess_env(pythonpath=None)
+    r = subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation', '--ignore-installed',
+                        '--no-index', str(src)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    code = f"""
+import json, sys, torch
+from mmengine.registry import MODELS
+import hornet, hornet.mm_hornet
+backbone = MODELS.build(dict(type='HorNet', arch='tiny_gf', depths=(1, 1, 1, 1), base_dim=16,
+                             init_cfg=dict(type='Pretrained', checkpoint={str(ckpt)!r})))
+backbone.init_weights()
+saved = torch.load({str(ckpt)!r}, weights_only=True)['model']
+state = backbone.state_dict()
+trunk = [k for k in saved if not k.startswith(('head.', 'norm.'))]
+print(json.dumps(dict(
+    file=hornet.mm_hornet.__file__, loaded=sum(torch.equal(state[k], saved[k]) for k in trunk), trunk=len(trunk),
+    repository=sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'tools', 'checkpoint', 'utils')))))
+"""
+    r = subprocess.run([python, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out['file'] == os.path.join(site_dir, 'hornet', 'mm_hornet.py')
+    assert out['trunk'] == 108 and out['loaded'] == 108
+    assert out['repository'] == []

@@ -9,7 +9,7 @@ from mmengine.registry import DefaultScope
 import models  # noqa: F401  (registers hornet_*)
 from benchmarks.mmpretrain_hornet import MMPretrainHorNet, mmpretrain_arch, mmpretrain_from, to_mmpretrain_state_dict
 from conftest import SMALL
-from models.hornet import _from_mmpretrain
+from models import from_mmpretrain
 
 
 def _small_kwargs(name: str) -> dict:
@@ -76,8 +76,8 @@ def test_mmpretrain_checkpoint_loads_into_ours(tmp_path, name):
     _randomize_(theirs)
     state = theirs.classifier.state_dict()
     assert 'backbone.stages.3.0.gnconv.projs.3.weight' in state and 'head.fc.weight' in state
-    assert sorted(_from_mmpretrain(state)) == sorted(skeleton.state_dict())  # every key maps, none left
-    assert to_mmpretrain_state_dict(_from_mmpretrain(state)).keys() == state.keys()
+    assert sorted(from_mmpretrain(state)) == sorted(skeleton.state_dict())  # every key maps, none left
+    assert to_mmpretrain_state_dict(from_mmpretrain(state)).keys() == state.keys()
     path = tmp_path / 'mmpretrain_hornet.pth'
     torch.save({'meta': {'epoch': 300}, 'state_dict': state}, path)
     ours = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),

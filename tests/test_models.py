@@ -10,10 +10,8 @@ import torch.nn.functional as F
 
 import calc_flops
 import models
-from benchmarks.mmpretrain_hornet import to_mmpretrain_state_dict
-from conftest import SMALL, quick_tier
+from conftest import SMALL, quick_tier, rel_err
 from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
-from models.hornet import _from_mmpretrain
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 with open(os.path.join(DATA, 'hornet_checkpoint_layout.json')) as f:
@@ -285,30 +283,6 @@ def test_autocast_cpu_finite_and_close(dtype, tol):
     assert auto.dtype == torch.float32 and torch.equal(auto, plain)
 
 
-def test_layer_decay_grouping_matches_spec():
-    with torch.device('meta'):
-        model = timm.create_model('hornet_base_gf')
-    from timm.optim import param_groups_layer_decay
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.9)
-    by_param = {}
-    for g in groups:
-        for p in g['params']:
-            by_param[id(p)] = (g['lr_scale'], g['weight_decay'])
-    for name, p in model.named_parameters():
-        lid = models.layer_id(name)
-        lr_scale, wd = by_param[id(p)]
-        assert lr_scale == pytest.approx(0.9 ** (13 - lid)), name
-        assert wd == (0.0 if p.ndim <= 1 else 0.05), name
-    assert len({g['lr_scale'] for g in groups}) == 14
-    assert models.layer_id('downsample_layers.0.0.weight') == 0
-    assert models.layer_id('stages.0.1.gamma1') == 1
-    assert models.layer_id('downsample_layers.1.1.weight') == 2
-    assert models.layer_id('stages.2.0.norm1.weight') == 3
-    assert models.layer_id('stages.2.17.pwconv1.weight') == 11
-    assert models.layer_id('downsample_layers.3.0.bias') == 12
-    assert models.layer_id('head.weight') == 13
-
-
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize('fmt', ['model', 'module', 'bare', 'ddp_prefix', 'mmpretrain'])
 def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
@@ -316,7 +290,7 @@ def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
     sd = src.state_dict()
     obj = {'model': {'model': sd, 'epoch': 3}, 'module': {'module': sd}, 'bare': sd,
            'ddp_prefix': {'model': {'module.' + k: v for k, v in sd.items()}},
-           'mmpretrain': {'meta': {}, 'state_dict': to_mmpretrain_state_dict(sd)}}[fmt]
+           'mmpretrain': {'meta': {}, 'state_dict': models.to_mmpretrain(sd)}}[fmt]
     path = tmp_path / 'ckpt.pth'
     torch.save(obj, path)
     model = small(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -324,13 +298,6 @@ def test_released_checkpoint_formats_load_through_timm(tmp_path, fmt):
         assert torch.equal(v, sd[k]), k
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(model.eval()(x), src.eval()(x))
-
-
-def test_mmpretrain_key_mapping():
-    sd = small().state_dict()
-    mapped = _from_mmpretrain(to_mmpretrain_state_dict(sd))
-    assert list(mapped) == list(sd)
-    assert 'backbone.stages.3.0.gnconv.projs.3.weight' in to_mmpretrain_state_dict(sd)
 
 
 def test_gf_filter_resize_and_head_drop(tmp_path):
@@ -631,10 +598,6 @@ def test_compile_blocks_equals_eager(backend, new_graphs):
 
 
 # ---------------------------------------------------------------- optimized model vs reference (issue 13)
-def _rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.mark.parametrize('name', VARIANTS)
 @pytest.mark.parametrize('hw', [(64, 64), (72, 104)])
 def test_optimized_model_equals_reference_formulation(name, hw):
@@ -650,14 +613,14 @@ def test_optimized_model_equals_reference_formulation(name, hw):
     x = torch.randn(2, 3, *hw)
     with torch.no_grad():
         out, expected = model.eval()(x), ref.eval()(x)
-    assert _rel(out, expected) < 1e-5
+    assert rel_err(out, expected) < 1e-5
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
     # training step: same loss, same gradients
     model.train()(x).square().mean().backward()
     ref.train()(x).square().mean().backward()
     ref_grads = dict(ref.named_parameters())
     for n, p in model.named_parameters():
-        assert _rel(p.grad, ref_grads[n].grad) < 1e-4, n
+        assert rel_err(p.grad, ref_grads[n].grad) < 1e-4, n
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -680,157 +643,3 @@ def test_default_layout_is_channels_last_inside(name):
     z = torch.randn(2, 128, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(g(z), g(z.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize('shape,k,channels_last,bias', [
-    ((3, 24, 13, 11), 7, True, True), ((2, 16, 9, 9), 5, False, True), ((2, 8, 6, 7), 7, True, False)])
-def test_depthwise_conv_fast_backward_equals_autograd(shape, k, channels_last, bias):
-    """The CPU depthwise conv whose backward runs as two forward convs (models.depthwise_conv2d):
-    same output and gradients as autograd's convolution backward, float32 and bf16 autocast."""
-    from models.hornet import depthwise_conv2d
-    C = shape[1]
-    x = torch.randn(shape)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    w = torch.randn(C, 1, k, k, requires_grad=True)
-    b = torch.randn(C, requires_grad=True) if bias else None
-    inputs = (x, w, b) if bias else (x, w)
-    g = torch.randn(shape)
-    y = depthwise_conv2d(x, w, b, (k // 2, k // 2))
-    assert type(y.grad_fn).__name__ == '_DepthwiseConvFnBackward'  # the fast path ran
-    ref = F.conv2d(x, w, b, padding=k // 2, groups=C)
-    assert torch.equal(y, ref)
-    for a, e in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
-        assert _rel(a, e) < 1e-6
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        y = depthwise_conv2d(x, w, b, (k // 2, k // 2))
-        ref = F.conv2d(x, w, b, padding=k // 2, groups=C)
-    assert y.dtype == ref.dtype == torch.bfloat16 and torch.equal(y, ref)
-    for a, e in zip(torch.autograd.grad(y, inputs, g), torch.autograd.grad(ref, inputs, g), strict=True):
-        assert a.dtype == e.dtype == torch.float32 and _rel(a, e) < 1e-2  # bf16 rounding of the partial sums
-    # no gradient needed, a 3x3 kernel or another padding: plain F.conv2d
-    with torch.no_grad():
-        assert depthwise_conv2d(x, w, b, (k // 2, k // 2)).grad_fn is None
-    w3 = torch.randn(C, 1, 3, 3, requires_grad=True)
-    assert type(depthwise_conv2d(x, w3, None, (1, 1)).grad_fn).__name__ != '_DepthwiseConvFnBackward'
-
-
-@pytest.mark.parametrize('shape,filter_hw', [((3, 6, 14, 14), (14, 8)), ((2, 4, 7, 7), (7, 4)),
-                                              ((2, 4, 6, 9), (6, 5)), ((2, 4, 16, 16), (14, 8))])
-def test_global_filter_fast_backward_equals_autograd(shape, filter_hw):
-    """The global filter's custom ops with the hand-written backward (models.hornet._global_filter_op):
-    same output and gradients as autograd through irfft2(rfft2(x) * w), for even and odd widths and
-    for a filter resized to another input size; float64 to 1e-12, float32 to 1e-5."""
-    from models.hornet import global_filter, resize_complex_weight
-
-    def plain(x, w):
-        w = torch.view_as_complex(resize_complex_weight(w, (x.shape[-2], x.shape[-1] // 2 + 1)).contiguous())
-        return torch.fft.irfft2(torch.fft.rfft2(x, norm='ortho') * w, s=x.shape[-2:], norm='ortho')
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        x = torch.randn(shape, dtype=dtype, requires_grad=True)
-        w = torch.randn(shape[1], *filter_hw, 2, dtype=dtype, requires_grad=True)
-        g = torch.randn(shape, dtype=dtype)
-        if dtype == torch.float64:  # global_filter computes in float32; check the op itself
-            from models.hornet import _global_filter_op
-            y = _global_filter_op(x, resize_complex_weight(w, (shape[2], shape[3] // 2 + 1)).contiguous())[0]
-        else:
-            y = global_filter(x, w)
-        assert 'hornet_global_filter' in type(y.grad_fn).__name__  # the custom op ran
-        ref = plain(x, w)
-        assert _rel(y, ref) < tol
-        for a, e in zip(torch.autograd.grad(y, (x, w), g), torch.autograd.grad(ref, (x, w), g), strict=True):
-            assert _rel(a, e) < tol
-    with torch.no_grad():
-        assert global_filter(x, w).grad_fn is None and _rel(global_filter(x, w), plain(x, w)) < 1e-5
-
-
-def test_global_filter_custom_ops_pass_opcheck():
-    """torch.library.opcheck on the global filter's custom ops: schema, autograd registration, fake
-    (meta) kernels for channels_last inputs, and the same outputs inside an AOT-compiled graph
-    (the backward op once failed that: a lazily conjugated view lost its conjugation there)."""
-    from models.hornet import _global_filter_backward_op, _global_filter_op
-    x = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(4, 7, 4, 2, requires_grad=True)
-    torch.library.opcheck(_global_filter_op, (x, w))
-    g, spec = torch.randn(2, 4, 7, 7).contiguous(memory_format=torch.channels_last), torch.randn(2, 4, 7, 4, 2)
-    for need_x, need_w in ((True, True), (True, False), (False, True)):
-        torch.library.opcheck(_global_filter_backward_op, (g, spec, w.detach(), need_x, need_w))
-
-
-@pytest.mark.parametrize('name', VARIANTS)
-def test_fused_cpu_inference_equals_plain_ops(name, monkeypatch):
-    """CPU inference runs each block's matrix products with the bias, GELU, gates and residuals
-    fused (oneDNN, models.linear_post), in float32 from 2**24 multiply-adds (smaller ones plain):
-    same outputs as the plain ops within 1e-5 (float32) and within the bf16 bound (autocast).
-    Training runs products of 2**26 multiply-adds and more on oneDNN too (forward with bias and
-    residual fused, input gradient), with the plain ops' gradients within 1e-5; the FLOP counter
-    sees plain ops."""
-    import models.hornet as mh
-    if mh._MKLDNN_LINEAR is None:
-        pytest.fail('this torch has no oneDNN fused linear (mkldnn._linear_pointwise)')
-    model = small(name, layer_scale_init_value=0.5).eval()
-    x = torch.randn(2, 3, 64, 64)
-    calls = []
-    real = mh._MKLDNN_LINEAR
-    # per block: q and the GELU product plain, one gate product per order, residuals of both branches
-    blocks = sum(model.depths)
-    orders = sum(d * o for d, o in zip(model.depths, (2, 3, 4, 5), strict=True))
-
-    class Counting:
-        def __call__(self, *a):
-            calls.append('plain')
-            return real(*a)
-
-        def binary(self, *a):
-            calls.append(a[-1])
-            return real.binary(*a)
-    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
-    with torch.no_grad():
-        small_plain = model(x)  # in float32 this model's products are all below the size threshold
-        assert calls == []
-        with torch.autocast('cpu', dtype=torch.bfloat16):  # bf16 has no size threshold
-            fused_bf16 = model(x)
-        assert len(calls) == 4 * blocks + orders
-        monkeypatch.setattr(mh, '_ONEDNN_INFER_MIN_MACS', 0)
-        fused = model(x)
-    assert calls.count('plain') == 2 * 2 * blocks and calls.count('mul') == 2 * orders
-    assert calls.count('add') == 2 * 2 * blocks  # under CPU autocast the residual stream is bf16 too
-    calls.clear()
-    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', None)
-    with torch.no_grad():
-        plain = model(x)
-        with torch.autocast('cpu', dtype=torch.bfloat16):
-            plain_bf16 = model(x)
-    assert _rel(fused, plain) < 1e-5 and torch.equal(small_plain, plain)
-    assert _rel(fused_bf16.float(), plain.float()) < 5e-2 and _rel(plain_bf16.float(), plain) < 5e-2
-    # training: products at or above the size threshold through _OneDNNLinearFn (residuals fused),
-    # same gradients as the plain ops
-    model.train()
-    xg = x.clone().requires_grad_()
-    model(xg).square().mean().backward()
-    plain_grads = [p.grad.clone() for p in model.parameters()] + [xg.grad]
-    model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(mh, '_MKLDNN_LINEAR', Counting())
-    model(x).square().mean().backward()  # this model's products are all below the size threshold
-    assert calls == []
-    model.zero_grad(set_to_none=True)
-    monkeypatch.setattr(mh, '_ONEDNN_TRAIN_MIN_MACS', 0)
-    xg = x.clone().requires_grad_()
-    loss = model(xg).square().mean()
-    # per block order + 4 forward products (q, p, the order - 1 gate maps, proj_out, pwconv1, pwconv2),
-    # two of them with the residual
-    assert calls.count('add') == 2 * blocks and calls.count('mul') == 0
-    assert calls.count('plain') == orders + 2 * blocks
-    calls.clear()
-    loss.backward()
-    fused_grads = torch.cat([p.grad.flatten() for p in model.parameters()] + [xg.grad.flatten()])
-    assert _rel(fused_grads, torch.cat([g.flatten() for g in plain_grads])) < 1e-5
-    assert _rel(xg.grad, plain_grads[-1]) < 1e-5
-    # the backward: each product's input gradient on oneDNN (the weight's transposed view), the
-    # weight gradients torch.mm
-    assert calls == ['plain'] * (orders + 4 * blocks)
-    calls.clear()
-    with torch.no_grad():
-        calc_flops.count_flops(model, (64, 64))  # the FLOP counter's dispatch mode: plain ops
-    assert calls == []

@@ -1,4 +1,4 @@
-"""Unit tests of the training pieces: layer-decay groups, schedules, EMA, mixup, gradient
+"""Unit tests of the training pieces: schedules, EMA, mixup, gradient
 accumulation, bf16 autocast, fine-tuning with head maps and GF filter resizing, preemption
 signals deferred to step boundaries."""
 import copy
@@ -17,7 +17,7 @@ import models
 import utils
 from conftest import ROOT, SMALL
 from engine import evaluate, train_one_epoch
-from optim_factory import Schedules, create_optimizer, param_groups_layer_decay
+from optim_factory import Schedules, create_optimizer
 
 
 def _tiny(name='hornet_tiny_gf', **kw):
@@ -35,28 +35,6 @@ def _args(**kw):
 def _batches(n, bs, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(bs, 3, 32, 32, generator=g), torch.randint(0, 3, (bs,), generator=g)) for _ in range(n)]
-
-
-def test_layer_decay_groups_follow_spec():
-    """Full HorNet-T: 14 groups, lr scale decay**(13-id), ids from models.layer_id, and no
-    weight decay exactly on 1-D parameters."""
-    with torch.device('meta'):
-        model = timm.create_model('hornet_tiny_gf')
-    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.7)
-    assert sorted({g['layer_id'] for g in groups}) == list(range(14))
-    for g in groups:
-        assert g['lr_scale'] == pytest.approx(0.7 ** (13 - g['layer_id']))
-        for name, p in zip(g['names'], g['params'], strict=True):
-            assert models.layer_id(name) == g['layer_id']
-            assert g['weight_decay'] == (0.0 if p.ndim == 1 else 0.05), name
-    by_name = {n: g for g in groups for n in g['names']}
-    assert by_name['downsample_layers.0.0.weight']['layer_id'] == 0
-    assert by_name['stages.2.17.gnconv.proj_in.weight']['layer_id'] == 11
-    assert by_name['stages.2.4.gamma1']['layer_id'] == 5 and by_name['stages.2.4.gamma1']['weight_decay'] == 0
-    assert by_name['downsample_layers.3.1.weight']['layer_id'] == 12
-    assert by_name['head.weight']['lr_scale'] == 1.0
-    n_params = sum(p.numel() for g in groups for p in g['params'])
-    assert n_params == sum(p.numel() for p in model.parameters())
 
 
 def test_schedule_warmup_cosine_and_weight_decay():

@@ -2,32 +2,29 @@
 ``semantic_segmentation/``: the common flags, config loading with overrides, and checkpoint loading.
 
 Checkpoint policy: no file is unpickled. The backbone's ImageNet checkpoint is read with
-``torch.load(weights_only=True)`` (:func:`load_classification_checkpoint`); mmengine checkpoints
+``torch.load(weights_only=True)`` (``models.read_weights``, in the backbone's ``init_weights``); mmengine checkpoints
 (``--resume``, ``--load-from``, the checkpoint of ``test.py``) with ``weights_only=True`` plus exactly
 the types mmengine stores in them (:data:`MMENGINE_SAFE_GLOBALS`), through :class:`Runner`. Only
 ``--unsafe-load`` unpickles them fully.
 """
 import argparse
 import inspect
-import io
 import os
 import os.path as osp
 import pickle
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from mmengine.config import Config, DictAction
-from mmengine.fileio import get as fileio_get
+from mmengine.fileio import get_local_path
 from mmengine.logging import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as _MMRunner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
-import checkpoint as ckpt_files
+from models.state_dict import SAFE_GLOBALS, CheckpointFileError, load_checkpoint
 
 UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test checkpoint): a crafted .pth '
                     'file then runs arbitrary code on this machine; use it only for files you trust. '
@@ -35,8 +32,10 @@ UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test
                     'training state)')
 
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint that cannot be read safely, or does not fit the model (one-line message)."""
+# A checkpoint that cannot be read safely, or does not fit the model (one-line message): the error
+# type of models.state_dict, which the scripts turn into `error: ...` and exit status 2
+CheckpointLoadError = CheckpointFileError
+UNSAFE_HINT = 'pass --unsafe-load only if you trust the file'
 
 
 def _history_buffer_attr(obj: Any, name: str) -> Any:
@@ -60,7 +59,7 @@ MMENGINE_SAFE_GLOBALS: list[Callable | tuple] = [
     (_history_buffer_attr, 'builtins.getattr'),
 ]
 # Our classification checkpoints store the argparse namespace of main.py next to the weights.
-CLASSIFICATION_SAFE_GLOBALS: list[Callable | tuple] = [argparse.Namespace]
+CLASSIFICATION_SAFE_GLOBALS: list[Callable | tuple] = list(SAFE_GLOBALS)
 
 
 def add_runner_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -101,28 +100,24 @@ def load_runner_config(args: argparse.Namespace) -> Config:
 def load_checkpoint_file(filename: str, map_location: Any = 'cpu',
                          safe_globals: Sequence[Callable | tuple] = MMENGINE_SAFE_GLOBALS,
                          unsafe: bool = False) -> Any:
-    """``torch.load`` a local file or URL with ``weights_only=True`` and ``safe_globals`` allowed
-    (``weights_only=False`` only when ``unsafe``).
+    """Read a local file or URL with ``weights_only=True`` and ``safe_globals`` allowed
+    (``weights_only=False`` only when ``unsafe``), through :func:`models.state_dict.load_checkpoint`;
+    URLs of other mmengine file backends are fetched to a local file first.
 
     Raises:
         CheckpointLoadError: missing, empty, text, truncated, or holding other Python objects.
     """
-    local = '://' not in filename
-    path = osp.expanduser(filename) if local else filename
-    if local and not osp.isfile(path):
-        raise CheckpointLoadError(f'cannot load checkpoint {filename}: no such file')
-    try:
-        with torch.serialization.safe_globals(list(safe_globals)), warnings.catch_warnings():
-            warnings.simplefilter('ignore')  # "Detected pickle protocol ...": the error says what matters
-            if local:
-                return torch.load(path, map_location=map_location, weights_only=not unsafe)
-            if filename.startswith(('http://', 'https://')):  # cached in torch's hub folder
-                return torch.hub.load_state_dict_from_url(filename, map_location=map_location,
-                                                          weights_only=not unsafe)
-            return torch.load(io.BytesIO(fileio_get(filename)), map_location=map_location, weights_only=not unsafe)
-    except Exception as e:  # noqa: BLE001  (any failure of a user-given file becomes one line)
-        reason = ckpt_files.describe_load_failure(path, e, 'pass --unsafe-load only if you trust the file')
-        raise CheckpointLoadError(f'cannot load checkpoint {filename}: {reason}') from None
+    if '://' in filename and not filename.startswith(('http://', 'https://')):
+        try:
+            with get_local_path(filename) as path:
+                return load_checkpoint(path, safe_globals=safe_globals, unsafe=unsafe, not_unpickled=UNSAFE_HINT,
+                                       map_location=map_location)
+        except CheckpointLoadError:
+            raise
+        except Exception as e:  # noqa: BLE001  (a failed fetch of a user-given URL becomes one line)
+            raise CheckpointLoadError(f'cannot load checkpoint {filename}: {type(e).__name__}: {e}') from None
+    return load_checkpoint(filename, safe_globals=safe_globals, unsafe=unsafe, not_unpickled=UNSAFE_HINT,
+                           map_location=map_location)
 
 
 def load_classification_checkpoint(filename: str) -> Any:

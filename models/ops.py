@@ -1,0 +1,416 @@
+"""The fast paths of HorNet's layers, each with its plain fallback.
+
+``models/hornet.py`` assembles the network from these functions; what they compute is the plain
+formula next to each (``benchmarks/reference_hornet.py`` writes the whole network that way, and the
+tests compare the two). What differs is only how, and each function's docstring says when its fast
+path runs and why:
+
+* :func:`global_filter`: the GF filter ``irfft2(rfft2(x) * w)``, as two ``torch.library`` custom
+  ops with a hand-written backward (eager and ``torch.compile``), as real DFT matrix products for
+  ONNX (``use_dft``), or as plain ``torch.fft`` ops (``torch.export``, FX, dispatch modes);
+  :func:`resize_complex_weight` fits a filter to the input size.
+* :func:`depthwise_conv2d`: a depthwise "same" convolution whose CPU backward runs as two forward
+  convolutions; elsewhere ``F.conv2d``.
+* :func:`linear_post` and :func:`linear_gate`: ``F.linear`` followed by a GELU, a gate product or
+  a residual add, fused into one oneDNN kernel on CPU (``torch.ops.mkldnn._linear_pointwise``);
+  elsewhere plain ops.
+
+The op-level timings behind each choice are in ``benchmarks/results/cpu_kernels_2threads.md`` (one section per fast
+path), the whole-model effect in the other files of ``benchmarks/results/`` (``benchmarks/README.md``
+tells the story). The size thresholds below were tuned on the 2-core CPU of those runs.
+"""
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'depthwise_conv2d', 'global_filter',
+           'global_filter_backward_op', 'global_filter_op', 'linear_gate', 'linear_post', 'resize_complex_weight']
+
+
+def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a GF filter ``(C, h, w, 2)`` to ``(C, size[0], size[1], 2)``.
+
+    Real and imaginary parts are resized independently with bilinear interpolation,
+    ``align_corners=True``; that is what lets a GF model run at any input size (:func:`global_filter`
+    resizes on every call whose input differs from the filter's size, a no-op otherwise) and a
+    checkpoint load into a model with other filter sizes (:func:`models.resize_gf_filters`).
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(weight.shape[1:3]) == size:
+        return weight
+    dtype = weight.dtype
+    w = weight.float().permute(3, 0, 1, 2)  # (2, C, h, w): real/imag act as the batch
+    w = F.interpolate(w, size=size, mode='bilinear', align_corners=True)
+    return w.permute(1, 2, 3, 0).to(dtype)
+
+
+def _dft_mats(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin DFT matrices ``M[k, t] = cos|sin(2*pi*k*t/n)`` in float64, for exactness."""
+    idx = torch.arange(n, device=device, dtype=torch.float64)
+    ang = 2 * math.pi * torch.outer(idx, idx).remainder(n) / n
+    return torch.cos(ang), torch.sin(ang)
+
+
+def _global_filter_dft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``irfft2(rfft2(x) * weight)`` (orthonormal) written as real matrix products.
+
+    Numerically equal to the FFT path; used where FFT ops cannot be exported (ONNX).
+    ``x``: (B, C, H, W) float32, ``weight``: (C, H, W//2 + 1, 2) float32.
+    """
+    H, W = x.shape[-2:]
+    wf = W // 2 + 1
+    ch, sh = _dft_mats(H, x.device)
+    cw, sw = _dft_mats(W, x.device)
+    cw, sw = cw[:, :wf], sw[:, :wf]  # (W, wf)
+    # inverse real DFT along W counts each non-self-conjugate frequency twice
+    c = torch.full((wf,), 2.0, dtype=torch.float64, device=x.device)
+    c[0] = 1.0
+    if W % 2 == 0:
+        c[-1] = 1.0
+    scale = 1.0 / math.sqrt(H * W)
+    ch, sh = ch.float(), sh.float()
+    cw_f, sw_f = (cw * scale).float(), (sw * scale).float()
+    cw_i, sw_i = (cw * c * scale).t().float(), (sw * c * scale).t().float()  # (wf, W)
+    # forward: real DFT along W, complex DFT along H
+    ar, ai = x @ cw_f, -(x @ sw_f)
+    br, bi = ch @ ar + sh @ ai, ch @ ai - sh @ ar
+    # filter
+    wr, wi = weight[..., 0], weight[..., 1]
+    yr, yi = br * wr - bi * wi, br * wi + bi * wr
+    # inverse: complex DFT along H, real inverse DFT along W
+    dr, di = ch @ yr - sh @ yi, ch @ yi + sh @ yr
+    return dr @ cw_i - di @ sw_i
+
+
+def _cpu_eager(x) -> bool:
+    """Whether ``x`` is a real CPU tensor in plain eager mode, where this file's hand-written CPU
+    paths run: not an FX proxy, not under torch.compile, not under a dispatch mode (e.g. the FLOP
+    counter), which see plain aten ops."""
+    return (isinstance(x, torch.Tensor) and x.device.type == 'cpu' and not torch.compiler.is_compiling()
+            and not is_in_torch_dispatch_mode())
+
+
+def _complex_mul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x * complex(weight[..., 0], weight[..., 1])`` for complex ``x`` in real arithmetic, so that
+    inductor generates a kernel for it instead of falling back to an eager complex op."""
+    xr = torch.view_as_real(x)
+    a, b = xr[..., 0], xr[..., 1]
+    c, d = weight[..., 0], weight[..., 1]
+    return torch.view_as_complex(torch.stack((a * c - b * d, a * d + b * c), dim=-1))
+
+
+# The global filter ``irfft2(rfft2(x) * w)`` (orthonormal, float32 ``x``, ``w`` a contiguous real view
+# ``(C, H, W // 2 + 1, 2)`` of the complex filter) as two custom ops with a hand-written backward.
+#
+# The filter is a linear map of ``x``, a real circular convolution, so its transpose is the same
+# filter with the conjugate spectrum: ``grad_x = irfft2(rfft2(g) * conj(w))``. The filter gradient
+# is ``sum_b rfft2(g) * conj(rfft2(x))``, with the frequency columns that ``irfft2`` counts twice
+# (all but the zero and, for even ``W``, the Nyquist column) doubled. One forward FFT pair per pass
+# instead of autograd's, whose ``rfft2`` backward pads the half spectrum and runs a full complex FFT
+# (benchmarks/results/cpu_kernels_2threads.md, "Global filter"). Equal to
+# autograd's gradients to float rounding (tests/test_ops.py).
+#
+# Custom ops, not an autograd.Function, so that torch.compile keeps them whole: the graph holds two
+# opaque real-valued ops instead of complex FFT and product nodes, which inductor cannot generate
+# code for (it falls back op by op and warns), and the compiled backward is this one.
+
+@torch.library.custom_op('hornet::global_filter', mutates_args=())
+def global_filter_op(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the filtered ``x`` and ``rfft2(x)`` as a real view (saved for the backward)."""
+    spec = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
+    y = torch.fft.irfft2(spec * torch.view_as_complex(weight), s=x.shape[-2:], dim=(-2, -1), norm='ortho')
+    return y, torch.view_as_real(spec)
+
+
+@global_filter_op.register_fake
+def _(x, weight):
+    # the FFTs return dense tensors whatever the input's strides
+    return x.new_empty(x.shape), x.new_empty((*x.shape[:-1], x.shape[-1] // 2 + 1, 2))
+
+
+# conj_physical, not conj: a product with a lazily conjugated view came out unconjugated when
+# the op ran inside a compiled graph (torch 2.14, aot_eager and inductor; tests/test_ops.py)
+@torch.library.custom_op('hornet::global_filter_backward', mutates_args=())
+def global_filter_backward_op(grad: torch.Tensor, spec: torch.Tensor, weight: torch.Tensor, need_x: bool,
+                               need_weight: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients for ``x`` and ``weight`` (an empty tensor for the one not needed)."""
+    H, W = grad.shape[-2:]
+    grad_spec = torch.fft.rfft2(grad, dim=(-2, -1), norm='ortho')
+    grad_x, grad_w = grad.new_empty(0), weight.new_empty(0)
+    if need_x:
+        grad_x = torch.fft.irfft2(grad_spec * torch.view_as_complex(weight).conj_physical(), s=(H, W),
+                                  dim=(-2, -1), norm='ortho')
+    if need_weight:
+        grad_w = (grad_spec * torch.view_as_complex(spec).conj_physical()).sum(0)
+        grad_w[..., 1:(W + 1) // 2] *= 2
+        grad_w = torch.view_as_real(grad_w)
+    return grad_x, grad_w
+
+
+@global_filter_backward_op.register_fake
+def _(grad, spec, weight, need_x, need_weight):
+    return (grad.new_empty(grad.shape) if need_x else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_weight else weight.new_empty(0))
+
+
+def _global_filter_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[1])
+
+
+def _global_filter_grad(ctx, grad, _grad_spec):
+    spec, weight = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad
+    grad_x, grad_w = global_filter_backward_op(grad, spec, weight, need_x, need_w)
+    return grad_x if need_x else None, grad_w if need_w else None
+
+
+global_filter_op.register_autograd(_global_filter_grad, setup_context=_global_filter_setup)
+
+
+def _use_global_filter_op(x) -> bool:
+    """Whether :func:`global_filter` runs the custom ops: in eager mode and under torch.compile, but
+    not under torch.export (its programs keep plain ``torch.fft`` ops, loadable without this file),
+    FX proxies or dispatch modes (the FLOP counter counts the FFT ops)."""
+    if torch.compiler.is_compiling():
+        return not torch.compiler.is_exporting()
+    return isinstance(x, torch.Tensor) and not is_in_torch_dispatch_mode()
+
+
+@register_notrace_function
+def global_filter(x: torch.Tensor, weight: torch.Tensor, use_dft: bool = False) -> torch.Tensor:
+    """``irfft2(rfft2(x) * weight)`` over the last two axes (orthonormal), computed in float32.
+
+    ``weight`` is a real ``(C, h, w, 2)`` filter, resized to ``(H, W // 2 + 1)`` when it differs.
+    Autocast is off inside (the FFT stays float32); the result has ``x``'s dtype. A leaf for FX
+    tracing (timm's notrace registry; ``models/hornet.py`` also ``torch.fx.wrap``s it): it reads
+    shapes and enters autocast.
+
+    Which form runs:
+
+    * ``use_dft``: real DFT matrix products (:func:`models.set_dft_filter`), for ONNX, which has no FFT;
+    * eager mode and ``torch.compile``: :func:`global_filter_op`, custom ops with a hand-written
+      backward (one FFT pair per pass, cheaper than autograd's; compiled graphs keep them whole);
+    * ``torch.export``, FX proxies and dispatch modes (the FLOP counter): the plain ``torch.fft``
+      formula, so exported programs load without this package and the FFTs are counted.
+    """
+    dtype = x.dtype
+    H, W = x.shape[-2:]
+    device_type = x.device.type
+    no_autocast = torch.autocast(device_type, enabled=False) \
+        if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
+    with no_autocast:
+        x = x.float()
+        weight = resize_complex_weight(weight.float(), (H, W // 2 + 1))
+        if use_dft:
+            x = _global_filter_dft(x, weight)
+        elif _use_global_filter_op(x):
+            x = global_filter_op(x, weight.contiguous())[0]
+        else:
+            x = torch.fft.rfft2(x, dim=(-2, -1), norm='ortho')
+            x = _complex_mul(x, weight)
+            x = torch.fft.irfft2(x, s=(H, W), dim=(-2, -1), norm='ortho')
+    return x.to(dtype)
+
+
+class _DepthwiseConvFn(torch.autograd.Function):
+    """Depthwise "same" convolution (stride 1, odd kernel, padding ``(k - 1) // 2``) whose backward
+    runs as two *forward* depthwise convolutions.
+
+    Why: on CPU, oneDNN's depthwise backward, the weight gradient above all, runs many times slower
+    than its forward kernel, and it dominated a 7x7 model's training step
+    (benchmarks/results/cpu_kernels_2threads.md, "Depthwise 7x7 backward"). Here:
+
+    - input gradient: the same conv of the output gradient with the kernel flipped;
+    - weight gradient: ``dW[c, i, j] = sum_{b,h,w} x[b, c, h+i-p, w+j-p] * g[b, c, h, w]``, one
+      depthwise conv over the ``B * C`` maps of ``x`` with the maps of ``g`` as ``H x W``
+      kernels (zero padding ``p`` gives exactly the ``k x k`` output), then a sum over the batch.
+
+    Same numbers as autograd's backward up to float rounding (tests/test_ops.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        C = weight.shape[0]
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(-1, -2), None, padding=ctx.padding, groups=C)
+        if ctx.needs_input_grad[1]:
+            B, _, H, W = x.shape
+            grad_w = F.conv2d(x.reshape(1, B * C, H, W), grad.reshape(B * C, 1, H, W),
+                              padding=ctx.padding, groups=B * C)
+            grad_w = grad_w.view(B, C, *weight.shape[-2:]).sum(0, dtype=torch.float32)
+            grad_w = grad_w.unsqueeze(1).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+@register_notrace_function
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     padding: tuple[int, int]) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a depthwise ``(C, 1, kh, kw)`` kernel.
+
+    The fast path, :class:`_DepthwiseConvFn` (a backward several times faster), runs on CPU for "same"
+    kernels of 5 or more when a gradient is needed: HorNet's 7x7 mixer in training. Everywhere else
+    (no gradient, CUDA, small kernels, other padding) it is plain ``F.conv2d``. Under autocast the
+    inputs take the autocast dtype first, as ``F.conv2d`` would. A leaf for FX tracing."""
+    kh, kw = weight.shape[-2:]
+    fast = (x.device.type == 'cpu' and torch.is_grad_enabled() and max(kh, kw) >= 5
+            and tuple(padding) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 == 1 and kw % 2 == 1
+            and (x.requires_grad or weight.requires_grad))
+    if not fast:
+        return F.conv2d(x, weight, bias, padding=padding, groups=weight.shape[0])
+    if torch.is_autocast_enabled('cpu'):
+        dtype = torch.get_autocast_dtype('cpu')
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+        with torch.autocast('cpu', enabled=False):
+            return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
+    return _DepthwiseConvFn.apply(x, weight, bias, tuple(padding))
+
+
+try:  # oneDNN's matmul with fused post-ops, the kernel inductor uses for CPU inference (None: plain ops)
+    ONEDNN_LINEAR = torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+except (AttributeError, RuntimeError):
+    ONEDNN_LINEAR = None
+
+
+def _fused_linear_dtype(x, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype to run :func:`linear_post` in on oneDNN, or None to run plain ops.
+
+    Only on CPU in eager mode: torch.compile fuses on its own, FX proxies and dispatch modes (e.g.
+    the FLOP counter) see plain aten ops.
+    """
+    if ONEDNN_LINEAR is None or not torch.backends.mkldnn.enabled or not _cpu_eager(x):
+        return None
+    if torch.is_autocast_enabled('cpu'):
+        dtype = torch.get_autocast_dtype('cpu')
+    elif x.dtype == weight.dtype:
+        dtype = x.dtype
+    else:
+        return None
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return dtype
+    return None
+
+
+# Below these many multiply-adds per product plain ops are faster than oneDNN: its primitive lookup
+# and this file's checks cost a fixed time per call, which small products do not win back. float32
+# inference breaks even around 2**24; bf16 inference keeps every product fused (a threshold cost
+# speed there). Training pays the autograd Function's fixed cost on top, hence the higher threshold.
+# The timings: benchmarks/results/cpu_kernels_2threads.md, "Fused CPU inference" and "CPU training products".
+ONEDNN_INFER_MIN_MACS = 2 ** 24
+ONEDNN_TRAIN_MIN_MACS = 2 ** 26
+
+
+class _OneDNNLinearFn(torch.autograd.Function):
+    """``x @ weight.T + bias (+ other)`` for CPU training, its forward and its input gradient on
+    oneDNN's matmul instead of MKL's sgemm (``F.linear``'s path); the weight gradient stays ``torch.mm``.
+
+    Why: for HorNet's shapes oneDNN's forward runs faster than sgemm, the bias comes in without
+    addmm's copy of it into the output, and the residual add (``other``) rides along. The input
+    gradient ``grad @ weight`` is oneDNN's linear with ``weight.t()`` as a strided view (no copy),
+    again faster than sgemm in float32. For the weight gradient sgemm was as fast or faster
+    (benchmarks/results/cpu_kernels_2threads.md, "CPU training products on oneDNN").
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, other):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if other is not None:
+            return ONEDNN_LINEAR.binary(x, other, weight, bias, 'add')
+        return ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        g2 = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            # float32: oneDNN takes the transposed weight as a strided view (no copy) and runs
+            # faster than sgemm here; bf16 mm already is oneDNN
+            if grad.dtype == torch.float32:
+                grad_x = ONEDNN_LINEAR(g2, weight.t(), None, 'none', [], '')
+            else:
+                grad_x = g2.mm(weight)
+            grad_x = grad_x.view(*grad.shape[:-1], weight.shape[1])
+        if ctx.needs_input_grad[1]:
+            grad_w = g2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, grad if ctx.needs_input_grad[3] else None
+
+
+def _apply_post(y: torch.Tensor, post: str, other: torch.Tensor | None) -> torch.Tensor:
+    """``post`` of :func:`linear_post` as a separate op on the product ``y``."""
+    if post == 'gelu':
+        return F.gelu(y)
+    if post == 'mul':
+        return y * other
+    if post == 'add':
+        return y + other
+    return y
+
+
+def linear_post(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, post: str = 'none',
+                other: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` followed by ``post``: ``'none'``, ``'gelu'`` (exact),
+    ``'mul'`` or ``'add'`` with ``other`` (same shape as the result).
+
+    On CPU the product runs on oneDNN (in float32 from ``ONEDNN_INFER_MIN_MACS`` multiply-adds). For
+    inference it is one kernel with the bias and ``post`` fused in: no extra pass over the result
+    for the bias (addmm copies it in first), the GELU, the gnConv gate or the residual, each a full
+    read and write of a large activation (benchmarks/results/cpu_kernels_2threads.md). For training,
+    products of ``ONEDNN_TRAIN_MIN_MACS`` multiply-adds and more go through
+    :class:`_OneDNNLinearFn` (bias and residual fused into the forward; the GELU and the gate
+    product stay separate ops, their backward needs the product's output).
+    Under bf16 autocast the operands are cast as autocast would; an ``'add'`` whose ``other`` has
+    another dtype keeps the plain ops, so a float32 sum stays float32. Elsewhere (CUDA,
+    torch.compile, FX, dispatch modes) plain ops.
+    """
+    dtype = _fused_linear_dtype(x, weight)  # None for FX proxies, under torch.compile, ...
+    macs = x.numel() * weight.shape[0] if dtype is not None else 0
+    min_macs = ONEDNN_INFER_MIN_MACS if dtype == torch.float32 else 0
+    if dtype is not None and macs >= min_macs and not (post == 'add' and other.dtype != dtype):
+        grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad)
+                                            or (other is not None and other.requires_grad))
+        if not grad or macs >= ONEDNN_TRAIN_MIN_MACS:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+            other = other.to(dtype) if post in ('mul', 'add') else None
+            # the operands already have the autocast dtype; entering a context has a cost per call
+            # (benchmarks/results/cpu_kernels_2threads.md), so only when autocast is on
+            autocast_on = torch.is_autocast_enabled('cpu')
+            with torch.autocast('cpu', enabled=False) if autocast_on else contextlib.nullcontext():
+                if not grad:
+                    if post in ('mul', 'add'):
+                        return ONEDNN_LINEAR.binary(x, other, weight, bias, post)
+                    return ONEDNN_LINEAR(x, weight, bias, post, [], 'none' if post == 'gelu' else '')
+                y = _OneDNNLinearFn.apply(x, weight, bias, other if post == 'add' else None)
+                return y if post == 'add' else _apply_post(y, post, other)  # the add is fused in
+    return _apply_post(F.linear(x, weight, bias), post, other)
+
+
+def linear_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gate: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias) * gate``: one step of gnConv's recursion (a 1x1 conv on a
+    channels-last ``x``, times a gate of the result's shape), fused on CPU inference.
+
+    :func:`linear_post` with ``post='mul'``: for CPU inference the product and the gate multiply are
+    one oneDNN kernel; elsewhere the plain ops.
+    """
+    return linear_post(x, weight, bias, 'mul', gate)
