@@ -612,7 +612,7 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, low)
         if value is not None and not low <= value <= high:
             raise TrainingError(f'--{name} must lie in [{low}, {high}], got {value}')
-    for name in ('lr', 'min_lr', 'weight_decay', 'mixup', 'cutmix', 'color_jitter'):
+    for name in ('lr', 'min_lr', 'weight_decay', 'mixup', 'cutmix', 'color_jitter', 'save_every_minutes'):
         value = getattr(args, name, 0.0)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise TrainingError(f'--{name} must be a finite number >= 0, got {value}')

@@ -138,6 +138,8 @@ CASES = [
     ('input-neg', 'main', '--input_size -8', 'none', 2, '--input_size -8 is too small'),
     ('drop-path-2', 'main', '--drop_path 2', 'none', 2, '--drop_path must lie in [0.0, 1.0], got 2.0'),
     ('lr-nan', 'main', '--lr nan', 'none', 2, '--lr must be a finite number >= 0, got nan'),
+    ('save-every-negative', 'main', '--save_every_minutes -5', 'none', 2,
+     '--save_every_minutes must be a finite number >= 0, got -5.0'),
     ('unwritable-out', 'main', '--output_dir {tmp}/afile/out --log_dir {tmp}/tb', 'afile', 2,
      'cannot create --output_dir {tmp}/afile/out: Not a directory'),
     ('unwritable-log-dir', 'main', '--log_dir {tmp}/afile/tb', 'afile', 2,
