@@ -40,6 +40,11 @@ TMP_PREFIX = '.tmp-hornet-'  # our temp files; only these are ever cleaned up
 LOCK_NAME = '.hornet-run.lock'
 LOG_NAME = 'log.txt'
 BEST_NAMES = ('checkpoint-best.pth', 'checkpoint-best-ema.pth')
+# the mid-epoch checkpoint (a stop, --save_every_minutes): one file, replaced by each newer one and
+# removed once an epoch checkpoint is newer; its 'epoch' is the last finished epoch (so an older
+# reader resumes at the start of the epoch it stopped in) and its 'step' entry says where in the epoch
+STEP_NAME = 'checkpoint-step.pth'
+STEP_KEY = 'step'
 WEIGHTS_NAME = 'model.safetensors'  # main.py --save_safetensors: the run's best weights, no training state
 _EPOCH_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
 
@@ -185,12 +190,30 @@ def _complete_epoch(path: str) -> int | None:
     return None
 
 
+def _step_position(path: str) -> tuple[int, int, int] | None:
+    """(epoch it stopped in, batches done, saved epoch) of a complete step checkpoint, else None."""
+    try:
+        ckpt = load_file(path, mmap=True)
+    except CheckpointError as e:
+        logger.warning(f'skipping {e}')
+        return None
+    step = ckpt.get(STEP_KEY)
+    if not (isinstance(ckpt.get('model'), dict) and isinstance(ckpt.get('epoch'), int) and isinstance(step, dict)):
+        return None
+    try:
+        return int(step['epoch']), int(step['batch']), ckpt['epoch']
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def find_latest(output_dir: str) -> tuple[str, int] | None:
     """The newest complete training checkpoint in ``output_dir`` as ``(path, epoch)``, or None.
 
     Epoch files are tried newest first; a best file holds the same full training state and wins
     when it is newer (a run killed between saving it and its epoch file, or a run saving every
-    few epochs). Files that do not load (truncated, foreign) are skipped with a warning.
+    few epochs), and so does the step checkpoint (:data:`STEP_NAME`) when it is newer by (epoch,
+    step); its epoch is the last finished one. Files that do not load (truncated, foreign) are
+    skipped with a warning.
     """
     if not output_dir or not os.path.isdir(output_dir):
         return None
@@ -206,6 +229,12 @@ def find_latest(output_dir: str) -> tuple[str, int] | None:
             epoch = _complete_epoch(path)
             if epoch is not None and (latest is None or epoch > latest[1]):
                 latest = (path, epoch)
+    # a step checkpoint in epoch e is newer than the epoch files of epochs before e
+    step_path = os.path.join(output_dir, STEP_NAME)
+    if os.path.isfile(step_path):
+        position = _step_position(step_path)
+        if position is not None and (latest is None or position[0] > latest[1]):
+            latest = (step_path, position[2])
     return latest
 
 
@@ -499,15 +528,17 @@ class CheckpointManager:
         latest = find_latest(self.output_dir) if auto_resume and not overwrite else None
         if latest is not None:
             path, epoch = latest
+            where = f'inside epoch {epoch + 1}' if os.path.basename(path) == STEP_NAME else f'epoch {epoch}'
             if resume and os.path.abspath(resume) != os.path.abspath(path):
-                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir, '
+                logger.info(f'resuming from {path} ({where}), the newest checkpoint in --output_dir, '
                             f'instead of --resume {resume}')
             else:
-                logger.info(f'resuming from {path} (epoch {epoch}), the newest checkpoint in --output_dir')
+                logger.info(f'resuming from {path} ({where}), the newest checkpoint in --output_dir')
             return path
         # a fresh start (or --resume from elsewhere): the folder must not hold another run's results
         results = [os.path.basename(p) for p in list_epoch_checkpoints(self.output_dir)]
-        results += [n for n in (*BEST_NAMES, WEIGHTS_NAME) if os.path.exists(os.path.join(self.output_dir, n))]
+        results += [n for n in (*BEST_NAMES, STEP_NAME, WEIGHTS_NAME)
+                    if os.path.exists(os.path.join(self.output_dir, n))]
         if read_log(self.output_dir):  # epochs of a run with no checkpoint to resume: its results too
             results.append(LOG_NAME)
         if results and not overwrite:
@@ -552,7 +583,20 @@ class CheckpointManager:
         self.last_saved = path
         if _EPOCH_RE.match(os.path.basename(path)):
             prune_checkpoints(self.output_dir, self.keep)
+        if path != os.path.join(self.output_dir, STEP_NAME):  # an epoch-end file: newer than the step one
+            self.remove_step_checkpoint()
         return path
+
+    def save_step(self, state: dict[str, Any]) -> str:
+        """Write the step checkpoint (:data:`STEP_NAME`, replacing the older one) atomically."""
+        return self.save(STEP_NAME[len('checkpoint-'):-len('.pth')], state)
+
+    def remove_step_checkpoint(self) -> None:
+        """Drop the step checkpoint once a newer epoch checkpoint exists (we wrote both)."""
+        try:
+            os.remove(os.path.join(self.output_dir, STEP_NAME))
+        except FileNotFoundError:
+            pass
 
 
 def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

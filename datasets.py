@@ -26,14 +26,17 @@ import functools
 import gzip
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -789,7 +792,69 @@ def build_train_sampler(dataset: Dataset, world_size: int, rank: int, seed: int)
     which shard by rank and loader worker themselves."""
     if is_stream(dataset):
         return None
-    return torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    return ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """``DistributedSampler`` (same order) that can start an epoch part-way: :meth:`skip` drops the
+    first samples of this rank's list before any is read (a resumed step checkpoint), until the
+    next :meth:`set_epoch`. The length stays the epoch's, so the batch count is unchanged.
+
+    The epoch's order is one permutation of the whole set, dealt out to the ranks in turn: the
+    first ``k * num_replicas`` positions are the first ``k`` samples of every rank, whatever the
+    number of ranks (see :func:`rank_offset`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.start = 0
+
+    def skip(self, samples: int) -> None:
+        """Start this epoch at this rank's ``samples``-th index."""
+        self.start = samples
+
+    def __iter__(self) -> Iterator[int]:
+        it = super().__iter__()
+        return itertools.islice(it, self.start, None) if self.start else it
+
+
+def rank_offset(global_samples: int, world_size: int) -> int | None:
+    """This rank's position in the epoch after ``global_samples`` samples of the whole run were
+    trained (see :class:`ResumableSampler`), or None when they do not split evenly over the ranks."""
+    return global_samples // world_size if global_samples % world_size == 0 else None
+
+
+class SampleSeeded(Dataset):
+    """A map-style data set whose random augmentation of sample ``i`` in ``epoch`` depends only on
+    (seed, epoch, i): python's, numpy's and torch's generators are seeded before each sample is read.
+
+    So a loader worker's history (which samples it read before, how many workers there are, where
+    a run resumed) never changes a sample's crop, flip, RandAugment or erasing.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, 'set_epoch'):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: never touch CUDA in a forked worker
+        return self.dataset[i]
 
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int, seed: int, rank: int) -> None:

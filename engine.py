@@ -1,8 +1,9 @@
 """One epoch of training, and evaluation (top-1 / top-5 / loss)."""
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -41,6 +42,11 @@ class _StepRecords:
         self.records.append((batch, last_micro, loss, class_acc, grad_norm,
                              max(g['lr'] for g in groups), min(g['lr'] for g in groups),
                              max(g['weight_decay'] for g in groups)))
+
+    def read(self, metric_logger: utils.MetricLogger) -> utils.MetricLogger:
+        """``metric_logger`` with every step so far recorded (a step checkpoint saves it)."""
+        self.flush()
+        return metric_logger
 
     def flush(self) -> None:
         if not self.records:
@@ -85,6 +91,10 @@ def train_one_epoch(
         print_freq: int = 10,
         num_batches: int | None = None,
         clip_mode: str = 'micro',
+        start_batch: int = 0,
+        metric_logger: utils.MetricLogger | None = None,
+        reseed: Callable[[int], None] | None = None,
+        on_step: Callable[[int, Callable[[], utils.MetricLogger]], None] | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns the epoch averages (``loss``, ``class_acc``, ``lr``,
     ``min_lr``, ``weight_decay``, ``grad_norm``), the original's names.
@@ -105,14 +115,22 @@ def train_one_epoch(
     (``print_freq``) and at the epoch's end, in one transfer (:class:`_StepRecords`), so a GPU step
     does not wait for the previous one; the logged numbers are the same.
 
+    Mid-epoch resume: ``data_loader`` starts at batch ``start_batch`` (its sampler skips the
+    batches before), ``metric_logger`` holds the epoch's running statistics so far. ``reseed(i)``
+    seeds the main process's generators before batch ``i`` (mixup, drop path), so they do not
+    depend on where the run resumed. ``on_step(batches_done, read_metrics)`` runs after each
+    optimizer step, inside the step's held block (step checkpoints, stops at a step boundary);
+    ``read_metrics()`` reads the pending numbers (a host sync) and returns the metric logger.
+
     Raises:
         utils.NonFiniteLossError: the loss is NaN/inf (names epoch and step of the first such loss,
             found at the next progress line or the epoch's end; nothing of the epoch is saved).
     """
     model.train(True)
-    metric_logger = utils.MetricLogger()
-    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
-    metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger = metric_logger if metric_logger is not None else utils.MetricLogger()
+    for name in ('lr', 'min_lr'):
+        if name not in metric_logger.meters:  # a resumed epoch's meters carry on
+            metric_logger.add_meter(name, utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{epoch}]'
     num_batches = num_batches if num_batches is not None else len(data_loader)
     num_batches -= num_batches % update_freq
@@ -127,9 +145,12 @@ def train_one_epoch(
     pending = _StepRecords(epoch, start_steps, update_freq, metric_logger, log_writer)
 
     for data_iter_step, (samples, targets) in enumerate(
-            metric_logger.log_every(data_loader, print_freq, header, total=num_batches)):
+            metric_logger.log_every(data_loader, print_freq, header, total=num_batches - start_batch),
+            start=start_batch):
         if data_iter_step >= num_batches:
             break
+        if reseed is not None:
+            reseed(data_iter_step)
         # Ctrl-C, SIGTERM or a preemption during the step is handled when it ends (utils.defer_signal)
         with utils.signals_held():
             step = data_iter_step // update_freq
@@ -170,6 +191,8 @@ def train_one_epoch(
             # the progress line (utils.MetricLogger.log_every) prints after this step
             if data_iter_step % print_freq == 0 or data_iter_step == num_batches - 1:
                 pending.flush()
+            if last_micro and on_step is not None:
+                on_step(data_iter_step + 1, functools.partial(pending.read, metric_logger))
     pending.flush()
 
     metric_logger.synchronize_between_processes()

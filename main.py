@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -179,6 +180,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--save_ckpt', type=str2bool, default=True)
     g.add_argument('--save_ckpt_freq', default=1, type=int)
     g.add_argument('--save_ckpt_num', default=3, type=int)
+    g.add_argument('--save_every_minutes', default=30.0, type=float, metavar='M',
+                   help='(new) also write a step checkpoint (checkpoint-step.pth) every M minutes inside an '
+                        'epoch, so a kill -9 loses at most M minutes (0: off; a stop request always saves one)')
     g.add_argument('--save_safetensors', type=str2bool, default=False,
                    help='(new) when training ends, also write the best weights (the EMA\'s, when --model_ema_eval '
                         'found them better) as model.safetensors in --output_dir, for timm/export/predict')
@@ -398,6 +402,147 @@ def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str]
         manager.save(name, state)
 
 
+@dataclass
+class StepPosition:
+    """Where a resumed run continues inside ``epoch``: after ``batch`` batches of this run's shape."""
+    epoch: int
+    batch: int
+    metrics: dict[str, Any] | None = None  # this rank's running statistics of the epoch
+    rng: dict[str, Any] | None = None  # this rank's random states
+
+
+def step_position(args: argparse.Namespace, ckpt: dict[str, Any] | None, path: str, rank: int, world_size: int,
+                  num_batches: int) -> StepPosition | None:
+    """The position a step checkpoint (``ckpt``) was saved at, for this run's launch shape, or None for an
+    epoch-end checkpoint. The position is the global sample offset (samples trained in the epoch, over
+    all ranks); another world size, batch size or ``--update_freq`` continues at the same sample.
+
+    Raises:
+        TrainingError: that sample is not at an optimizer-step boundary of this run's shape.
+    """
+    step = ckpt.get(checkpoint.STEP_KEY) if ckpt is not None else None
+    if not isinstance(step, dict):
+        return None
+    epoch, samples = int(step['epoch']), int(step['samples'])
+    per_rank = datasets.rank_offset(samples, world_size)
+    per_step = args.batch_size * args.update_freq
+    if per_rank is None or per_rank % per_step:
+        raise TrainingError(
+            f'{path} stopped after {samples} samples of epoch {epoch}, which is not a whole number of optimizer '
+            f'steps of {per_step * world_size} samples ({args.batch_size} per process x {args.update_freq} '
+            f'accumulation x {world_size} processes); rerun with the saved shape (--batch_size {step["batch_size"]} '
+            f'--update_freq {step["update_freq"]} on {step["world_size"]} processes), or remove {path} to '
+            'restart that epoch from the previous checkpoint')
+    batch = per_rank // args.batch_size
+    if batch > num_batches:
+        raise TrainingError(f'{path} stopped after batch {step["batch"]} of epoch {epoch}, past the '
+                            f'{num_batches} batches per epoch; rerun with the saved settings, or remove {path}')
+    if int(step.get('seed', args.seed)) != args.seed:
+        logger.warning(f'{path} was trained with --seed {step["seed"]}, this run uses --seed {args.seed}: the '
+                       f'rest of epoch {epoch} is a different sample order (some samples seen twice)')
+    ranks = step.get('ranks') or []
+    same_shape = len(ranks) == world_size and batch == int(step['batch'])
+    if not same_shape:
+        logger.warning(f'{path} was saved by {step["world_size"]} processes x batch {step["batch_size"]} x '
+                       f'{step["update_freq"]} accumulation: continuing at sample {samples} of epoch {epoch} '
+                       '(the same samples, not bit for bit the same training)')
+    mine = ranks[rank] if same_shape else {}
+    logger.info(f'continuing epoch {epoch} at batch {batch} (sample {samples} of the epoch) from the step '
+                f'checkpoint {path}')
+    return StepPosition(epoch, batch, mine.get('metrics'), mine.get('rng'))
+
+
+class StepCheckpointer:
+    """Step checkpoints (:data:`checkpoint.STEP_NAME`) at optimizer-step boundaries: when a stop is
+    requested (Ctrl-C, SIGTERM, submitit's preemption signal, all deferred to the boundary), then the
+    run stops; and every ``--save_every_minutes``. All ranks decide together (one small all-reduce on a
+    CPU group per optimizer step), so they save at the same step; rank 0 keeps the time. Streams
+    (``enabled`` false) write none: a stop still waits for the step boundary, and the rerun repeats
+    the epoch from its start.
+
+    The file holds :func:`training_state` (``epoch`` = the last finished epoch) plus a ``step`` entry:
+    the epoch it stopped in, batches done, global optimizer step, samples of the epoch over all ranks,
+    the launch shape and seed, and each rank's random states and running metrics.
+    """
+
+    def __init__(self, args: argparse.Namespace, manager: checkpoint.CheckpointManager | None,
+                 steps_per_epoch: int, state: Callable[[int], dict], enabled: bool = True):
+        self.args, self.manager, self.steps_per_epoch, self.state = args, manager, steps_per_epoch, state
+        self.enabled = enabled and manager is not None and args.save_ckpt
+        self.every = max(args.save_every_minutes, 0.0) * 60
+        self.last = time.monotonic()
+        self.group = None
+        if utils.is_dist_avail_and_initialized():  # the flags travel on the CPU: no GPU sync per step
+            backend = torch.distributed.get_backend()
+            self.group = torch.distributed.new_group(backend='gloo') if backend != 'gloo' else None
+
+    def saved(self) -> None:
+        """A checkpoint was written: the time to the next one starts now."""
+        self.last = time.monotonic()
+
+    def _decide(self) -> tuple[bool, bool]:
+        stop = utils.stop_pending()
+        due = self.every > 0 and utils.is_main_process() and time.monotonic() - self.last >= self.every
+        if utils.is_dist_avail_and_initialized():
+            flags = torch.tensor([int(stop), int(due)], dtype=torch.int32)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX, group=self.group)
+            stop, due = bool(flags[0]), bool(flags[1])
+        return stop, due
+
+    def on_step(self, epoch: int, batches_done: int, read_metrics: Callable[[], utils.MetricLogger]) -> None:
+        """After an optimizer step: save when a stop is requested or the time is up; then stop if asked.
+        ``read_metrics`` gives the epoch's running metrics up to this step (read from the device only here)."""
+        stop, due = self._decide()
+        if (stop or due) and self.enabled:
+            self.save(epoch, batches_done, read_metrics())
+        if stop:
+            # raises the stop (KeyboardInterrupt, Terminated, submitit's exit on rank 0); a rank whose
+            # handler returns (submitit's on other ranks) or that got no signal trains on as before,
+            # until its launcher stops it
+            utils.handle_pending_signals()
+
+    def save(self, epoch: int, batches_done: int, metric_logger: utils.MetricLogger) -> None:
+        args, world_size = self.args, utils.get_world_size()
+        mine = dict(rng=utils.rng_states(), metrics=metric_logger.state_dict())
+        ranks = [None] * world_size
+        if utils.is_dist_avail_and_initialized():
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        position = dict(epoch=epoch, batch=batches_done,
+                        global_step=epoch * self.steps_per_epoch + batches_done // args.update_freq,
+                        samples=batches_done * args.batch_size * world_size, world_size=world_size,
+                        batch_size=args.batch_size, update_freq=args.update_freq, seed=args.seed,
+                        steps_per_epoch=self.steps_per_epoch, ranks=ranks)
+
+        def write() -> str:
+            state = self.state(epoch - 1)
+            state[checkpoint.STEP_KEY] = position
+            return self.manager.save_step(state)
+        with utils.signals_held():
+            path = on_main(write)
+        logger.info(f'saved {path} (epoch {epoch}, batch {batches_done}, step {position["global_step"]})')
+        self.saved()
+
+
+def _seed_batch(seed: int, rank: int, epoch: int, batch: int) -> None:
+    """Seed the main process before a batch: mixup/cutmix and drop path depend on (seed, rank, epoch,
+    batch), not on what ran before (the data set's per-sample seeding, a resume)."""
+    utils.seed_everything(utils.seed_for(seed, rank, epoch, batch))
+
+
+def resume_inside_epoch(position: StepPosition, sampler: datasets.ResumableSampler,
+                        metric_logger: utils.MetricLogger, batch_size: int) -> int:
+    """Set up the resumed epoch: the sampler skips the trained batches (never read), the running
+    metrics and random states are this rank's saved ones. Returns the first batch to train."""
+    sampler.skip(position.batch * batch_size)
+    if position.metrics:
+        metric_logger.load_state_dict(position.metrics)
+    if position.rng:
+        utils.set_rng_states(position.rng)
+    return position.batch
+
+
 def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: ModelEmaV3 | None,
                        best: dict[str, float], label_names: Sequence[str] | None, ranked: bool) -> str:
     """``model.safetensors`` in ``output_dir``: the weights of the best checkpoint when checkpoints
@@ -473,7 +618,7 @@ def validate_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, low)
         if value is not None and not low <= value <= high:
             raise TrainingError(f'--{name} must lie in [{low}, {high}], got {value}')
-    for name in ('lr', 'min_lr', 'weight_decay', 'mixup', 'cutmix', 'color_jitter'):
+    for name in ('lr', 'min_lr', 'weight_decay', 'mixup', 'cutmix', 'color_jitter', 'save_every_minutes'):
         value = getattr(args, name, 0.0)
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise TrainingError(f'--{name} must be a finite number >= 0, got {value}')
@@ -642,7 +787,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         raise TrainingError(f'{what} {len(dataset_train)} images, fewer than one batch ({args.batch_size} x '
                             f'{shares} processes); lower --batch_size')
     train_sampler = datasets.build_train_sampler(dataset_train, world_size, rank, args.seed)
-    train_loader = _loader(dataset_train, train_sampler, args, args.batch_size, True, device)
+    # random-access data: a sample's augmentation depends on (seed, epoch, index) only (exact mid-epoch resume)
+    train_data = dataset_train if train_sampler is None else datasets.SampleSeeded(dataset_train, args.seed)
+    train_loader = _loader(train_data, train_sampler, args, args.batch_size, True, device)
     num_batches = len(train_loader)
     if args.max_batches_per_epoch > 0:
         num_batches = min(num_batches, args.max_batches_per_epoch)
@@ -666,6 +813,10 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema,
                               classes=train_classes)
     start_epoch, best = resumed.start_epoch, resumed.best
+    position = step_position(args, resumed.checkpoint, resume_path, rank, world_size, num_batches)
+    if position is not None and train_sampler is None:
+        raise TrainingError(f'{resume_path} is a mid-epoch checkpoint; a streamed --data_set {args.data_set} cannot '
+                            f'start inside an epoch: remove {resume_path} to restart epoch {position.epoch}')
     if manager is not None and utils.is_main_process():
         checkpoint.trim_log(args.output_dir, start_epoch)
 
@@ -674,7 +825,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     if utils.is_main_process():
         tb_dir = args.log_dir or args.output_dir
         if tb_dir:  # after a resume, drop the steps a stopped run logged past its checkpoint
-            log_writer = utils.TensorboardLogger(tb_dir, purge_step=start_epoch * steps_per_epoch or None)
+            purge = start_epoch * steps_per_epoch if position is None else \
+                start_epoch * steps_per_epoch * args.update_freq + position.batch  # the loss tags' x axis
+            log_writer = utils.TensorboardLogger(tb_dir, purge_step=purge or None)
         if args.enable_wandb:
             wandb_logger = utils.WandbLogger(args)
 
@@ -686,16 +839,29 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
     start_time = time.time()
     stats: dict[str, float] = {}
+    step_saver = StepCheckpointer(args, manager, steps_per_epoch, functools.partial(
+        training_state, args, model=model_without_ddp, optimizer=optimizer, loss_scaler=loss_scaler,
+        model_ema=model_ema, best=best, label_names=train_classes),
+        enabled=train_sampler is not None)  # a stream cannot start inside an epoch: it resumes at the epoch start
+    # from here a stop request waits for an optimizer-step boundary (a step checkpoint, then the stop),
+    # or, arriving during an evaluation, for the end of that epoch's files
+    cleanup.enter_context(utils.stops_at_step_boundary())
     for epoch in range(start_epoch, last_epoch):
         epoch_start = time.time()
         datasets.set_epoch(train_loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
         utils.seed_everything(utils.seed_for(args.seed, rank, epoch))
+        start_batch, metric_logger = 0, utils.MetricLogger()
+        if position is not None and position.epoch == epoch:
+            start_batch = resume_inside_epoch(position, train_sampler, metric_logger, args.batch_size)
         train_stats = train_one_epoch(
             model, criterion, train_loader, optimizer, device, epoch, loss_scaler, args.clip_grad,
             model_ema, mixup_fn, log_writer=log_writer, schedules=schedules,
             start_steps=epoch * steps_per_epoch, update_freq=args.update_freq, amp_dtype=amp_dtype,
-            print_freq=args.print_freq, num_batches=num_batches, clip_mode=args.clip_grad_mode)
+            print_freq=args.print_freq, num_batches=num_batches, clip_mode=args.clip_grad_mode,
+            start_batch=start_batch, metric_logger=metric_logger,
+            reseed=functools.partial(_seed_batch, args.seed, rank, epoch),
+            on_step=functools.partial(step_saver.on_step, epoch))
         # log.txt keys and TensorBoard tags are the original's: train_*, test_*, test_*_ema,
         # epoch, n_parameters, GFLOPs, max_accuracy, max_ema_accuracy
         stats = {f'train_{k}': v for k, v in train_stats.items()}
@@ -750,6 +916,8 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         eta = datetime.timedelta(seconds=int(took * (last_epoch - epoch - 1)))
         logger.info(f'Epoch {epoch + 1}/{args.epochs} done in {datetime.timedelta(seconds=int(took))}, '
                     f'training ETA {eta}')
+        step_saver.saved()
+        utils.handle_pending_signals()  # a stop that arrived during the evaluation or the saves
 
     total = datetime.timedelta(seconds=int(time.time() - start_time))
     logger.info(f'Training time {total}')

@@ -4,12 +4,12 @@ Every ``main.py`` flag is accepted, plus the job flags below. One task runs per 
 job, each task takes its global rank, local rank, world size and master address from submitit's
 ``JobEnvironment`` and ``main.py`` joins the process group through ``env://`` (NCCL on GPUs,
 gloo with ``--device cpu``). On preemption or timeout SLURM signals the job, submitit calls
-:meth:`Trainer.checkpoint`, and the same job is requeued resuming from the newest
-``checkpoint-N.pth`` in the output folder, so finished epochs are never trained again. The signal
-that arrives during a training or evaluation step, a checkpoint write or a TensorBoard update is
-handled when it ends (``utils.defer_signal``): a handler that exits in the middle of a checkpoint
-write would break the file, and one inside TensorBoard's writer would leave the process unable to
-exit.
+:meth:`Trainer.checkpoint`, and the same job is requeued resuming from the newest checkpoint in
+the output folder. The signal waits for the next optimizer-step boundary, where main.py writes a
+step checkpoint (``checkpoint-step.pth``) first, so the requeued job continues at that step: nothing
+trained is lost (``utils.defer_signal``, ``main.StepCheckpointer``). A handler that exits in the
+middle of a checkpoint write would break the file, and one inside TensorBoard's writer would leave
+the process unable to exit.
 
 Examples::
 
@@ -101,8 +101,9 @@ class Trainer:
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on rank 0 when the job is preempted or times out: the requeued job
-        resumes from the newest complete epoch checkpoint in the output folder; main.py then trims
-        log.txt back to that epoch, so no epoch is lost or logged twice."""
+        resumes from the newest complete checkpoint in the output folder (the step checkpoint just
+        written, inside the epoch); main.py then trims log.txt back to that epoch, so no step is
+        lost and no epoch logged twice."""
         args = copy.deepcopy(self.args)
         args.auto_resume = True
         latest = ckpt_files.find_latest_checkpoint(args.output_dir) if args.output_dir else None

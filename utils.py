@@ -194,6 +194,7 @@ def seed_everything(seed: int) -> None:
 _pending_signals: dict[int, Callable[..., Any]] = {}
 _received: set[int] = set()  # deferred signals that reached this process since defer_signal
 _held = [0]  # depth of signals_held() blocks
+_to_boundary = [0]  # depth of stops_at_step_boundary() blocks
 
 
 def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | None:
@@ -223,7 +224,7 @@ def defer_signal(signum: int, announce: bool = False) -> Callable[[], None] | No
             handler(sig, frame)
             return
         _received.add(sig)
-        if _held[0]:
+        if _held[0] or _to_boundary[0]:
             if _pending_signals.pop(sig, None) is not None:
                 handler(sig, frame)  # the second one: at once (what it raises leaves the block)
                 return
@@ -263,9 +264,62 @@ def signals_held() -> Iterator[None]:
         yield
     finally:
         _held[0] -= 1
-        while not _held[0] and _pending_signals:
+        while not _held[0] and not _to_boundary[0] and _pending_signals:
             sig, handler = _pending_signals.popitem()
             handler(sig, None)
+
+
+@contextlib.contextmanager
+def stops_at_step_boundary() -> Iterator[None]:
+    """Inside the block (an epoch of training), a deferred signal waits, also between held blocks
+    (waiting for data, inside an ``--update_freq`` window), until :func:`handle_pending_signals` runs
+    it at an optimizer-step boundary, after a step checkpoint; a second one still stops at once.
+    Leaving the block handles what is still pending."""
+    _to_boundary[0] += 1
+    try:
+        yield
+    finally:
+        _to_boundary[0] -= 1
+        if not _to_boundary[0] and not _held[0]:
+            handle_pending_signals()
+
+
+def stop_pending() -> bool:
+    """Whether a deferred signal (a stop request) waits to be handled."""
+    return bool(_pending_signals)
+
+
+def handle_pending_signals() -> None:
+    """Run the handlers of deferred signals now (they usually raise to stop the run)."""
+    while _pending_signals:
+        sig, handler = _pending_signals.popitem()
+        handler(sig, None)
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's random states (python, numpy, torch CPU and CUDA) as weights-only-loadable data."""
+    import random
+    version, state, gauss = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = dict(
+        python=[version, torch.tensor(state, dtype=torch.int64), gauss],
+        numpy=[np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *[float(x) for x in np_state[2:]]],
+        torch=torch.get_rng_state())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out['cuda'] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states only where CUDA is in use)."""
+    import random
+    version, state, gauss = states['python']
+    random.setstate((version, tuple(int(x) for x in state.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = states['numpy']
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 # ----------------------------------------------------------------------------- progress
@@ -334,6 +388,18 @@ class MetricLogger:
 
     def add_meter(self, name: str, meter: SmoothedValue) -> None:
         self.meters[name] = meter
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running statistics (windows, totals, counts), for a step checkpoint."""
+        return {k: dict(window=[float(v) for v in m.deque], window_size=m.deque.maxlen, total=float(m.total),
+                        count=int(m.count), fmt=m.fmt) for k, m in self.meters.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in state.items():
+            meter = SmoothedValue(window_size=m['window_size'], fmt=m['fmt'])
+            meter.deque.extend(m['window'])
+            meter.total, meter.count = m['total'], m['count']
+            self.meters[k] = meter
 
     def synchronize_between_processes(self) -> None:
         for meter in self.meters.values():

@@ -160,6 +160,25 @@ def tiny_argv(data: str, out: str, **overrides) -> list[str]:
     return argv
 
 
+def stop_inside_epoch_1(cmd, sig, at_batch, wait_for_step_file=False):
+    """Start ``cmd`` (main.py with ``--print_freq 1``), send ``sig`` once epoch 1 has logged batch
+    ``at_batch`` (``wait_for_step_file``: and a step checkpoint of epoch 1 was saved); returns the exit
+    code and the output."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith('Epoch: [1]') and int(line.split('[')[2].split('/')[0]) >= at_batch:
+            if wait_for_step_file and not any('saved' in ln and '(epoch 1,' in ln for ln in seen[-3:]):
+                continue  # SIGKILL: only after a step checkpoint of this epoch was written
+            os.kill(proc.pid, sig)
+            break
+    rest = proc.stdout.read()
+    proc.wait(timeout=120)
+    return proc.returncode, ''.join(seen) + rest
+
+
 def read_log(folder: str) -> list[dict]:
     """The records of ``folder/log.txt``, one JSON object a line (strict: any other line fails)."""
     with open(os.path.join(folder, 'log.txt')) as f:

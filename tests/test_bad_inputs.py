@@ -138,6 +138,8 @@ CASES = [
     ('input-neg', 'main', '--input_size -8', 'none', 2, '--input_size -8 is too small'),
     ('drop-path-2', 'main', '--drop_path 2', 'none', 2, '--drop_path must lie in [0.0, 1.0], got 2.0'),
     ('lr-nan', 'main', '--lr nan', 'none', 2, '--lr must be a finite number >= 0, got nan'),
+    ('save-every-negative', 'main', '--save_every_minutes -5', 'none', 2,
+     '--save_every_minutes must be a finite number >= 0, got -5.0'),
     ('unwritable-out', 'main', '--output_dir {tmp}/afile/out --log_dir {tmp}/tb', 'afile', 2,
      'cannot create --output_dir {tmp}/afile/out: Not a directory'),
     ('unwritable-log-dir', 'main', '--log_dir {tmp}/afile/tb', 'afile', 2,
@@ -367,8 +369,8 @@ def test_full_disk_at_save_says_previous_checkpoint_is_intact(data, tmp_path, ca
     (signal.SIGTERM, 143, 'terminated (SIGTERM); rerun the same command to resume'),
 ])
 def test_signal_inside_a_checkpoint_write_waits_for_it(data, tmp_path, capsys, monkeypatch, sig, code, message):
-    """Ctrl-C / SIGTERM landing inside torch.save's writes: the write completes and the run stops at
-    the next step with its usual line and exit code. Handled where it landed, the exception came out
+    """Ctrl-C / SIGTERM landing inside torch.save's writes: the write completes and the run stops once
+    the epoch's files are written, with its usual line and exit code. Handled where it landed, the exception came out
     of torch's zip writer as a RuntimeError and the run ended with 'cannot save checkpoint ...'."""
     out = str(tmp_path / 'run')
     real_save = torch.save
@@ -481,7 +483,8 @@ def test_stale_lock_of_killed_run_does_not_block(tmp_path):
 ])
 def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     """Item 8: Ctrl-C and SIGTERM mid-epoch end with one line (no traceback), the exit codes of
-    a signal-terminated shell command, epoch 0's checkpoint intact and no lock or temp file."""
+    a signal-terminated shell command, epoch 0's checkpoint intact, a step checkpoint inside epoch 1
+    (written at the step boundary before the stop) and no lock or temp file."""
     out = str(tmp_path / 'run')
     argv = tiny_argv(data, out, epochs=3, batch_size=2, print_freq=1)
     proc = subprocess.Popen([sys.executable, MAIN, *argv], cwd=ROOT, env=subprocess_env(),
@@ -494,8 +497,9 @@ def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     assert proc.returncode == code, err[-2000:]
     assert err.strip() == message
     assert sorted(n for n in os.listdir(out) if not n.startswith('events.')) == [
-        'checkpoint-0.pth', 'checkpoint-best.pth', 'log.txt']
+        'checkpoint-0.pth', 'checkpoint-best.pth', checkpoint.STEP_NAME, 'log.txt']
     assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+    assert checkpoint.load_file(os.path.join(out, checkpoint.STEP_NAME))['step']['epoch'] == 1
 
 
 

@@ -5,6 +5,7 @@ folder does, every sample exactly once per epoch over the ranks, a fresh order e
 model that learns, and (streams included) an exact resume."""
 import json
 import os
+import signal
 import sys
 import tarfile
 import zlib
@@ -15,7 +16,7 @@ import torch
 
 import datasets
 import main as train_main
-from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
+from conftest import MAIN, free_port, make_image_folder, read_log, run_python, stop_inside_epoch_1, tiny_argv
 from utils import TrainingError
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported; tests never download
@@ -325,3 +326,25 @@ def test_webdataset_resume_is_exact(formats, tmp_path, workers):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = read_log(straight)
     assert len(steps) == 2 and steps[0]['train_loss'] != steps[1]['train_loss']
+
+
+@pytest.mark.slow
+def test_webdataset_stop_inside_epoch_repeats_the_epoch_exactly(formats, tmp_path):
+    """A stream cannot start inside an epoch: SIGTERM in epoch 1 of a wds/ run writes no step checkpoint
+    (exit 143 at a step boundary), and the rerun repeats epoch 1 from its start, ending bitwise as the
+    uninterrupted run (what TRAINING.md promises for streams)."""
+    straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+    flags = dict(data_set='wds/tiny', epochs=2, batch_size=BATCH, num_workers=0, hflip=0.5, print_freq=1,
+                 save_every_minutes=1e-6)
+    assert train_main.run(tiny_argv(formats['wds'], straight, **flags)) == 0
+    argv = tiny_argv(formats['wds'], stopped, **flags)
+    code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGTERM, 3)
+    assert code == 143, out[-3000:]
+    assert sorted(f for f in os.listdir(stopped) if f.endswith('.pth')) == ['checkpoint-0.pth', 'checkpoint-best.pth']
+    rerun = run_python([MAIN, *argv], timeout=240)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
+    assert 'continuing at epoch 1' in rerun.stdout and 'continuing epoch 1 at batch' not in rerun.stdout
+    a, b = (torch.load(os.path.join(d, 'checkpoint-1.pth'), map_location='cpu', weights_only=True)['model']
+            for d in (straight, stopped))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['train_loss'] for r in read_log(straight)] == [r['train_loss'] for r in read_log(stopped)]

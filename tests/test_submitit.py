@@ -95,9 +95,11 @@ def test_preemption_requeues_and_resumes(tmp_path, job_env):
     job = rws.submit(rws.parse_args(_tiny_argv(data, job_dir, epochs=epochs)))
     try:
         deadline = time.time() + 150
-        # main.py writes an epoch's log line, then its checkpoint: wait for both of epoch 0
-        while not (_log_epochs(job_dir) and os.path.exists(os.path.join(job_dir, 'checkpoint-0.pth'))):
-            assert time.time() < deadline and job.state == 'RUNNING', 'epoch 0 never finished'
+        # main.py writes an epoch's log line, then its checkpoint: wait for both of epoch 0, and for
+        # epoch 1's first progress line (its first step is done)
+        while not (_log_epochs(job_dir) and os.path.exists(os.path.join(job_dir, 'checkpoint-0.pth'))
+                   and 'Epoch: [1] [' in _task_log(job, 0)):
+            assert time.time() < deadline and job.state == 'RUNNING', 'epoch 1 never started'
             time.sleep(0.05)
         # what SLURM does on preemption: USR2 to the job; submitit's handler on rank 0 calls
         # Trainer.checkpoint() and requeues the job (locally: the controller restarts all tasks)
@@ -110,9 +112,14 @@ def test_preemption_requeues_and_resumes(tmp_path, job_env):
     log0 = _task_log(job, 0)
     assert 'this job is preempted' in log0 and 'Requeued job' in log0
     assert log0.count('Starting with JobEnvironment') == 2  # the same job ran twice
-    resumed_from = int(re.search(r'will resume from \S*checkpoint-(\d+)\.pth', log0).group(1))
+    # the signal waited for the next optimizer step, which wrote a step checkpoint; the requeued job
+    # starts there, inside epoch 1, not at its start
+    saved = re.search(r'saved \S*checkpoint-step\.pth \(epoch 1, batch (\d+), step (\d+)\)', log0)
+    assert saved and int(saved.group(1)) >= 2, log0[-3000:]
+    assert re.search(r'will resume from \S*checkpoint-step\.pth', log0)
     continued_at = int(re.search(r'continuing at epoch (\d+)', log0).group(1))
-    assert continued_at == resumed_from + 1 < epochs
+    assert continued_at == 1 < epochs
+    assert f'continuing epoch 1 at batch {saved.group(1)} (sample {int(saved.group(1)) * 8} of' in log0
     # every epoch logged exactly once, in order: nothing lost, nothing repeated
     assert _log_epochs(job_dir) == list(range(epochs))
 
