@@ -200,3 +200,36 @@ def test_horfpn_train(tiny_ade, tmp_path):
     assert sd['decode_head.fpn_bottleneck.gnconv.dwconv.complex_weight'].shape == (24, 32, 17, 2)
     assert sd['decode_head.fpn_bottleneck.norm.weight'].shape == (32,)
     assert sd['decode_head.fpn_convs.2.conv.weight'].shape == (32, 32, 3, 3)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_that_resume_continues(tiny_ade, tmp_path):
+    """SIGTERM in the middle of training: the iteration ends, iter_<N>.pth and last_checkpoint are
+    written, the exit code is 143; `train.py CONFIG --resume` (auto) continues at iteration N + 1."""
+    import signal
+    import subprocess
+    import sys
+    cfg = tiny_config(str(tmp_path / 'upernet_tiny.py'), 'upernet_hornet_tiny_gf_512_160k_ade20k.py', tiny_ade)
+    work_dir = str(tmp_path / 'work')
+    argv = [sys.executable, os.path.join(SEG_DIR, 'train.py'), cfg, '--work-dir', work_dir, '--seed', '0',
+            '--no-validate']
+    proc = subprocess.Popen(argv, cwd=ROOT, env=subprocess_env(OMP_NUM_THREADS='2', PYTHONHASHSEED='0'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if f'Iter(train) [ 4/{ITERS}]' in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, rest[-3000:]
+    saved = [n for n in os.listdir(work_dir) if n.startswith('iter_')]
+    assert len(saved) == 1 and 4 <= int(saved[0][5:-4]) < ITERS, saved  # at least the 4 logged iterations
+    n = int(saved[0][5:-4])
+    with open(os.path.join(work_dir, 'last_checkpoint')) as f:
+        assert f.read().strip() == os.path.join(work_dir, saved[0])
+    assert f'terminated (SIGTERM): saved {saved[0]} at iteration {n}' in rest
+
+    out = run_script('train.py', cfg, '--work-dir', work_dir, '--seed', '0', '--no-validate', '--resume')
+    assert [ln for ln in out.splitlines() if 'resumed' in ln.lower()], out[-3000:]
+    assert f'Iter(train) [{n + 1:>2}/{ITERS}]' in out and f'Iter(train) [{n:>2}/{ITERS}]' not in out, out[-3000:]
+    ckpt = torch.load(os.path.join(work_dir, f'iter_{ITERS}.pth'), map_location='cpu', weights_only=False)
+    assert ckpt['meta']['iter'] == ITERS
