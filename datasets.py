@@ -747,6 +747,17 @@ def _check_hf_files(root: str, split: str, ds: Dataset, where: str) -> None:
         return
     for f, file_names in found:
         check_same_classes(file_names, names, f'{where}: {f}', "the data set's ClassLabel")
+def _tar_complete(path: str) -> bool:
+    """Whether an uncompressed tar ends with the two zero blocks of its end-of-archive marker: a tar
+    cut at a member boundary otherwise reads as a smaller, valid archive."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        if f.read(2) == b'\x1f\x8b':  # gzip etc.: the compression checks its own end
+            return True
+        if size < 1024:
+            return False
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
 
 
 class LabelRange:
@@ -793,6 +804,9 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
     num_samples = args.train_num_samples if is_train else args.val_num_samples
     batch_size = args.batch_size if is_train else int(1.5 * args.batch_size)
     prefix = name.partition('/')[0].lower()
+    if name == TIMM_FOLDER and os.path.isfile(root) and tarfile.is_tarfile(root) and not _tar_complete(root):
+        raise TrainingError(f'--data_set {name}: cannot read the tar data at {flag} {root}: it is truncated (it '
+                            'lacks the end-of-archive blocks every tar writer adds); rewrite or re-download it')
     hf = hugging_face_datasets() if prefix in ('hfds', 'hfids') else contextlib.nullcontext()
     class_map = _class_map(args.class_map)
     try:

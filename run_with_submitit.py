@@ -145,8 +145,14 @@ def _check_job_dir(job_dir: str) -> None:
         raise SubmitError(f'--job_dir {job_dir}: cannot create or write {base} ({e.strerror or e})') from None
 
 
-def build_executor(args: argparse.Namespace) -> submitit.Executor:
-    """The submitit executor for ``args.cluster`` with the job's resources."""
+def check_launch(args: argparse.Namespace) -> str:
+    """The cluster to submit to, after the checks of the flags alone (run before the job folder is
+    created).
+
+    Raises:
+        SubmitError: no SLURM for ``--cluster slurm``, counts or ``--timeout`` below 1, several nodes
+            for ``--cluster local``.
+    """
     if args.cluster == 'slurm' and not (shutil.which('sbatch') and shutil.which('srun')):
         raise SubmitError('--cluster slurm, but SLURM is not available here (no sbatch/srun on PATH); '
                           'run on a SLURM login node, or use --cluster local to run on this machine')
@@ -157,6 +163,12 @@ def build_executor(args: argparse.Namespace) -> submitit.Executor:
     cluster = args.cluster or submitit.AutoExecutor.which()
     if cluster == 'local' and args.nodes > 1:
         raise SubmitError(f'--cluster local runs on this machine only; use --nodes 1 (got {args.nodes})')
+    return cluster
+
+
+def build_executor(args: argparse.Namespace) -> submitit.Executor:
+    """The submitit executor for ``args.cluster`` with the job's resources."""
+    cluster = check_launch(args)
     if cluster in ('local', 'debug') and str(args.device).startswith('cuda'):
         # the tasks run here: without enough GPUs each would fail with a traceback in its log
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -192,6 +204,7 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     if not args.job_dir:
         args.job_dir = os.path.join('logs', 'submitit', '%j')
     args.job_dir = os.path.abspath(args.job_dir)
+    check_launch(args)
     _check_job_dir(args.job_dir)
     if not args.output_dir:
         args.output_dir = args.job_dir

@@ -9,6 +9,7 @@ import datetime
 import functools
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -516,8 +517,9 @@ def one_line(e: BaseException) -> str:
     """A user error's message on one line (a KeyError's without quotes; of an error re-raised from a
     DataLoader worker, the last line)."""
     msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
-    if 'Original Traceback' in msg:
+    if 'Original Traceback' in msg:  # the worker's traceback, ending in 'module.Type: message'
         msg = msg.splitlines()[-1]
+        msg = re.sub(rf'^[\w.]*\b{type(e).__name__}: ', '', msg)
     return ' '.join(line.strip() for line in msg.splitlines() if line.strip())
 
 
