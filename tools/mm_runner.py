@@ -201,6 +201,10 @@ class Runner(_MMRunner):
             raise DataError(f'cannot build the data set: its annotation file {_ann_file(dataloader)} is not '
                             f'valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): truncated or damaged; '
                             'write or download it again') from None
+        except (ValueError, IndexError, KeyError, AssertionError):
+            # e.g. every image filtered out because no category matched: say that, if so
+            _check_configured_categories(dataloader)
+            raise
 
     def load_checkpoint(self, filename: str, map_location: Any = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006  (mmengine's signature)
@@ -274,25 +278,53 @@ def _leaf_datasets(ds: Any) -> list:
     return [leaf for d in inner for leaf in _leaf_datasets(d)] if inner else [ds]
 
 
+def check_file_categories(ann_file: str, classes: Sequence[str]) -> None:
+    """Raise :class:`DataError` naming the categories of the COCO file ``ann_file`` that have
+    annotations but are not among ``classes`` (mmdet drops those annotations silently)."""
+    with open(ann_file, encoding='utf-8') as f:
+        coco = json.load(f)
+    names = {c.get('id'): c.get('name') for c in coco.get('categories', []) if isinstance(c, dict)}
+    used = {a.get('category_id') for a in coco.get('annotations', []) if isinstance(a, dict)}
+    unknown = [names.get(c, f'id {c}') for c in sorted(used, key=str) if names.get(c) not in set(classes)]
+    if not unknown:
+        return
+    absent = [c for c in classes if c not in set(names.values())]
+    raise DataError(f'{ann_file}: the annotations of the categories {", ".join(map(repr, unknown))} would be '
+                    f'dropped: they are not among the config\'s {len(classes)} classes'
+                    + (f' ({", ".join(map(repr, absent[:8]))}{", ..." if len(absent) > 8 else ""} are not in the '
+                       'file)' if absent else '')
+                    + '; set the data set\'s metainfo=dict(classes=(...)) to the file\'s category names')
+
+
 def check_categories(ds: Any) -> None:
-    """A COCO-style data set drops the annotations whose category is not among the config's classes.
-    When any annotation would be dropped, raise :class:`DataError` naming the categories."""
+    """A built COCO-style data set: when any annotation was dropped for its category (known from
+    mmdet's category-to-images map, without reading the file again), :func:`check_file_categories`."""
     cat2label, cat_img_map = getattr(ds, 'cat2label', None), getattr(ds, 'cat_img_map', None)
     if cat2label is None or cat_img_map is None:
         return
-    dropped = sorted(c for c, imgs in cat_img_map.items() if imgs and c not in cat2label)
-    if not dropped:
+    if any(imgs and c not in cat2label for c, imgs in cat_img_map.items()):
+        check_file_categories(ds.ann_file, list(ds.metainfo.get('classes', ())))
+
+
+def _check_configured_categories(dataloader: Any) -> None:
+    """:func:`check_file_categories` for a dataloader config whose data set could not be built."""
+    ds_cfg = dataloader.get('dataset') if isinstance(dataloader, dict) else None
+    ann = _ann_file(dataloader)
+    if not isinstance(ds_cfg, dict) or not ann.endswith('.json') or not osp.isfile(ann):
         return
-    with open(ds.ann_file, encoding='utf-8') as f:  # only now: the names are for the message
-        names = {c['id']: c['name'] for c in json.load(f).get('categories', [])}
-    classes = list(ds.metainfo.get('classes', ()))
-    unknown = [names.get(c, f'id {c}') for c in dropped]
-    absent = [c for c in classes if c not in set(names.values())]
-    raise DataError(f'{ds.ann_file}: the annotations of the categories {", ".join(map(repr, unknown))} would be '
-                    f'dropped: they are not among the config\'s {len(classes)} classes'
-                    + (f' (of which {", ".join(map(repr, absent[:8]))}{", ..." if len(absent) > 8 else ""} are not '
-                       'in the file)' if absent else '')
-                    + '; set the data set\'s metainfo=dict(classes=(...)) to the file\'s category names')
+    classes = (ds_cfg.get('metainfo') or {}).get('classes')
+    if not classes:
+        from mmengine.registry import DATASETS, DefaultScope
+        cls = kind = ds_cfg.get('type')
+        if isinstance(kind, str):  # a name of the runner's scope (mmdet, mmseg)
+            scope = DefaultScope.get_current_instance()
+            cls = DATASETS.get(kind if '.' in kind or scope is None else f'{scope.scope_name}.{kind}')
+        classes = getattr(cls, 'METAINFO', {}).get('classes')
+    if classes:
+        try:
+            check_file_categories(ann, list(classes))
+        except (OSError, ValueError, AttributeError):
+            return  # not a COCO file: the original error stands
 
 
 class SegLabelCheck:
