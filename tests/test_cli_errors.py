@@ -324,3 +324,26 @@ def test_one_line_of_any_user_error():
                            'recent call last):\n  File "x.py"\nutils.TrainingError: bad label 7')
     assert utils.one_line(worker) == 'bad label 7'
     assert utils.one_line(TrainingError('first\n  second\n')) == 'first second'
+
+
+@pytest.mark.parametrize('entry', sorted(ENTRIES) + ['main', 'object_detection.train', 'semantic_segmentation.test'])
+def test_every_entry_reports_a_user_error_in_one_line(entry, monkeypatch):
+    """The rule is applied at each command's entry: a user error raised anywhere inside (here: while
+    parsing the arguments) is ``error: <one line>`` on stderr and exit 2."""
+    import argparse
+    import importlib
+
+    import utils
+
+    def fail(*a, **kw):
+        raise utils.TrainingError('a bad input,\n  told on two lines')
+    if entry == 'main':  # main.run reports through the log main() sets up first
+        monkeypatch.setattr(train_main, 'main', lambda args: (utils.setup_logging(), fail()))
+        fn = train_main.run
+        argv = ['--model', 'hornet_tiny_gf', '--device', 'cpu']
+    else:
+        monkeypatch.setattr(argparse.ArgumentParser, 'parse_args', fail)
+        fn = ENTRIES[entry][0] if entry in ENTRIES else importlib.import_module(entry).main
+        argv = []
+    rc, out, err = call(fn, argv)
+    assert rc == 2 and err.strip() == 'error: a bad input, told on two lines', err
