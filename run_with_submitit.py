@@ -167,8 +167,10 @@ def check_launch(args: argparse.Namespace) -> str:
 
 
 def build_executor(args: argparse.Namespace) -> submitit.Executor:
-    """The submitit executor for ``args.cluster`` with the job's resources."""
+    """The submitit executor for ``args.cluster`` with the job's resources; checks the flags before
+    it creates the job folder."""
     cluster = check_launch(args)
+    _check_job_dir(args.job_dir)
     if cluster in ('local', 'debug') and str(args.device).startswith('cuda'):
         # the tasks run here: without enough GPUs each would fail with a traceback in its log
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -204,8 +206,6 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     if not args.job_dir:
         args.job_dir = os.path.join('logs', 'submitit', '%j')
     args.job_dir = os.path.abspath(args.job_dir)
-    check_launch(args)
-    _check_job_dir(args.job_dir)
     if not args.output_dir:
         args.output_dir = args.job_dir
     args.output_dir = os.path.abspath(args.output_dir)
