@@ -202,10 +202,8 @@ def test_resume_with_another_optimizer(data, tmp_path):
     ck = os.path.join(first, 'checkpoint-0.pth')
     rc, out, err = train(data['folder'], str(tmp_path / 'second'), '--opt', 'sgd', epochs=2, resume=ck)
     assert rc == 2
-    assert err.strip() == (f"error: cannot resume the optimizer from {ck}: its state lacks dampening, momentum of "
-                           "this run's SGD; it was written with other optimizer flags (--opt, --layer_decay, "
-                           f"--weight_decay groups); resume with the flags of that run, or pass --finetune {ck} "
-                           'to start a new run from its weights')
+    assert err.strip().startswith(f'error: --opt sgd cannot resume {ck}, which was trained with --opt adamw: ')
+    assert_one_line_or_success(rc, err)
 
 
 # ----------------------------------------------------------------------------- export
@@ -220,7 +218,7 @@ def test_export_output_that_cannot_be_written(case, tmp_path, monkeypatch):
     (tmp_path / 'afile').write_text('notes')
     (tmp_path / 'ro').mkdir()
     output, message = {
-        'folder': (str(tmp_path), f'--output {tmp_path} is a folder; give a file name in it, e.g. '
+        'folder': (str(tmp_path), f'--output {tmp_path} is a folder; name the file to write, e.g. '
                                   f'{tmp_path}/model.onnx'),
         'under-a-file': (str(tmp_path / 'afile' / 'sub' / 'm.onnx'),
                          f'--output {tmp_path}/afile/sub/m.onnx: {tmp_path}/afile is a file, not a folder'),
