@@ -22,10 +22,10 @@ import torch
 
 import checkpoint
 from models.state_dict import non_finite_count, strip_prefixes
-from utils import OneLineArgumentParser
+from utils import OneLineArgumentParser, TrainingError, exits_on_user_error
 
 
-class AverageError(Exception):
+class AverageError(TrainingError):
     """Why the checkpoints cannot be averaged; one line."""
 
 
@@ -124,6 +124,7 @@ def get_args_parser() -> OneLineArgumentParser:
     return parser
 
 
+@exits_on_user_error()
 def main(argv: Sequence[str] | None = None) -> int:
     """Average and save; returns the exit status (0 ok, 2 error, with one line on stderr)."""
     args = get_args_parser().parse_args(argv)

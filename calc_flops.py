@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import models  # also registers the hornet_* variants
+import utils
 
 aten = torch.ops.aten
 VARIANTS = {  # name -> input size of the published number
@@ -129,8 +130,9 @@ def input_size_arg(value: str) -> int:
     return n
 
 
+@utils.exits_on_user_error(exit=True)
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description='HorNet parameters and FLOPs (paper convention)')
+    parser = utils.OneLineArgumentParser(description='HorNet parameters and FLOPs (paper convention)')
     parser.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_gf')
     parser.add_argument('--input_size', type=input_size_arg, default=None,
                         help='image side, at least 32 (default: the variant\'s)')
@@ -146,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     valid = timm.list_models('hornet_*')
     if args.model not in valid:
-        raise SystemExit(f"unknown model {args.model!r}; valid: {', '.join(valid)}")
+        raise utils.TrainingError(f"unknown model {args.model!r}; valid: {', '.join(valid)}")
     r = analyse(args.model, args.input_size, num_classes=args.num_classes)
     print(f"Model: {r['model']}  input: {r['input_size']}x{r['input_size']}")
     print(f"Params: {r['params']:,} ({r['params'] / 1e6:.2f} M)")

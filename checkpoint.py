@@ -599,6 +599,24 @@ class CheckpointManager:
             pass
 
 
+def _load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, path: str) -> None:
+    """``optimizer.load_state_dict`` that refuses, in one line, a state of other parameter groups
+    (torch raises a ValueError, or loads the state of one layer into another of the same count)."""
+    hint = ('its parameter groups belong to another model or grouping; resume with the flags of that run, or '
+            f'pass --finetune {path} to start a new run from its weights')
+    groups = state.get('param_groups') if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f'cannot resume the optimizer from {path}: its optimizer state is not a state dict')
+    theirs, mine = [len(g.get('params', ())) for g in groups], [len(g['params']) for g in optimizer.param_groups]
+    if theirs != mine:
+        raise CheckpointError(f'cannot resume the optimizer from {path}: it has {len(theirs)} parameter groups '
+                              f'of sizes {theirs}, this run {len(mine)} of sizes {mine}; {hint}')
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise CheckpointError(f'cannot resume the optimizer from {path}: {type(e).__name__}: {e}; {hint}') from None
+
+
 def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
            loss_scaler: Any = None, model_ema: Any = None, load_training_state: bool = True,
            prepare_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -638,7 +656,7 @@ def resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer |
     # the command line wins over the file for every optimizer setting (lr scales of --layer_decay,
     # betas, eps, momentum ...); the file gives the optimizer's state (moments, step counts)
     settings = [{k: v for k, v in g.items() if k != 'params'} for g in optimizer.param_groups]
-    optimizer.load_state_dict(ckpt['optimizer'])
+    _load_optimizer_state(optimizer, ckpt['optimizer'], path)
     for group, own in zip(optimizer.param_groups, settings, strict=True):
         group.update(own)
     if loss_scaler is not None and ckpt.get('scaler'):

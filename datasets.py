@@ -35,6 +35,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -651,6 +652,13 @@ def _timm_source(is_train: bool, args: argparse.Namespace) -> tuple[str, str, st
                 raise TrainingError(f'--data_set {name} needs the webdataset package: pip install webdataset')
             if '://' not in root and not os.path.isdir(root):
                 raise TrainingError(f'--data_set {name}: --data_path {root} must be the folder of the .tar shards')
+            # split sizes come from _info.json unless the split names its shards ('NAME-{0..3}.tar|COUNT')
+            if '://' not in root and not ('tar' in split or '..' in split) and not any(
+                    os.path.isfile(os.path.join(root, n)) for n in ('_info.json', 'info.json')):
+                raise TrainingError(f'--data_set {name}: --data_path {root} has no _info.json (the split sizes); '
+                                    f'add it, or name the shards and their sample count, e.g. --train_split '
+                                    f"'{name.partition('/')[2] or 'NAME'}-train-{{0000..0003}}.tar|COUNT' "
+                                    '(and --val_split likewise)')
         return root, split, flag
     given = not is_train and bool(args.eval_data_path)
     if given:
@@ -741,6 +749,42 @@ def _check_hf_files(root: str, split: str, ds: Dataset, where: str) -> None:
         return
     for f, file_names in found:
         check_same_classes(file_names, names, f'{where}: {f}', "the data set's ClassLabel")
+def _tar_complete(path: str) -> bool:
+    """Whether an uncompressed tar ends with the two zero blocks of its end-of-archive marker: a tar
+    cut at a member boundary otherwise reads as a smaller, valid archive."""
+    size = os.path.getsize(path)
+    with open(path, 'rb') as f:
+        if f.read(2) == b'\x1f\x8b':  # gzip etc.: the compression checks its own end
+            return True
+        if size < 1024:
+            return False
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
+
+
+class LabelRange:
+    """Target transform of a data set with bare integer labels: a label outside ``[0, n)`` is a
+    :class:`TrainingError` naming it (not an IndexError deep in the loss)."""
+
+    def __init__(self, n: int, source: str):
+        self.n, self.source = n, source
+
+    def __call__(self, target: Any) -> Any:
+        if isinstance(target, (int, np.integer)) and not 0 <= int(target) < self.n:
+            raise TrainingError(f'{self.source} has the label {int(target)}, outside the {self.n} classes of '
+                                f'--nb_classes {self.n} (labels 0..{self.n - 1}); pass --nb_classes '
+                                f'{max(int(target) + 1, self.n)} if it has that many classes')
+        return target
+
+
+def _check_label_column(ds: Dataset, name: str, split: str) -> None:
+    """An ``hfds``/``hfids`` split needs the label column timm reads (``label``)."""
+    reader = getattr(ds, 'reader', None)
+    table, key = getattr(reader, 'dataset', None), getattr(reader, 'label_key', None)
+    columns = getattr(table, 'column_names', None)
+    if key and columns is not None and not getattr(reader, 'target_keys', None) and key not in columns:
+        raise TrainingError(f'--data_set {name} (split {split!r}) has no {key!r} column (its columns: '
+                            f'{", ".join(columns)}); image classification needs an image and a {key!r} column')
 
 
 def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Callable | None,
@@ -762,6 +806,9 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
     num_samples = args.train_num_samples if is_train else args.val_num_samples
     batch_size = args.batch_size if is_train else int(1.5 * args.batch_size)
     prefix = name.partition('/')[0].lower()
+    if name == TIMM_FOLDER and os.path.isfile(root) and tarfile.is_tarfile(root) and not _tar_complete(root):
+        raise TrainingError(f'--data_set {name}: cannot read the tar data at {flag} {root}: it is truncated (it '
+                            'lacks the end-of-archive blocks every tar writer adds); rewrite or re-download it')
     hf = hugging_face_datasets() if prefix in ('hfds', 'hfids') else contextlib.nullcontext()
     class_map = _class_map(args.class_map)
     try:
@@ -777,14 +824,21 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
                     _check_hf_files(name.partition('/')[2], split, ds, f'--data_set {name} split {split!r}')
     except TrainingError:
         raise
+    except tarfile.TarError as e:
+        raise TrainingError(f'--data_set {name}: cannot read the tar data at {flag} {root}: it is truncated or damaged '
+                            f'({type(e).__name__}: {e}); rewrite or re-download it') from None
     except (AssertionError, ImportError, OSError, RuntimeError, ValueError, KeyError) as e:
         raise TrainingError(f'--data_set {name} ({flag} {root}, split {split!r}) could not be read: '
                             f'{type(e).__name__}: {e}') from None
     if hasattr(ds, 'set_loader_cfg'):  # streams size their per-worker share from this
         ds.set_loader_cfg(num_workers=args.num_workers)
     where = f'--data_set {name} ({root}, split {split!r})'
+    _check_label_column(ds, name, split)
     _check_class_map_used(ds, class_map, where)
-    return ds, validate_classes(ds, args, is_train, where, classes, classes_from, count=_count_classes(ds))
+    n = validate_classes(ds, args, is_train, where, classes, classes_from, count=_count_classes(ds))
+    if _count_classes(ds) is None:  # bare integer labels (streams): each one is checked as it is read
+        ds.target_transform = LabelRange(n, where)
+    return ds, n
 
 
 def build_train_sampler(dataset: Dataset, world_size: int, rank: int, seed: int) -> Sampler | None:

@@ -47,6 +47,7 @@ import torch.nn as nn
 import calc_flops
 import checkpoint
 import models
+import utils
 from calc_flops import input_size_arg
 
 # ONNX protobuf files cannot exceed 2 GiB; above this size the weights go to a side file.
@@ -379,7 +380,7 @@ def positive_int_arg(value: str) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = utils.OneLineArgumentParser(
         'HorNet export', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', required=True, help='variant name, e.g. hornet_tiny_gf')
     parser.add_argument('--checkpoint', default='', help='weights (.pth); random weights if omitted')
@@ -409,9 +410,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def output_file_error(output: str) -> str | None:
+    """Why no file can be written at ``--output`` (a file or an unwritable folder above it), else
+    None; checked before the model is built (a folder at ``--output`` itself: :func:`output_error`)."""
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):  # the folders export creates
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f'--output {output}: {parent} is a file, not a folder; pick another path'
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f'--output {output}: the folder {parent} is not writable; pick another path'
+    return None
+
+
+@utils.exits_on_user_error()
 def main(argv: Sequence[str] | None = None) -> int:
     """Export and verify; returns the exit status (0 ok, 1 verification failed, 2 usage error)."""
     args = get_args_parser().parse_args(argv)
+    if args.format != 'hub' and not os.path.isdir(args.output) and (message := output_file_error(args.output)):
+        print(f'error: {message}', file=sys.stderr)
+        return 2
     if args.format == 'torch_export' and not args.output.endswith('.pt2'):
         print(f'error: torch_export output must end in .pt2 (torch.export.load needs it), got {args.output!r}',
               file=sys.stderr)
@@ -434,17 +452,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # torch.export specialises a dynamic dimension traced at size 1, so trace dynamic exports at 2
     example = torch.randn(2 if args.dynamic_batch else 1, 3, input_size, input_size)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
     mixer = ('GF filter as DFT matmuls' if use_dft else 'GF filter as torch.fft') if gf else '7x7 dwconv'
     print(f'Exporting {args.model} ({mixer}) at {input_size}x{input_size} to {args.format}: {args.output}')
-    # through a temp file in the same folder: a failed export leaves an older file of the name intact
-    with torch.no_grad():
-        if args.format == 'onnx':
-            _write_file_atomic(args.output, lambda tmp: export_onnx(model, example, tmp, args.dynamic_batch,
-                                                                    args.opset))
-        else:
-            _write_file_atomic(args.output, lambda tmp: export_program(model, example, tmp, args.dynamic_batch))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        # through a temp file in the same folder: a failed export leaves an older file of the name intact
+        with torch.no_grad():
+            if args.format == 'onnx':
+                _write_file_atomic(args.output, lambda tmp: export_onnx(model, example, tmp, args.dynamic_batch,
+                                                                        args.opset))
+            else:
+                _write_file_atomic(args.output, lambda tmp: export_program(model, example, tmp,
+                                                                           args.dynamic_batch))
+    except OSError as e:  # full disk, permissions, a folder removed meanwhile
+        print(f'error: cannot write --output {args.output}: {e.strerror or e}', file=sys.stderr)
+        return 2
 
     batches = (1, 3) if args.dynamic_batch else (1,)
     # eager reference: the FFT path, so the check also covers DFT == FFT

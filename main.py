@@ -238,7 +238,7 @@ def _repair_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[s
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` (default: ``sys.argv[1:]``) with :func:`get_args_parser`."""
-    parser = argparse.ArgumentParser('HorNet training and evaluation', parents=[get_args_parser()])
+    parser = utils.OneLineArgumentParser('HorNet training and evaluation', parents=[get_args_parser()])
     argv = sys.argv[1:] if argv is None else list(argv)
     return parser.parse_args(_repair_argv(argv, parser))
 
@@ -951,13 +951,6 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _user_message(e: BaseException) -> str:
-    msg = str(e).strip()
-    if 'Original Traceback' in msg:  # re-raised from a DataLoader worker: keep the last line
-        msg = msg.splitlines()[-1]
-    return msg
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: parse, run, and turn user errors into a message and an exit code:
     2 for a bad input, 130 for Ctrl-C, 143 for SIGTERM (rerunning the command resumes).
@@ -986,8 +979,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             code, message = stops[sig]
             logger.error(message)
             return code
-        if isinstance(e, (TrainingError, models.CheckpointFileError, models.CheckpointMismatchError)):
-            logger.error(f'error: {_user_message(e)}')
+        if isinstance(e, utils.user_error_types()):  # the rule of utils.exits_on_user_error, via the log
+            logger.error(f'error: {utils.one_line(e)}')
             return 2
         raise
     finally:

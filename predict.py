@@ -29,7 +29,7 @@ import checkpoint
 import datasets
 import models
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
-from utils import TrainingError
+from utils import OneLineArgumentParser, TrainingError, exits_on_user_error
 
 K = TypeVar('K')
 
@@ -105,7 +105,7 @@ def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_siz
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         'HorNet predict', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('images', nargs='*', metavar='IMAGE', help='image files (any format PIL reads)')
     parser.add_argument('--model', required=True, help='variant name, e.g. hornet_tiny_gf')
@@ -125,6 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_on_user_error()
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the top-k classes of each image; returns the exit status."""
     parser = get_args_parser()

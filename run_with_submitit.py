@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import submitit
+import torch
 
 import checkpoint as ckpt_files
 import main as trainer_main
@@ -40,13 +41,13 @@ import utils
 _REPO = os.path.dirname(os.path.abspath(__file__))
 
 
-class SubmitError(RuntimeError):
+class SubmitError(utils.TrainingError):
     """A launch problem the user can fix; reported as one line and exit status 2."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """``main.py``'s flags plus the job flags."""
-    parser = argparse.ArgumentParser('Submitit for HorNet', parents=[trainer_main.get_args_parser()])
+    parser = utils.OneLineArgumentParser('Submitit for HorNet', parents=[trainer_main.get_args_parser()])
     g = parser.add_argument_group('job')
     g.add_argument('--ngpus', default=8, type=int,
                    help='GPUs per node = tasks per node (with --device cpu: processes per node, no GPU asked)')
@@ -145,16 +146,41 @@ def _check_job_dir(job_dir: str) -> None:
         raise SubmitError(f'--job_dir {job_dir}: cannot create or write {base} ({e.strerror or e})') from None
 
 
-def build_executor(args: argparse.Namespace) -> submitit.Executor:
-    """The submitit executor for ``args.cluster`` with the job's resources."""
+def check_launch(args: argparse.Namespace) -> str:
+    """The cluster to submit to, after the checks of the flags alone (run before the job folder is
+    created).
+
+    Raises:
+        SubmitError: no SLURM for ``--cluster slurm``, counts or ``--timeout`` below 1, several nodes
+            for ``--cluster local``.
+    """
     if args.cluster == 'slurm' and not (shutil.which('sbatch') and shutil.which('srun')):
         raise SubmitError('--cluster slurm, but SLURM is not available here (no sbatch/srun on PATH); '
                           'run on a SLURM login node, or use --cluster local to run on this machine')
     if args.ngpus < 1 or args.nodes < 1:
         raise SubmitError('--ngpus and --nodes must be at least 1')
+    if args.timeout < 1:  # submitit would pass --time 0 (no limit on some clusters, rejected on others)
+        raise SubmitError(f'--timeout is the job\'s time limit in hours and must be at least 1, got {args.timeout}')
     cluster = args.cluster or submitit.AutoExecutor.which()
     if cluster == 'local' and args.nodes > 1:
         raise SubmitError(f'--cluster local runs on this machine only; use --nodes 1 (got {args.nodes})')
+    return cluster
+
+
+def build_executor(args: argparse.Namespace) -> submitit.Executor:
+    """The submitit executor for ``args.cluster`` with the job's resources; checks the flags before
+    it creates the job folder."""
+    cluster = check_launch(args)
+    _check_job_dir(args.job_dir)
+    if cluster in ('local', 'debug') and str(args.device).startswith('cuda'):
+        # the tasks run here: without enough GPUs each would fail with a traceback in its log
+        found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if found < args.ngpus:
+            raise SubmitError(f'--device {args.device} with --ngpus {args.ngpus}, but this machine has {found} '
+                              f'visible GPU(s) and --cluster {cluster} runs here; pass --device cpu, or '
+                              f'--ngpus {found}' if found else
+                              f'--device {args.device}, but this machine has no visible GPU and --cluster '
+                              f'{cluster} runs here; pass --device cpu')
     executor = submitit.AutoExecutor(folder=args.job_dir, cluster=cluster,
                                      slurm_max_num_timeout=args.max_requeue)
     use_gpus = str(args.device).startswith('cuda')
@@ -181,7 +207,6 @@ def submit(args: argparse.Namespace) -> submitit.Job:
     if not args.job_dir:
         args.job_dir = os.path.join('logs', 'submitit', '%j')
     args.job_dir = os.path.abspath(args.job_dir)
-    _check_job_dir(args.job_dir)
     if not args.output_dir:
         args.output_dir = args.job_dir
     args.output_dir = os.path.abspath(args.output_dir)
@@ -201,6 +226,7 @@ def submit(args: argparse.Namespace) -> submitit.Job:
             os.environ['PYTHONPATH'] = saved
 
 
+@utils.exits_on_user_error()
 def main(argv: Sequence[str] | None = None) -> int:
     """Submit; for local and debug runs also wait for the result. Returns the exit status."""
     args = parse_args(argv)

@@ -6,8 +6,10 @@ Everything here is plumbing for ``main.py`` and ``engine.py``; nothing here know
 import argparse
 import contextlib
 import datetime
+import functools
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -566,6 +568,44 @@ class WandbLogger:
     def finish(self) -> None:
         self._wandb.finish()
 
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a user can fix the input: :class:`TrainingError` (each script's own
+    error types derive from it) and the model library's (a checkpoint file that cannot be read or
+    does not fit, a failed download of released weights)."""
+    from models import CheckpointFileError, CheckpointMismatchError  # the library knows nothing of this module
+    from models.hub import DownloadError
+    return TrainingError, CheckpointFileError, CheckpointMismatchError, DownloadError
+
+
+def one_line(e: BaseException) -> str:
+    """A user error's message on one line (a KeyError's without quotes; of an error re-raised from a
+    DataLoader worker, the last line)."""
+    msg = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+    if 'Original Traceback' in msg:  # the worker's traceback, ending in 'module.Type: message'
+        msg = msg.splitlines()[-1]
+        msg = re.sub(rf'^[\w.]*\b{type(e).__name__}: ', '', msg)
+    return ' '.join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def exits_on_user_error(*, exit: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for a command's entry function: every failure of a documented command is
+    ``error: <one line>`` on stderr and exit status 2, never a traceback. A user error (see
+    :func:`user_error_types`) is printed so and the function returns 2 (raises ``SystemExit(2)``
+    with ``exit``, for entries whose return value is not the status)."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def entry(*a: Any, **kw: Any) -> Any:
+            try:
+                return fn(*a, **kw)
+            except user_error_types() as e:
+                print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
+                if exit:
+                    raise SystemExit(2) from None
+                return 2
+        return entry
+    return decorate
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

@@ -46,14 +46,14 @@ import datasets
 import models
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
 from models.hub import DownloadError
-from utils import OneLineArgumentParser, TrainingError, str2bool
+from utils import OneLineArgumentParser, TrainingError, exits_on_user_error, str2bool
 
 COLUMNS = ['model', 'top1', 'top1_err', 'top5', 'top5_err', 'param_count', 'img_size', 'crop_pct', 'interpolation',
            'dataset']
 LOCAL_DIR = 'local-dir:'
 
 
-class ValidateError(Exception):
+class ValidateError(TrainingError):
     """A data set or checkpoint that cannot be evaluated; one line."""
 
 
@@ -273,6 +273,7 @@ def get_args_parser() -> OneLineArgumentParser:
     return parser
 
 
+@exits_on_user_error()
 def main(argv: Sequence[str] | None = None) -> int:
     """Evaluate and write the table; returns the exit status (0 ok, 2 error, with one line on stderr)."""
     args = get_args_parser().parse_args(argv)

@@ -15,6 +15,7 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
+    DataError,
     add_runner_args,
     build_runner,
     exit_on_checkpoint_error,
@@ -37,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'checkpoint not found: {args.checkpoint}')
+        raise DataError(f'checkpoint not found: {args.checkpoint}')
     cfg = load_runner_config(args)
     cfg.load_from = args.checkpoint
     # the checkpoint holds every weight: skip the backbone's ImageNet initialisation
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         cfg.default_hooks.visualization.update(draw=True, test_out_dir=args.show_dir)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):
-            raise SystemExit('--out must be a .pkl file')
+            raise DataError('--out must be a .pkl file')
         cfg.test_evaluator = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) \
             else [cfg.test_evaluator]
         cfg.test_evaluator.append(dict(type='DumpDetResults', out_file_path=args.out))

@@ -13,6 +13,7 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
+    DataError,
     add_runner_args,
     apply_resume,
     build_runner,
@@ -43,7 +44,7 @@ def build_config(args: argparse.Namespace) -> Config:
         enable_amp(cfg)
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise SystemExit('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
+            raise DataError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
     apply_resume(cfg, args.resume, args.load_from)
     return cfg

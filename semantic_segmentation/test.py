@@ -20,6 +20,7 @@ if not __package__:  # run as a file, not imported from the repository root: see
     import _repo_root  # noqa: F401
 
 from tools.mm_runner import (
+    DataError,
     add_runner_args,
     build_runner,
     exit_on_checkpoint_error,
@@ -58,7 +59,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.visualizer.save_dir = args.show_dir
     if args.aug_test:
         if 'tta_pipeline' not in cfg:
-            raise KeyError(f'{args.config} defines no tta_pipeline, which --aug-test needs')
+            raise DataError(f'{args.config} defines no tta_pipeline, which --aug-test needs')
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         tta_model = dict(cfg.get('tta_model', dict(type='SegTTAModel')))
         tta_model['module'] = cfg.model

@@ -179,6 +179,11 @@ CASES = [
      "--class_map {map4} names classes without images: 'dog'"),
     ('image-folder-at-split-root', 'main', '--data_set image_folder --eval_data_path {data}/val', 'none', 2,
      '{data} holds the split folders train/ and val/, not one folder per class: use --data_set IMNET'),
+    # one line for every failure (more with generated inputs in test_cli_errors.py)
+    ('export-output-folder', 'export', '--output {tmp}', 'none', 2,
+     '--output {tmp} is a folder; name the file to write, e.g. {tmp}/model.onnx'),
+    ('export-output-under-file', 'export', '--output {tmp}/afile/m.onnx', 'afile', 2,
+     '--output {tmp}/afile/m.onnx: {tmp}/afile is a file, not a folder; pick another path'),
 ]
 
 

@@ -9,6 +9,7 @@ the types mmengine stores in them (:data:`MMENGINE_SAFE_GLOBALS`), through :clas
 """
 import argparse
 import inspect
+import json
 import os
 import os.path as osp
 import pickle
@@ -29,7 +30,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner as _MMRunner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
+import utils
 from models.state_dict import SAFE_GLOBALS, CheckpointFileError, load_checkpoint
+from utils import TrainingError
 
 UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test checkpoint): a crafted .pth '
                     'file then runs arbitrary code on this machine; use it only for files you trust. '
@@ -41,6 +44,18 @@ UNSAFE_LOAD_HELP = ('unpickle checkpoints fully (--resume, --load-from, the test
 # type of models.state_dict, which the scripts turn into `error: ...` and exit status 2
 CheckpointLoadError = CheckpointFileError
 UNSAFE_HINT = 'pass --unsafe-load only if you trust the file'
+
+
+class DataError(TrainingError):
+    """Data that mmengine would read wrongly or fail on with a traceback: a missing or damaged
+    annotation file, categories the config does not name, label values outside the classes."""
+
+
+# what each launcher reads from the environment (mmengine raises KeyError without them)
+LAUNCHER_VARS = {'pytorch': ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT'),
+                 'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')}
+LAUNCHER_HOW = {'pytorch': 'start it with dist_train.sh / dist_test.sh (torchrun)',
+                'slurm': 'start it with srun inside a SLURM job'}
 
 
 def _history_buffer_attr(obj: Any, name: str) -> Any:
@@ -88,9 +103,17 @@ def parse_runner_args(parser: argparse.ArgumentParser, argv: list[str] | None = 
 
 
 def load_runner_config(args: argparse.Namespace) -> Config:
-    """``args.config`` with the launcher, ``--cfg-options`` and the work dir applied."""
+    """``args.config`` with the launcher, ``--cfg-options`` and the work dir applied.
+
+    Raises:
+        DataError: no config file, a launcher without its environment, a work dir that is a file.
+    """
     if not osp.isfile(args.config):
-        raise SystemExit(f'config file not found: {args.config}')
+        raise DataError(f'config file not found: {args.config}')
+    missing = [k for k in LAUNCHER_VARS.get(args.launcher, ()) if k not in os.environ]
+    if missing:
+        raise DataError(f'--launcher {args.launcher} needs the variables its launcher sets ({", ".join(missing)} '
+                        f'are not set); {LAUNCHER_HOW[args.launcher]}, or leave --launcher out for one process')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -99,6 +122,11 @@ def load_runner_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    parent = osp.abspath(cfg.work_dir)
+    while not osp.exists(parent):  # the folders mmengine would create
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        raise DataError(f'--work-dir {cfg.work_dir}: {parent} is a file, not a folder; pick another --work-dir')
     return cfg
 
 
@@ -155,13 +183,42 @@ class Runner(_MMRunner):
     """
     unsafe_load: bool = False
     strict_load: bool = False
+    _resuming: bool = False
+
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
+        self._resuming = True
+        try:
+            super().resume(filename, *args, **kwargs)
+        finally:
+            self._resuming = False
+
+    @staticmethod
+    def build_dataloader(dataloader: Any, *args: Any, **kwargs: Any) -> Any:
+        """mmengine's, with a missing or damaged annotation file as a :class:`DataError`."""
+        try:
+            return _MMRunner.build_dataloader(dataloader, *args, **kwargs)
+        except FileNotFoundError as e:
+            raise DataError(f'cannot build the data set: {e.filename or e}: no such file; check data_root '
+                            'and ann_file in the config') from None
+        except json.JSONDecodeError as e:
+            raise DataError(f'cannot build the data set: its annotation file {_ann_file(dataloader)} is not '
+                            f'valid JSON ({e.msg} at line {e.lineno}, column {e.colno}): truncated or damaged; '
+                            'write or download it again') from None
+        except (ValueError, IndexError, KeyError, AssertionError):
+            # e.g. every image filtered out because no category matched: say that, if so
+            _check_configured_categories(dataloader)
+            raise
 
     def load_checkpoint(self, filename: str, map_location: Any = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006  (mmengine's signature)
         checkpoint = load_checkpoint_file(filename, map_location, MMENGINE_SAFE_GLOBALS, self.unsafe_load)
+        if self._resuming:
+            _check_training_checkpoint(checkpoint, filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         strict = strict or self.strict_load
+        if not strict and not self._resuming:
+            _check_any_key_fits(model, checkpoint, filename, revise_keys)
         try:
             checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         except RuntimeError as e:
@@ -229,9 +286,168 @@ class SaveOnStopHook(Hook):
         self._previous.clear()
 
 
+def _ann_file(dataloader: Any) -> str:
+    """The annotation file a dataloader config names (joined to its data_root), for messages."""
+    ds = dataloader.get('dataset', {}) if isinstance(dataloader, dict) else {}
+    ann, root = ds.get('ann_file', ''), ds.get('data_root', '')
+    return osp.join(root, ann) if root and ann and not osp.isabs(ann) else ann or '(ann_file)'
+
+
+BACKBONE_HINT = ('a classification checkpoint initialises only the backbone: pass it as '
+                 '--cfg-options model.backbone.init_cfg.checkpoint=FILE')
+
+
+def _check_training_checkpoint(checkpoint: Any, filename: str) -> None:
+    """``--resume`` needs what mmengine's training loop wrote (meta with the iteration, the message hub)."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    missing = [k for k, ok in (('meta', isinstance(meta, dict) and 'iter' in meta),
+                               ('message_hub', isinstance(checkpoint, dict) and 'message_hub' in checkpoint),
+                               ('state_dict', isinstance(checkpoint, dict) and 'state_dict' in checkpoint)) if not ok]
+    if missing:
+        raise CheckpointLoadError(f'--resume {filename} is not a checkpoint of a training run of this script (it '
+                                  f'has no {", ".join(missing)}); {BACKBONE_HINT}, detector/segmentor weights '
+                                  'as --load-from FILE')
+
+
+def _check_any_key_fits(model: torch.nn.Module, checkpoint: Any, filename: str, revise_keys: list) -> None:
+    """``--load-from`` a file none of whose weights fits the model would train from scratch, silently."""
+    import re
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    if not isinstance(state, dict):
+        state = {}
+    names = []
+    for k in state:
+        for pattern, repl in revise_keys:
+            k = re.sub(pattern, repl, str(k))
+        names.append(k)
+    own = model.state_dict()
+    fits = sum(1 for k, v in zip(names, state.values(), strict=True)
+               if k in own and torch.is_tensor(v) and tuple(v.shape) == tuple(own[k].shape))
+    if not fits:
+        shown = ', '.join(names[:3]) or 'none'
+        raise CheckpointLoadError(f'--load-from {filename}: none of its {len(names)} weights fits the model (its '
+                                  f'keys: {shown}{", ..." if len(names) > 3 else ""}; the model\'s: '
+                                  f'{", ".join(list(own)[:2])}, ...); {BACKBONE_HINT}')
+
+
+def _leaf_datasets(ds: Any) -> list:
+    """The data sets inside wrappers (ConcatDataset, RepeatDataset, ClassBalancedDataset)."""
+    inner = getattr(ds, 'datasets', None) or ([ds.dataset] if hasattr(ds, 'dataset') else None)
+    return [leaf for d in inner for leaf in _leaf_datasets(d)] if inner else [ds]
+
+
+def check_file_categories(ann_file: str, classes: Sequence[str]) -> None:
+    """Raise :class:`DataError` naming the categories of the COCO file ``ann_file`` that have
+    annotations but are not among ``classes`` (mmdet drops those annotations silently)."""
+    with open(ann_file, encoding='utf-8') as f:
+        coco = json.load(f)
+    names = {c.get('id'): c.get('name') for c in coco.get('categories', []) if isinstance(c, dict)}
+    used = {a.get('category_id') for a in coco.get('annotations', []) if isinstance(a, dict)}
+    unknown = [names.get(c, f'id {c}') for c in sorted(used, key=str) if names.get(c) not in set(classes)]
+    if not unknown:
+        return
+    absent = [c for c in classes if c not in set(names.values())]
+    raise DataError(f'{ann_file}: the annotations of the categories {", ".join(map(repr, unknown))} would be '
+                    f'dropped: they are not among the config\'s {len(classes)} classes'
+                    + (f' ({", ".join(map(repr, absent[:8]))}{", ..." if len(absent) > 8 else ""} are not in the '
+                       'file)' if absent else '')
+                    + '; set the data set\'s metainfo=dict(classes=(...)) to the file\'s category names')
+
+
+def check_categories(ds: Any) -> None:
+    """A built COCO-style data set: when any annotation was dropped for its category (known from
+    mmdet's category-to-images map, without reading the file again), :func:`check_file_categories`."""
+    cat2label, cat_img_map = getattr(ds, 'cat2label', None), getattr(ds, 'cat_img_map', None)
+    if cat2label is None or cat_img_map is None:
+        return
+    if any(imgs and c not in cat2label for c, imgs in cat_img_map.items()):
+        check_file_categories(ds.ann_file, list(ds.metainfo.get('classes', ())))
+
+
+def _check_configured_categories(dataloader: Any) -> None:
+    """:func:`check_file_categories` for a dataloader config whose data set could not be built."""
+    ds_cfg = dataloader.get('dataset') if isinstance(dataloader, dict) else None
+    ann = _ann_file(dataloader)
+    if not isinstance(ds_cfg, dict) or not ann.endswith('.json') or not osp.isfile(ann):
+        return
+    classes = (ds_cfg.get('metainfo') or {}).get('classes')
+    if not classes:
+        from mmengine.registry import DATASETS, DefaultScope
+        cls = kind = ds_cfg.get('type')
+        if isinstance(kind, str):  # a name of the runner's scope (mmdet, mmseg)
+            scope = DefaultScope.get_current_instance()
+            cls = DATASETS.get(kind if '.' in kind or scope is None else f'{scope.scope_name}.{kind}')
+        classes = getattr(cls, 'METAINFO', {}).get('classes')
+    if classes:
+        try:
+            check_file_categories(ann, list(classes))
+        except (OSError, ValueError, AttributeError):
+            return  # not a COCO file: the original error stands
+
+
+class SegLabelCheck:
+    """Pipeline step after ``LoadAnnotations``: a segmentation label outside ``[0, num_classes)`` and
+    not the ignore index is a :class:`DataError` (training would raise IndexError, testing count it
+    as a wrong prediction)."""
+
+    def __init__(self, num_classes: int, ignore_index: int):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def __call__(self, results: dict) -> dict:
+        seg = results.get('gt_seg_map')
+        if seg is not None:
+            seg = np.asarray(seg)
+            bad = ((seg < 0) | (seg >= self.num_classes)) & (seg != self.ignore_index)
+            if bad.any():
+                values = np.unique(seg[bad])
+                raise DataError(f'{results.get("seg_map_path", "a label map")}: label values '
+                                f'{", ".join(str(int(v)) for v in values[:8])} lie outside the '
+                                f'{self.num_classes} classes (0..{self.num_classes - 1}, after '
+                                f'reduce_zero_label={bool(results.get("reduce_zero_label"))}) and are not the '
+                                f'ignore index {self.ignore_index}; fix the labels, or the classes and '
+                                'reduce_zero_label of the data set')
+        return results
+
+
+def _ignore_index(cfg: Config) -> int:
+    model = cfg.get('model', {})
+    model = model.get('module', model)  # a test-time augmentation wrapper
+    head = model.get('decode_head', {})
+    head = head[0] if isinstance(head, (list, tuple)) and head else head
+    return int(head.get('ignore_index', 255)) if isinstance(head, dict) else 255
+
+
+def add_seg_label_check(ds: Any, ignore_index: int) -> None:
+    """Insert :class:`SegLabelCheck` after each top-level ``LoadAnnotations`` of a segmentation set."""
+    transforms = getattr(getattr(ds, 'pipeline', None), 'transforms', None)
+    classes = getattr(ds, 'metainfo', {}).get('classes')
+    if not isinstance(transforms, list) or not classes or not hasattr(ds, 'reduce_zero_label') or \
+            any(isinstance(t, SegLabelCheck) for t in transforms):
+        return
+    check = SegLabelCheck(len(classes), ignore_index)
+    for i in reversed(range(len(transforms))):
+        if type(transforms[i]).__name__ == 'LoadAnnotations':
+            transforms.insert(i + 1, check)
+
+
+class DataChecks(Hook):
+    """Checks of the built data sets that mmengine and mmdet/mmseg do not make (before any step)."""
+
+    def before_run(self, runner: _MMRunner) -> None:
+        for name in ('_train_loop', '_val_loop', '_test_loop'):
+            loader = getattr(getattr(runner, name, None), 'dataloader', None)
+            if loader is None:
+                continue
+            for ds in _leaf_datasets(loader.dataset):
+                check_categories(ds)
+                add_seg_label_check(ds, _ignore_index(runner.cfg))
+
+
 def build_runner(cfg: Config, args: argparse.Namespace, strict_load: bool = False) -> Runner:
-    """:class:`Runner` from ``cfg`` with ``--unsafe-load`` applied, and :class:`SaveOnStopHook`."""
+    """:class:`Runner` from ``cfg`` with ``--unsafe-load`` applied, :class:`DataChecks` and
+    :class:`SaveOnStopHook` registered."""
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(DataChecks(), priority='VERY_HIGH')
     runner.register_hook(SaveOnStopHook())
     runner.unsafe_load = bool(getattr(args, 'unsafe_load', False))
     runner.strict_load = strict_load
@@ -242,13 +458,17 @@ def build_runner(cfg: Config, args: argparse.Namespace, strict_load: bool = Fals
 
 
 def exit_on_checkpoint_error(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for a script's ``main``: a :class:`CheckpointLoadError` prints ``error: ...`` and
-    exits with status 2 instead of a traceback."""
+    """Decorator for a script's ``main``: a user error (:func:`utils.user_error_types`: a checkpoint
+    that cannot be loaded, :class:`DataError`; also a file the data names that is not there) prints
+    ``error: <one line>`` and exits with status 2 instead of a traceback."""
+    checked = utils.exits_on_user_error(exit=True)(fn)
+
     def wrapped(*a: Any, **k: Any) -> Any:
         try:
-            return fn(*a, **k)
-        except CheckpointLoadError as e:
-            print(f'error: {e}', file=sys.stderr, flush=True)
+            return checked(*a, **k)
+        except FileNotFoundError as e:  # an image of the data set, read inside the loop
+            print(f'error: {utils.one_line(e)}; check data_root and the data prefixes in the config',
+                  file=sys.stderr, flush=True)
             raise SystemExit(2) from None
     wrapped.__doc__, wrapped.__name__, wrapped.__wrapped__ = fn.__doc__, fn.__name__, fn
     return wrapped
