@@ -149,3 +149,21 @@ def test_fake_cuda_block_runs_plain_ops_in_bf16(mixer, order):
                         torch.ops.aten.convolution.default, torch.ops.aten.addcmul.default):
             out = n.meta['val'][0] if isinstance(n.meta['val'], tuple) else n.meta['val']
             assert out.dtype == torch.bfloat16, n
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mixer', ['dwconv', 'gf'])
+def test_cuda_path_compiles_fullgraph(mixer):
+    """The CUDA path of a HorBlock compiles as one graph (torch.compile on CUDA takes it) and equals eager,
+    forward and gradients."""
+    kw = dict(mixer=mixer, filter_size=(7, 4)) if mixer == 'gf' else dict(mixer=mixer)
+    blk = HorBlock(32, order=3, scale=1 / 3, layer_scale_init_value=0.5, **kw)
+    x = torch.randn(2, 32, 7, 7).contiguous(memory_format=torch.channels_last)
+    with cuda_path():
+        ref = blk(x)
+        ref_grads = torch.autograd.grad(ref.square().sum(), list(blk.parameters()))
+        out = torch.compile(blk, backend='aot_eager', fullgraph=True)(x)
+        grads = torch.autograd.grad(out.square().sum(), list(blk.parameters()))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
