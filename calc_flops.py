@@ -86,7 +86,9 @@ def count_flops(
     def ln_hook(module, inputs, output):
         ln_flops.append(5 * inputs[0].numel())
 
-    hooks = [m.register_forward_hook(ln_hook) for m in model.modules() if type(m) is nn.LayerNorm]
+    # channels-last LayerNorms (models.ops.LayerNorm is nn.LayerNorm with a bf16 CUDA path), not LayerNorm2d
+    hooks = [m.register_forward_hook(ln_hook) for m in model.modules()
+             if type(m) in (nn.LayerNorm, models.ops.LayerNorm)]
     param = next(model.parameters())
     x = torch.zeros(1, in_chans, *input_size, device=param.device, dtype=param.dtype)
     counter = FlopCounterMode(display=False, custom_mapping={op: _fft_op_flops for op in _FFT_OPS})

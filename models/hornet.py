@@ -10,8 +10,10 @@ registry. Parameter names follow the officially released checkpoints exactly, so
 copy it.
 
 The layers call the fast paths of ``models/ops.py`` (global filter, depthwise conv, fused linear
-maps), which compute the same formulas faster; ``benchmarks/reference_hornet.py`` writes the whole
-network in the plain formulas of the paper and is the oracle the tests compare this file against.
+maps), which compute the same formulas faster; on CUDA they take a lean path instead, which applies
+the scales after the products rather than folding them into the weights (``ops.folds_weights``).
+``benchmarks/reference_hornet.py`` writes the whole network in the plain formulas of the paper
+and is the oracle the tests compare this file against.
 Reading and converting weight files is ``models/state_dict.py``, layer decay ``models/layer_decay.py``.
 """
 from collections.abc import Callable, Sequence
@@ -20,14 +22,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerNorm2d, get_device_dtype, trunc_normal_
+from timm.layers import DropPath, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch.utils.checkpoint import checkpoint
 
 from .hub import RELEASE_BASE, cached_download, mirrored
 from .layer_decay import layer_id
-from .ops import depthwise_conv2d, global_filter, linear_gate, linear_post
+from .ops import (
+    LayerNorm,
+    LayerNorm2d,
+    autocast_weights,
+    depthwise_conv2d,
+    folds_weights,
+    global_filter,
+    interleave_channels,
+    layer_norm,
+    linear_gate,
+    linear_post,
+    scale_add,
+    scale_params,
+)
 from .state_dict import check_state_dict, from_mmpretrain, resize_gf_filters, unwrap_checkpoint
 
 __all__ = [
@@ -87,13 +102,19 @@ class GlobalLocalFilter(nn.Module):
         # split, not two slices: the backward of a slice zero-fills a full-size gradient first
         x_local, x_global = torch.split(self.pre_norm(x), c, dim=1)
         x_local = self.dw(x_local)
+        n = self.post_norm
+        weight, bias = scale_params(x, scale, n.weight, n.bias)
+        if not folds_weights(x):
+            # CUDA: one pass makes the half dense and float32 for the FFT; the interleaving copy
+            # brings the result back to the autocast dtype, and the post-norm stays in it
+            x_global = self.global_filter(x_global.to(torch.float32, memory_format=torch.contiguous_format))
+            x = interleave_channels(x_local, x_global)
+            return layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
         # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
         x_global = self.global_filter(x_global.contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
         # (B, H, W, C, 2) so the NCHW view of the result is channels_last, like the rest of the net
         x = torch.stack((x_local.permute(0, 2, 3, 1), x_global.permute(0, 2, 3, 1)), dim=-1).flatten(-2)
-        n = self.post_norm
-        weight, bias = (n.weight, n.bias) if scale == 1.0 else (n.weight * scale, n.bias * scale)
         return F.layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
 
 
@@ -182,7 +203,7 @@ class GnConv(nn.Module):
         """``dwconv(q) * scale`` on an NCHW tensor, the scale folded into the mixer's last affine map."""
         if self.mixer == 'dwconv':
             m = self.dwconv
-            weight, bias = (m.weight, m.bias) if self.scale == 1.0 else (m.weight * self.scale, m.bias * self.scale)
+            weight, bias = scale_params(q, self.scale, m.weight, m.bias)
             return depthwise_conv2d(q, weight, bias, m.padding)
         if self.mixer == 'gf':
             return self.dwconv(q, scale=self.scale)
@@ -199,6 +220,8 @@ class GnConv(nn.Module):
         slow 1x1-conv path, which CPU convolution takes for small batches on one thread. For CPU
         inference each gate product is fused into its matrix product (:func:`models.linear_gate`).
         """
+        if not folds_weights(x):
+            return self._forward_lean(x, out_scale, residual)
         x = x.permute(0, 2, 3, 1)  # channels-last view: each 1x1 conv below is a matrix product
         w_in, b_in = _as_linear(self.proj_in)
         d0 = self.dims[0]
@@ -224,6 +247,24 @@ class GnConv(nn.Module):
             if res is not None:
                 y = y + res
         return y.permute(0, 3, 1, 2)
+
+    def _forward_lean(self, x: torch.Tensor, out_scale: torch.Tensor | None,
+                      residual: torch.Tensor | None) -> torch.Tensor:
+        """The same as :meth:`forward`, for CUDA: nothing folded into the weights, so that each is
+        cast to the autocast dtype once (``proj_in``'s before it is sliced); ``out_scale`` and the
+        residual are applied to ``proj_out``'s result in one kernel."""
+        x = x.permute(0, 2, 3, 1)
+        w_in, b_in = autocast_weights(x, *_as_linear(self.proj_in))
+        d0 = self.dims[0]
+        q = F.linear(x, w_in[d0:], b_in[d0:]).permute(0, 3, 1, 2)
+        g = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
+        y = F.linear(x, w_in[:d0], b_in[:d0]) * g[0]
+        for k in range(self.order - 1):
+            y = F.linear(y, *_as_linear(self.pws[k])) * g[k + 1]
+        if isinstance(self.proj_out, nn.Conv2d):
+            y = F.linear(y, *_as_linear(self.proj_out))
+        res = residual.permute(0, 2, 3, 1) if residual is not None else None
+        return scale_add(y, out_scale, res).permute(0, 3, 1, 2)
 
 
 class HorBlock(nn.Module):
@@ -253,7 +294,7 @@ class HorBlock(nn.Module):
         dd = dict(device=device, dtype=dtype)
         self.norm1 = LayerNorm2d(dim, eps=1e-6, **dd)
         self.gnconv = GnConv(dim, **gnconv_kwargs, **dd)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.norm2 = LayerNorm(dim, eps=1e-6, **dd)
         hidden = int(mlp_ratio * dim)
         self.pwconv1 = nn.Linear(dim, hidden, **dd)
         self.act = nn.GELU()
@@ -266,7 +307,7 @@ class HorBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # layer scales are folded into the last linear map of each branch (one pass fewer each);
+        # CPU: layer scales are folded into the last linear map of each branch (one pass fewer each);
         # without stochastic depth the residual adds go into those maps too (fused for CPU inference)
         skip = isinstance(self.drop_path, nn.Identity) or not self.training
         if skip:
@@ -281,6 +322,11 @@ class HorBlock(nn.Module):
         else:
             y = self.act(self.pwconv1(y))
         w2, b2 = self.pwconv2.weight, self.pwconv2.bias
+        if not folds_weights(x):  # CUDA: the layer scale rides on the residual add, not on the weight
+            y = F.linear(y, w2, b2)
+            if skip:
+                return scale_add(y, self.gamma2, x_cl).permute(0, 3, 1, 2)
+            return x + self.drop_path(scale_add(y, self.gamma2).permute(0, 3, 1, 2))
         if self.gamma2 is not None:
             w2, b2 = w2 * self.gamma2[:, None], b2 * self.gamma2
         if skip:
@@ -389,7 +435,7 @@ class HorNet(nn.Module):
             self.feature_info.append(dict(num_chs=dims[i], reduction=2 ** (i + 2), module=f'stages.{i}'))
 
         self.num_features = self.head_hidden_size = dims[-1]
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6, **dd)
+        self.norm = LayerNorm(dims[-1], eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 

@@ -14,6 +14,11 @@ path runs and why:
 * :func:`linear_post` and :func:`linear_gate`: ``F.linear`` followed by a GELU, a gate product or
   a residual add, fused into one oneDNN kernel on CPU (``torch.ops.mkldnn._linear_pointwise``);
   elsewhere plain ops.
+* :func:`folds_weights` decides between the two ways the layers apply their scales: folded into the
+  weights (CPU, where it saves passes over activations) or, on CUDA, the lean path of
+  :func:`scale_add`, :func:`scale_params`, :func:`autocast_weights`, :func:`layer_norm` (:class:`LayerNorm`,
+  :class:`LayerNorm2d`) and :func:`interleave_channels`, which keeps bf16 autocast in bf16
+  (``benchmarks/GPU.md``, "The lean CUDA path").
 
 The op-level timings behind each choice are in ``benchmarks/results/cpu_kernels_2threads.md`` (one section per fast
 path), the whole-model effect in the other files of ``benchmarks/results/`` (``benchmarks/README.md``
@@ -21,15 +26,19 @@ tells the story). The size thresholds below were tuned on the 2-core CPU of thos
 """
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d as _TimmLayerNorm2d
 from timm.layers import register_notrace_function
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'depthwise_conv2d', 'global_filter',
-           'global_filter_backward_op', 'global_filter_op', 'linear_gate', 'linear_post', 'resize_complex_weight']
+__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'LayerNorm', 'LayerNorm2d',
+           'autocast_weights', 'cuda_path', 'depthwise_conv2d', 'folds_weights', 'global_filter',
+           'global_filter_backward_op', 'global_filter_op', 'interleave_channels', 'layer_norm', 'linear_gate',
+           'linear_post', 'resize_complex_weight', 'scale_add', 'scale_params']
 
 
 def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -414,3 +423,114 @@ def linear_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     one oneDNN kernel; elsewhere the plain ops.
     """
     return linear_post(x, weight, bias, 'mul', gate)
+
+
+# ----------------------------------------------------------------------------- the lean CUDA path
+#
+# On CPU the layers fold their scales (gnConv's gate scale, the layer scales) into the weights of the
+# products next to them: a pass fewer over an activation each, and fused oneDNN kernels. On CUDA under
+# autocast folding costs more than it saves: a folded weight is no leaf tensor, so it is multiplied and
+# cast to bf16 again in every forward (two launches each), and LayerNorm runs and returns float32, so
+# the product after it casts back. The lean path instead casts each weight once, applies the scales to
+# the product's output in the kernel that adds the residual (:func:`scale_add`), and runs the norms in
+# the autocast dtype. The estimates: benchmarks/results/gpu_roofline_2026-12-06_lean.md.
+
+_FORCE_CUDA_PATH = [False]
+
+
+@contextlib.contextmanager
+def cuda_path() -> Iterator[None]:
+    """Run the layers' CUDA code path whatever the device (tests compare it with the CPU path on CPU)."""
+    prev = _FORCE_CUDA_PATH[0]
+    _FORCE_CUDA_PATH[0] = True
+    try:
+        yield
+    finally:
+        _FORCE_CUDA_PATH[0] = prev
+
+
+def folds_weights(x) -> bool:
+    """Whether the layers fold their scales into weights (CPU tensors, FX proxies: the CPU path) or take
+    the lean path (tensors on any other device, e.g. CUDA, eager or compiled; or inside :func:`cuda_path`)."""
+    if _FORCE_CUDA_PATH[0]:
+        return False
+    return not (isinstance(x, torch.Tensor) and x.device.type != 'cpu')
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def autocast_weights(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` cast to the autocast dtype of ``x``'s device (unchanged without autocast): one cast
+    per weight, shared by the slices taken of it afterwards (autocast casts every slice again)."""
+    dtype = _autocast_dtype(x)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+
+
+def scale_params(x, scale: float, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``(weight * scale, bias * scale)`` (``scale == 1``: unchanged), for a layer whose output is
+    scaled; on the lean path in one launch for both (``torch._foreach_mul``, differentiable)."""
+    if scale == 1.0:
+        return weight, bias
+    if folds_weights(x) or bias is None:
+        return weight * scale, bias * scale if bias is not None else None
+    return tuple(torch._foreach_mul([weight, bias], scale))
+
+
+def scale_add(y: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``residual + y * scale`` (each term optional) in ``y``'s dtype, one kernel (``addcmul``): the
+    layer scale rides on the residual add instead of being folded into the weights."""
+    if scale is not None:
+        scale = scale.to(y.dtype)  # a float32 scale would make the bf16 product float32
+        return torch.addcmul(residual, y, scale) if residual is not None else y * scale
+    return y + residual if residual is not None else y
+
+
+def layer_norm(x: torch.Tensor, normalized_shape: Sequence[int], weight: torch.Tensor | None,
+               bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """``F.layer_norm``; under autocast on the lean path in the autocast dtype (input, weight, bias and
+    output; the statistics are float32 inside the kernel), where autocast would run it in float32 and
+    the next product would cast its output back."""
+    dtype = None if folds_weights(x) else _autocast_dtype(x)
+    if dtype is None:
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    x, weight, bias = x.to(dtype), *autocast_weights(x, weight, bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters) whose lean path runs in the autocast dtype (:func:`layer_norm`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class LayerNorm2d(_TimmLayerNorm2d):
+    """timm's channels-first ``LayerNorm2d`` (same parameters) whose lean path runs in the autocast
+    dtype (:func:`layer_norm`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        x = layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def interleave_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Channels-last ``(B, H, W, 2C)`` tensor whose channel ``2k`` is channel ``k`` of the NCHW ``a``
+    and ``2k + 1`` channel ``k`` of ``b``, in ``a``'s dtype: ``b`` (the float32 global filter output)
+    is converted in the copy that interleaves it, not in a pass of its own."""
+    B, C, H, W = a.shape
+    out = a.new_empty((B, H, W, C, 2))
+    out[..., 0] = a.permute(0, 2, 3, 1)
+    out[..., 1] = b.permute(0, 2, 3, 1)
+    return out.flatten(-2)
