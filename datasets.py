@@ -89,6 +89,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert('RGB')
 
 
+class _ToRGBThen:
+    """:func:`to_rgb`, then ``transform`` (if any): a picklable transform for DataLoader workers."""
+
+    def __init__(self, transform: Callable | None):
+        self.transform = transform
+
+    def __call__(self, img: Image.Image) -> Any:
+        img = to_rgb(img)
+        return img if self.transform is None else self.transform(img)
+
+
 def pil_loader(path: str) -> Image.Image:
     """Open an image as RGB (:func:`to_rgb`; EXIF orientation is not applied, as in the original's
     training); a file that cannot be decoded raises :class:`CorruptImageError` naming it (the
@@ -830,6 +841,10 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
     except (AssertionError, ImportError, OSError, RuntimeError, ValueError, KeyError) as e:
         raise TrainingError(f'--data_set {name} ({flag} {root}, split {split!r}) could not be read: '
                             f'{type(e).__name__}: {e}') from None
+    if isinstance(ds, ImageDataset) and ds.input_img_mode == 'RGB':
+        # decode like pil_loader: timm's convert('RGB') clips 16-bit and float images (to_rgb scales)
+        ds.input_img_mode = None
+        ds.transform = _ToRGBThen(ds.transform)
     if hasattr(ds, 'set_loader_cfg'):  # streams size their per-worker share from this
         ds.set_loader_cfg(num_workers=args.num_workers)
     where = f'--data_set {name} ({root}, split {split!r})'

@@ -90,3 +90,27 @@ def test_high_depth_images_keep_their_order_of_grey_levels(mode, low, span, seed
     assert (np.diff(grey[order]) >= 0).all()  # monotone: brighter source, brighter (or equal) output
     if float(a.max()) - float(a.min()) > 1000:  # a wide range is not flattened to one or two levels
         assert len(np.unique(grey)) > 8
+
+
+def test_timm_folder_data_decodes_like_the_loader(tmp_path):
+    """`--data_set folder` (timm's reader, a folder or a tar of one) decodes a 16-bit PNG with the same
+    scaling as the IMNET loader, not with timm's clipping convert('RGB') (99.6% white)."""
+    import tarfile
+
+    from main import parse_args
+    root = tmp_path / 'data'
+    for split in ('train', 'val'):
+        (root / split / 'grey').mkdir(parents=True)
+        Image.fromarray((_gradient() * 65535).astype(np.uint16)).save(root / split / 'grey' / 'g16.png')
+    with tarfile.open(tmp_path / 'train.tar', 'w') as tar:
+        tar.add(root / 'train', arcname='.')
+    want = np.round(_gradient() * 255)
+    for data_path in (str(root), None):
+        args = parse_args(['--data_set', 'folder', '--data_path', data_path or str(tmp_path), '--nb_classes', '1',
+                           '--input_size', str(SIZE), '--device', 'cpu'])
+        if data_path is None:  # the tar of the same folder
+            args.data_path = str(tmp_path / 'train.tar')
+        ds, n = datasets.build_timm_dataset(True, args, None)
+        assert n == 1 and len(ds) == 1
+        out = np.asarray(ds[0][0])
+        assert out.shape == (SIZE, SIZE, 3) and np.abs(out[..., 0].astype(int) - want).max() <= 1
