@@ -718,7 +718,9 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         args.nb_classes = nb_classes
         classes, classes_from = datasets.class_names(dataset_train), 'the training data'
     elif resume_path:
-        classes, classes_from = checkpoint.label_names(checkpoint.load_file(resume_path)), f'checkpoint {resume_path}'
+        # mapped, not read: only its class names are needed before load_resume reads the weights
+        names = checkpoint.label_names(checkpoint.load_file(resume_path, mmap=True))
+        classes, classes_from = names, f'checkpoint {resume_path}'
     dataset_val = None
     if args.eval or not args.disable_eval:
         dataset_val, nb_classes = datasets.build_dataset(False, args, classes, classes_from)

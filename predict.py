@@ -91,7 +91,7 @@ def predict(
 
 def checkpoint_meta(path: str) -> tuple[list[str] | None, dict[str, Any]]:
     """The class names and the training flags (``args``) a checkpoint holds (either may be absent)."""
-    ckpt = checkpoint.load_file(path)
+    ckpt = checkpoint.load_file(path, mmap=True)  # mapped: create_model already read the weights
     train_args = ckpt.get('args')
     return checkpoint.label_names(ckpt), dict(train_args) if isinstance(train_args, dict) else {}
 
