@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-import checkpoint
+import run_dir
 from models.state_dict import non_finite_count, strip_prefixes
 from utils import OneLineArgumentParser, TrainingError, exits_on_user_error
 
@@ -35,29 +35,29 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def select_checkpoints(run_dir: str, n: int, select: str = 'last', ema: bool = False) -> list[tuple[int, str]]:
+def select_checkpoints(output_dir: str, n: int, select: str = 'last', ema: bool = False) -> list[tuple[int, str]]:
     """``(epoch, path)`` of the checkpoints to average: the ``n`` newest epochs, or the ``n`` with
     the best logged accuracy (ties go to the later epoch), best or newest first.
 
     Raises:
         AverageError: the folder has fewer than ``n`` epoch checkpoints (with a logged accuracy).
     """
-    if not os.path.isdir(run_dir):
-        raise AverageError(f'--input {run_dir} is not a folder; pass the --output_dir of a training run')
+    if not os.path.isdir(output_dir):
+        raise AverageError(f'--input {output_dir} is not a folder; pass the --output_dir of a training run')
     files = {int(os.path.basename(p)[len('checkpoint-'):-len('.pth')]): p
-             for p in checkpoint.list_epoch_checkpoints(run_dir)}
+             for p in run_dir.list_epoch_checkpoints(output_dir)}
     if select == 'last':
         found = sorted(files.items(), reverse=True)
         what = 'epoch checkpoints (checkpoint-<epoch>.pth)'
     else:
         key = 'test_acc1_ema' if ema else 'test_acc1'
-        acc = {r['epoch']: r[key] for r in checkpoint.read_log(run_dir)
+        acc = {r['epoch']: r[key] for r in run_dir.read_log(output_dir)
                if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])}
         found = sorted(((e, p) for e, p in files.items() if e in acc), key=lambda t: (acc[t[0]], t[0]), reverse=True)
         what = f'epoch checkpoints with a {key} in log.txt'
     if len(found) < n:
-        raise AverageError(f'{run_dir} has {len(found)} {what}, fewer than -n {n}; pass -n {len(found)}'
-                           if found else f'{run_dir} has no {what}')
+        raise AverageError(f'{output_dir} has {len(found)} {what}, fewer than -n {n}; pass -n {len(found)}'
+                           if found else f'{output_dir} has no {what}')
     return found[:n]
 
 
@@ -73,8 +73,8 @@ def average_weights(paths: Sequence[str], entry: str = 'model') -> dict[str, tor
     first = paths[0]
     for path in paths:
         try:
-            ckpt = checkpoint.load_file(path)
-        except checkpoint.CheckpointError as e:
+            ckpt = run_dir.load_file(path)
+        except run_dir.CheckpointError as e:
             raise AverageError(str(e)) from None
         state = ckpt.get(entry)
         if not isinstance(state, dict):
@@ -107,9 +107,9 @@ def save_weights(state: dict[str, torch.Tensor], path: str, sources: Sequence[st
     metadata) or ``.pth`` (``{'model': state, 'averaged_from': [...]}``)."""
     names = [os.path.basename(s) for s in sources]
     if path.endswith('.safetensors'):
-        checkpoint.save_safetensors(state, path, {'averaged_from': ','.join(names)})
+        run_dir.save_safetensors(state, path, {'averaged_from': ','.join(names)})
     else:
-        checkpoint.atomic_save({'model': state, 'averaged_from': names}, path)
+        run_dir.atomic_save({'model': state, 'averaged_from': names}, path)
 
 
 def get_args_parser() -> OneLineArgumentParser:
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise AverageError(f'--output {args.output} exists; pass --overwrite to replace it')
         state = average_weights(paths, 'model_ema' if args.ema else 'model')
         save_weights(state, args.output, paths)
-    except (AverageError, checkpoint.CheckpointError) as e:
+    except (AverageError, run_dir.CheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     except OSError as e:

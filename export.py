@@ -45,8 +45,8 @@ import torch
 import torch.nn as nn
 
 import calc_flops
-import checkpoint
 import models
+import run_dir
 import utils
 from calc_flops import input_size_arg
 
@@ -316,7 +316,7 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(cfg, f, indent=2)
 
-    checkpoint.save_safetensors(model.state_dict(), paths[1])
+    run_dir.save_safetensors(model.state_dict(), paths[1])
     _write_file_atomic(paths[0], write_config)
     card = model_card(model, input_size, info, source)
     _write_file_atomic(paths[2], lambda tmp: open(tmp, 'w', encoding='utf-8').write(card))

@@ -30,9 +30,9 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
 import calc_flops
-import checkpoint
 import datasets
 import models
+import run_dir
 import utils
 from engine import evaluate, train_one_epoch
 from optim_factory import Schedules, create_optimizer
@@ -292,8 +292,8 @@ def load_finetune(args: argparse.Namespace, model: torch.nn.Module, classes: Seq
     A head that is kept must have been trained on ``classes`` (the training data's) when the
     checkpoint names its classes.
     """
-    ckpt = checkpoint.load_file(args.finetune)
-    ckpt_names = checkpoint.label_names(ckpt)
+    ckpt = run_dir.load_file(args.finetune)
+    ckpt_names = run_dir.label_names(ckpt)
     # --model_key's default is the rule of models.unwrap_checkpoint (model, module, state_dict, or
     # a bare state dict); another value names the entry (e.g. model_ema), '|' between alternatives
     key = None if args.model_key == MODEL_KEY_DEFAULT else args.model_key
@@ -357,13 +357,13 @@ def amp_dtype_of(args: argparse.Namespace) -> torch.dtype | None:
 
 
 def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, optimizer=None, loss_scaler=None,
-                model_ema: ModelEmaV3 | None = None, classes: Sequence[str] | None = None) -> checkpoint.ResumeState:
+                model_ema: ModelEmaV3 | None = None, classes: Sequence[str] | None = None) -> run_dir.ResumeState:
     """Load checkpoint ``path`` into the model (strictly), and unless ``--eval``, the optimizer,
     scaler and EMA. Returns the epoch to continue at and the best accuracies (``args`` is not
     changed); a checkpoint without training state continues at ``--start_epoch``. A checkpoint
     that names its classes must name ``classes`` (the training data's), in order."""
     def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
-        ckpt_names = checkpoint.label_names(ckpt)
+        ckpt_names = run_dir.label_names(ckpt)
         if classes is not None and ckpt_names is not None:
             datasets.check_same_classes(classes, ckpt_names, 'the training data', f'checkpoint {path}')
         state = models.unwrap_checkpoint(ckpt)
@@ -371,7 +371,7 @@ def load_resume(args: argparse.Namespace, path: str, model: torch.nn.Module, opt
             state = models.checkpoint_filter_fn(state, model)
         models.check_state_dict(state, model, what=f'checkpoint {path}')
         return state
-    state = checkpoint.resume(path, model, optimizer, loss_scaler, model_ema, load_training_state=not args.eval,
+    state = run_dir.resume(path, model, optimizer, loss_scaler, model_ema, load_training_state=not args.eval,
                               prepare_state=model_state, current_args=utils.plain_args(args),
                               start_epoch=args.start_epoch)
     logger.info(f'resumed model weights from {path}')
@@ -388,13 +388,13 @@ def training_state(args: argparse.Namespace, epoch: int, model: torch.nn.Module,
     ckpt = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
                 scaler=loss_scaler.state_dict(), args=utils.plain_args(args), **best)
     if label_names is not None:
-        ckpt[checkpoint.LABEL_NAMES] = list(label_names)
+        ckpt[run_dir.LABEL_NAMES] = list(label_names)
     if model_ema is not None:
         ckpt['model_ema'] = model_ema.module.state_dict()
     return ckpt
 
 
-def save_checkpoints(manager: checkpoint.CheckpointManager, names: Sequence[str], *state_args: Any,
+def save_checkpoints(manager: run_dir.CheckpointManager, names: Sequence[str], *state_args: Any,
                      **state_kwargs: Any) -> None:
     """Write ``checkpoint-<name>.pth`` for each name, all holding :func:`training_state`."""
     state = training_state(*state_args, **state_kwargs)
@@ -420,7 +420,7 @@ def step_position(args: argparse.Namespace, ckpt: dict[str, Any] | None, path: s
     Raises:
         TrainingError: that sample is not at an optimizer-step boundary of this run's shape.
     """
-    step = ckpt.get(checkpoint.STEP_KEY) if ckpt is not None else None
+    step = ckpt.get(run_dir.STEP_KEY) if ckpt is not None else None
     if not isinstance(step, dict):
         return None
     epoch, samples = int(step['epoch']), int(step['samples'])
@@ -453,7 +453,7 @@ def step_position(args: argparse.Namespace, ckpt: dict[str, Any] | None, path: s
 
 
 class StepCheckpointer:
-    """Step checkpoints (:data:`checkpoint.STEP_NAME`) at optimizer-step boundaries: when a stop is
+    """Step checkpoints (:data:`run_dir.STEP_NAME`) at optimizer-step boundaries: when a stop is
     requested (Ctrl-C, SIGTERM, submitit's preemption signal, all deferred to the boundary), then the
     run stops; and every ``--save_every_minutes``. All ranks decide together (one small all-reduce on a
     CPU group per optimizer step), so they save at the same step; rank 0 keeps the time. Streams
@@ -465,7 +465,7 @@ class StepCheckpointer:
     the launch shape and seed, and each rank's random states and running metrics.
     """
 
-    def __init__(self, args: argparse.Namespace, manager: checkpoint.CheckpointManager | None,
+    def __init__(self, args: argparse.Namespace, manager: run_dir.CheckpointManager | None,
                  steps_per_epoch: int, state: Callable[[int], dict], enabled: bool = True):
         self.args, self.manager, self.steps_per_epoch, self.state = args, manager, steps_per_epoch, state
         self.enabled = enabled and manager is not None and args.save_ckpt
@@ -517,7 +517,7 @@ class StepCheckpointer:
 
         def write() -> str:
             state = self.state(epoch - 1)
-            state[checkpoint.STEP_KEY] = position
+            state[run_dir.STEP_KEY] = position
             return self.manager.save_step(state)
         with utils.signals_held():
             path = on_main(write)
@@ -554,15 +554,15 @@ def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: Model
         name, key = ('checkpoint-best-ema.pth', 'model_ema') if use_ema else ('checkpoint-best.pth', 'model')
         path = os.path.join(output_dir, name)
         if os.path.isfile(path):
-            state, source = checkpoint.load_file(path)[key], f'{key} of {name}'
+            state, source = run_dir.load_file(path)[key], f'{key} of {name}'
             acc = best['max_accuracy_ema' if use_ema else 'max_accuracy']
     metadata = {'source': source}
     if acc is not None:
         metadata['acc1'] = f'{acc:.4f}'
     if label_names is not None:
-        metadata[checkpoint.LABEL_NAMES] = json.dumps(list(label_names))
-    out = os.path.join(output_dir, checkpoint.WEIGHTS_NAME)
-    checkpoint.save_safetensors(state, out, metadata)
+        metadata[run_dir.LABEL_NAMES] = json.dumps(list(label_names))
+    out = os.path.join(output_dir, run_dir.WEIGHTS_NAME)
+    run_dir.save_safetensors(state, out, metadata)
     logger.info(f'wrote {out} ({source})')
     return out
 
@@ -632,7 +632,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> str:
     """``--eval true`` scores ``--resume``, else the newest checkpoint in ``--output_dir``."""
     if args.resume:
         return args.resume
-    found = checkpoint.find_latest(args.output_dir) if args.output_dir else None
+    found = run_dir.find_latest(args.output_dir) if args.output_dir else None
     if found is None:
         where = f'--output_dir {args.output_dir} holds no checkpoint' if args.output_dir else 'no --output_dir'
         raise TrainingError(f'--eval true needs weights to evaluate, but no --resume was given and {where}; '
@@ -699,12 +699,12 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     elif args.output_dir:
         # lock the folder (a second live run is refused), clean temp files of killed saves and
         # pick the newest checkpoint; refuses to start over another run's results
-        manager = checkpoint.CheckpointManager(args.output_dir, keep=args.save_ckpt_num)
+        manager = run_dir.CheckpointManager(args.output_dir, keep=args.save_ckpt_num)
         cleanup.callback(manager.close)
         resume_path = on_main(lambda: manager.open(args.resume, args.auto_resume, args.overwrite,
                                                    keep_files=[args.finetune]))
     if not args.eval and args.log_dir:
-        on_main(lambda: checkpoint.check_writable(args.log_dir, '--log_dir'))
+        on_main(lambda: run_dir.check_writable(args.log_dir, '--log_dir'))
     amp_dtype = amp_dtype_of(args)
 
     # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
@@ -719,7 +719,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         classes, classes_from = datasets.class_names(dataset_train), 'the training data'
     elif resume_path:
         # mapped, not read: only its class names are needed before load_resume reads the weights
-        names = checkpoint.label_names(checkpoint.load_file(resume_path, mmap=True))
+        names = run_dir.label_names(run_dir.load_file(resume_path, mmap=True))
         classes, classes_from = names, f'checkpoint {resume_path}'
     dataset_val = None
     if args.eval or not args.disable_eval:
@@ -810,7 +810,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     schedules = Schedules(optimizer, args, steps_per_epoch)
     mixup_fn, criterion = build_training_parts(args, args.nb_classes)
 
-    resumed = checkpoint.ResumeState(start_epoch=args.start_epoch)
+    resumed = run_dir.ResumeState(start_epoch=args.start_epoch)
     if resume_path:
         resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema,
                               classes=train_classes)
@@ -820,7 +820,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         raise TrainingError(f'{resume_path} is a mid-epoch checkpoint; a streamed --data_set {args.data_set} cannot '
                             f'start inside an epoch: remove {resume_path} to restart epoch {position.epoch}')
     if manager is not None and utils.is_main_process():
-        checkpoint.trim_log(args.output_dir, start_epoch)
+        run_dir.trim_log(args.output_dir, start_epoch)
 
     log_writer = None
     wandb_logger = None
@@ -906,7 +906,7 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
             to_save.append(str(epoch))
         with utils.signals_held():  # Ctrl-C, SIGTERM or a preemption waits for these files
             if manager is not None and utils.is_main_process():
-                checkpoint.append_log(args.output_dir, stats)
+                run_dir.append_log(args.output_dir, stats)
             if manager is not None and args.save_ckpt and to_save:
                 on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp,
                                           optimizer, loss_scaler, model_ema, best, label_names=train_classes))

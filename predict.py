@@ -25,9 +25,9 @@ import torch
 from PIL import Image, ImageOps
 from timm.data import create_transform
 
-import checkpoint
 import datasets
 import models
+import run_dir
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
 from utils import OneLineArgumentParser, TrainingError, exits_on_user_error
 
@@ -91,9 +91,9 @@ def predict(
 
 def checkpoint_meta(path: str) -> tuple[list[str] | None, dict[str, Any]]:
     """The class names and the training flags (``args``) a checkpoint holds (either may be absent)."""
-    ckpt = checkpoint.load_file(path, mmap=True)  # mapped: create_model already read the weights
+    ckpt = run_dir.load_file(path, mmap=True)  # mapped: create_model already read the weights
     train_args = ckpt.get('args')
-    return checkpoint.label_names(ckpt), dict(train_args) if isinstance(train_args, dict) else {}
+    return run_dir.label_names(ckpt), dict(train_args) if isinstance(train_args, dict) else {}
 
 
 def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_size: int | None = None) -> Callable:

@@ -34,8 +34,8 @@ from typing import Any
 import submitit
 import torch
 
-import checkpoint as ckpt_files
 import main as trainer_main
+import run_dir
 import utils
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
@@ -107,7 +107,7 @@ class Trainer:
         lost and no epoch logged twice."""
         args = copy.deepcopy(self.args)
         args.auto_resume = True
-        latest = ckpt_files.find_latest_checkpoint(args.output_dir) if args.output_dir else None
+        latest = run_dir.find_latest_checkpoint(args.output_dir) if args.output_dir else None
         if latest:
             args.resume = latest  # also overrides a --resume given at launch
         print(f'[submitit] requeuing job; will resume from {latest or "scratch"}', flush=True)

@@ -1,5 +1,5 @@
 """Training utilities: distributed setup, progress logging, loss scaling, loggers (checkpoint files:
-``checkpoint.py``).
+``run_dir.py``).
 
 Everything here is plumbing for ``main.py`` and ``engine.py``; nothing here knows about HorNet.
 """

@@ -41,9 +41,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
 
-import checkpoint
 import datasets
 import models
+import run_dir
 from export import create_model, input_size_arg, parse_model_kwargs, positive_int_arg
 from models.hub import DownloadError
 from utils import OneLineArgumentParser, TrainingError, exits_on_user_error, str2bool
@@ -304,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table, end='')
     if args.results_file:
         try:
-            checkpoint._write_atomic(args.results_file, 'csv', lambda f: f.write(table.encode()))
+            run_dir._write_atomic(args.results_file, 'csv', lambda f: f.write(table.encode()))
         except OSError as e:
             print(f'error: cannot write {args.results_file}: {e.strerror or e}', file=sys.stderr)
             return 2

@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 import datasets
 import export
 import main as train_main
+import run_dir
 from conftest import (
     MAIN,
     ROOT,
@@ -209,7 +209,7 @@ def test_bad_input(case, data, trained, files, tmp_path, capsys):
             f.write('my notes about this run\n' if state == 'notes' else '')
     lock = None
     if state == 'locked':  # a live run holds the folder (another fd: flock conflicts within a process too)
-        lock = checkpoint.RunLock(out)
+        lock = run_dir.RunLock(out)
         lock.acquire()
     fmt = dict(files, out=out, tmp=str(tmp_path), data=data, trained=trained)
     argv = [a.format(**fmt) for a in argv.split()]
@@ -230,7 +230,7 @@ def test_bad_input(case, data, trained, files, tmp_path, capsys):
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err  # one line, no traceback
     if lock is not None:  # the holder's lock file is part of the snapshot taken while it held it
-        before.pop(os.path.join('out', checkpoint.LOCK_NAME))
+        before.pop(os.path.join('out', run_dir.LOCK_NAME))
     assert snapshot(str(tmp_path)) == before  # nothing created, changed or removed
     assert snapshot(files['dir']) == before_files
     assert not os.path.exists(files['marker'])
@@ -287,7 +287,7 @@ def test_reruns_always_progress(data, tmp_path, capsys):
     assert train_main.run(argv) == 0
     assert _log_epochs(out) == [0, 1]
     assert os.path.exists(os.path.join(out, 'checkpoint-1.pth'))
-    ours = os.path.join(out, checkpoint.TMP_PREFIX + 'ckpt-0123456789ab')  # as a kill mid-save leaves it
+    ours = os.path.join(out, run_dir.TMP_PREFIX + 'ckpt-0123456789ab')  # as a kill mid-save leaves it
     theirs = os.path.join(out, '.tmp-notes.pth')
     for p in (ours, theirs):
         with open(p, 'wb') as f:
@@ -403,7 +403,7 @@ def test_signal_inside_a_checkpoint_write_waits_for_it(data, tmp_path, capsys, m
     assert capsys.readouterr().err.strip() == message
     assert sorted(n for n in os.listdir(out) if not n.startswith('events.')) == [
         'checkpoint-0.pth', 'checkpoint-best.pth', 'log.txt']
-    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+    assert run_dir.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
     assert [r['epoch'] for r in read_log(out)] == [0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # run() put the handlers back
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
@@ -443,12 +443,12 @@ def test_write_limit_is_a_clear_save_error(tmp_path):
     CheckpointError; the old file under the name survives and no temp file remains."""
     code = (
         'import resource, signal, torch\n'
-        'import checkpoint\n'
+        'import run_dir\n'
         'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
         'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
         'try:\n'
-        f'    checkpoint.atomic_save({{"w": torch.zeros(100000)}}, {str(tmp_path / "c.pth")!r})\n'
-        'except checkpoint.CheckpointError as e:\n'
+        f'    run_dir.atomic_save({{"w": torch.zeros(100000)}}, {str(tmp_path / "c.pth")!r})\n'
+        'except run_dir.CheckpointError as e:\n'
         '    print(e)\n')
     (tmp_path / 'c.pth').write_bytes(b'old')
     res = run_python(['-c', code], timeout=120)
@@ -463,19 +463,19 @@ def test_stale_lock_of_killed_run_does_not_block(tmp_path):
     run takes the folder (and removes the file when done)."""
     out = tmp_path / 'out'
     out.mkdir()
-    code = ('import time; import checkpoint\n'
-            f'checkpoint.RunLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')
+    code = ('import time; import run_dir\n'
+            f'run_dir.RunLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                             text=True)
     assert proc.stdout.readline().strip() == 'locked'
-    with pytest.raises(checkpoint.OutputDirError, match=f'in use by another run \\(pid {proc.pid} on host'):
-        checkpoint.RunLock(str(out)).acquire()
+    with pytest.raises(run_dir.OutputDirError, match=f'in use by another run \\(pid {proc.pid} on host'):
+        run_dir.RunLock(str(out)).acquire()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert os.listdir(out) == [checkpoint.LOCK_NAME]  # left behind by the killed process
-    lock = checkpoint.RunLock(str(out))
+    assert os.listdir(out) == [run_dir.LOCK_NAME]  # left behind by the killed process
+    lock = run_dir.RunLock(str(out))
     lock.acquire()
-    with open(out / checkpoint.LOCK_NAME) as f:
+    with open(out / run_dir.LOCK_NAME) as f:
         assert f.read().startswith(f'pid {os.getpid()} on host ')
     lock.release()
     assert os.listdir(out) == []
@@ -502,10 +502,9 @@ def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
     assert proc.returncode == code, err[-2000:]
     assert err.strip() == message
     assert sorted(n for n in os.listdir(out) if not n.startswith('events.')) == [
-        'checkpoint-0.pth', 'checkpoint-best.pth', checkpoint.STEP_NAME, 'log.txt']
-    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
-    assert checkpoint.load_file(os.path.join(out, checkpoint.STEP_NAME))['step']['epoch'] == 1
-
+        'checkpoint-0.pth', 'checkpoint-best.pth', run_dir.STEP_NAME, 'log.txt']
+    assert run_dir.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
+    assert run_dir.load_file(os.path.join(out, run_dir.STEP_NAME))['step']['epoch'] == 1
 
 
 @pytest.mark.slow
@@ -531,21 +530,7 @@ def test_run_started_with_sigint_ignored_keeps_it_and_stops_on_sigterm(data, tmp
     assert err.strip() == 'terminated (SIGTERM); rerun the same command to resume'
     assert any(line.startswith('SIGINT is ignored (started as a background job)') for line in lines[:5]), lines[:5]
     assert [r['epoch'] for r in read_log(out)] == [0]  # epoch 0 ran through the SIGINT
-    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
-
-def test_log_txt_is_strict_json(tmp_path):
-    """Non-finite numbers (an fp16 run's skipped-step grad norm is inf) are written as null, and
-    trimming drops a line cut short by a kill and the epochs about to be trained again."""
-    checkpoint.append_log(str(tmp_path), {'epoch': 0, 'train_loss': 1.5, 'train_grad_norm': float('inf'),
-                                          'test_acc1': float('nan')})
-    checkpoint.append_log(str(tmp_path), {'epoch': 1, 'train_loss': 1.25})
-    with open(tmp_path / 'log.txt', 'a') as f:
-        f.write('{"epoch": 2, "train_lo')
-    text = (tmp_path / 'log.txt').read_text()
-    assert text.splitlines()[0] == '{"epoch": 0, "train_loss": 1.5, "train_grad_norm": null, "test_acc1": null}'
-    assert checkpoint.trim_log(str(tmp_path), 1) == 2
-    assert (tmp_path / 'log.txt').read_text() == text.splitlines()[0] + '\n'
-    assert os.listdir(tmp_path) == ['log.txt']
+    assert run_dir.load_file(os.path.join(out, 'checkpoint-0.pth'))['epoch'] == 0
 
 
 _HIDE_TENSORBOARD = '''

@@ -136,10 +136,10 @@ def test_every_reader_takes_urls_and_safetensors(source, loopback_server, hub_di
     (the same top-1) and the OpenMMLab backbone's init_cfg."""
     import json
 
-    import checkpoint
     import export
     import main as train_main
     import predict
+    import run_dir
     from conftest import SMALL_ARGS, read_log, tiny_argv
     from models.mm_hornet import HorNetBackbone
     pth = os.path.join(trained, 'checkpoint-1.pth')
@@ -149,7 +149,7 @@ def test_every_reader_takes_urls_and_safetensors(source, loopback_server, hub_di
         src = f'{base}/' + _save_named_by_hash(ckpt, folder, 'run')
     else:
         src = str(tmp_path / 'run.safetensors')
-        checkpoint.save_safetensors(ckpt['model'], src, {'label_names': json.dumps(ckpt['label_names'])})
+        run_dir.save_safetensors(ckpt['model'], src, {'label_names': json.dumps(ckpt['label_names'])})
 
     stats = train_main.main(train_main.parse_args(tiny_argv(data, '', eval='true', resume=src)))
     assert stats['test_acc1'] == pytest.approx(read_log(trained)[-1]['test_acc1'])

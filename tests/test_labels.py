@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import checkpoint
 import datasets
 import export
 import main as train_main
 import predict
+import run_dir
 from conftest import read_log, tiny_argv
 from utils import TrainingError
 
@@ -88,7 +88,7 @@ def test_checkpoint_and_hub_config_hold_the_class_list(trained, tmp_path):
     into config.json under the same key."""
     data, out = trained
     for name in ('checkpoint-0.pth', 'checkpoint-best.pth'):
-        assert checkpoint.load_file(os.path.join(out, name))[checkpoint.LABEL_NAMES] == ABC
+        assert run_dir.load_file(os.path.join(out, name))[run_dir.LABEL_NAMES] == ABC
     hub = str(tmp_path / 'hub')
     assert export.main(['--model', 'hornet_tiny_gf', '--checkpoint', os.path.join(out, 'checkpoint-0.pth'),
                         '--model_kwargs', 'depths=1,1,1,1', 'base_dim=16', '--input_size', '32',
@@ -184,7 +184,7 @@ def test_hidden_folders_are_never_classes(tmp_path, capsys):
         assert (datasets.class_names(ds), n, len(ds)) == (ABC, 3, 12), data_set
     rc, _, err = run(argv(data, str(tmp_path / 'out')), capsys)
     assert rc == 0, err
-    assert checkpoint.load_file(str(tmp_path / 'out' / 'checkpoint-0.pth'))['label_names'] == ABC
+    assert run_dir.load_file(str(tmp_path / 'out' / 'checkpoint-0.pth'))['label_names'] == ABC
 
 
 def test_image_folder_at_the_split_root_is_an_error(tmp_path, capsys):
@@ -391,7 +391,7 @@ def test_generated_layouts_train_consistently(tmp_path_factory, capsys, lay):
         assert not consistent or lay['broken'] != 'none'
         return
     assert consistent and lay['broken'] == 'none'
-    assert checkpoint.load_file(os.path.join(out, 'checkpoint-0.pth'))['label_names'] == sorted(lay['train'])
+    assert run_dir.load_file(os.path.join(out, 'checkpoint-0.pth'))['label_names'] == sorted(lay['train'])
     logged = read_log(out)[-1]['test_acc1']
     result = train_main.main(train_main.parse_args(argv(root, '', eval='true', nb_classes=None,
                                                         resume=os.path.join(out, 'checkpoint-0.pth'))))

@@ -364,7 +364,7 @@ state = backbone.state_dict()
 trunk = [k for k in saved if not k.startswith(('head.', 'norm.'))]
 print(json.dumps(dict(
     file=hornet.mm_hornet.__file__, loaded=sum(torch.equal(state[k], saved[k]) for k in trunk), trunk=len(trunk),
-    repository=sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'tools', 'checkpoint', 'utils')))))
+    repository=sorted(m for m in sys.modules if m.split('.')[0] in ('models', 'tools', 'run_dir', 'utils')))))
 """
     r = subprocess.run([python, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

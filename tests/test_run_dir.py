@@ -1,4 +1,4 @@
-"""The run folder (checkpoint.py) as main.py uses it: which files a run may write, replace or remove,
+"""The run folder (run_dir.py) as main.py uses it: which files a run may write, replace or remove,
 and how a rerun continues: the run the command line describes, or a one-line refusal."""
 import os
 import shutil
@@ -9,13 +9,13 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import checkpoint
 import main as train_main
+import run_dir
 from conftest import read_log, snapshot, tiny_argv
 
 # what the project writes into --output_dir; everything else there belongs to someone else
-OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', checkpoint.TMP_PREFIX, checkpoint.LOCK_NAME,
-                 checkpoint.WEIGHTS_NAME)
+OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', run_dir.TMP_PREFIX, run_dir.LOCK_NAME,
+                 run_dir.WEIGHTS_NAME)
 FOREIGN = {
     'notes.txt': b'what I tried\n',
     'my-model.pth': b'PK\x03\x04 not ours',
@@ -182,11 +182,11 @@ def test_log_written_by_someone_else_is_recognised(tmp_path):
     }
     for text, reason in cases.items():
         (tmp_path / 'log.txt').write_text(text)
-        assert checkpoint.foreign_log(str(tmp_path)) == reason, text
+        assert run_dir.foreign_log(str(tmp_path)) == reason, text
     (tmp_path / 'log.txt').unlink()
-    assert checkpoint.foreign_log(str(tmp_path)) is None
-    checkpoint.append_log(str(tmp_path), {'epoch': 0})
-    assert checkpoint.trim_log(str(tmp_path), 0) == 1 and not os.path.exists(tmp_path / 'log.txt')
+    assert run_dir.foreign_log(str(tmp_path)) is None
+    run_dir.append_log(str(tmp_path), {'epoch': 0})
+    assert run_dir.trim_log(str(tmp_path), 0) == 1 and not os.path.exists(tmp_path / 'log.txt')
 
 
 @pytest.mark.slow
@@ -214,3 +214,85 @@ def test_save_safetensors_writes_the_best_weights(data, tmp_path):
     model = timm.create_model('hornet_tiny_gf', depths=(1, 1, 1, 1), base_dim=16, num_classes=3, pretrained=True,
                               pretrained_cfg_overlay=dict(file=os.path.join(out, 'model.safetensors'), num_classes=3))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- the module's functions
+
+def _weights_only(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_checkpoint_files_atomic_prune_and_latest(tmp_path):
+    """Saves are atomic (no temp file left), pruning keeps the newest N epoch files and never
+    the best ones, and auto-resume skips a file that does not load completely."""
+    for epoch in range(4):
+        run_dir.atomic_save({'model': {'w': torch.full((3,), float(epoch))}, 'epoch': epoch},
+                            str(tmp_path / f'checkpoint-{epoch}.pth'))
+    run_dir.atomic_save({'model': {}, 'epoch': 1}, str(tmp_path / 'checkpoint-best.pth'))
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-0.pth', 'checkpoint-1.pth', 'checkpoint-2.pth',
+                                            'checkpoint-3.pth', 'checkpoint-best.pth']
+    with open(tmp_path / 'checkpoint-3.pth', 'r+b') as f:  # as a non-atomic writer would leave it
+        f.truncate(100)
+    assert run_dir.find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-2.pth')
+    run_dir.prune_checkpoints(str(tmp_path), keep=2)
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-2.pth', 'checkpoint-3.pth', 'checkpoint-best.pth']
+    assert _weights_only(str(tmp_path / 'checkpoint-2.pth'))['model']['w'].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_log_txt_is_strict_json(tmp_path):
+    """Non-finite numbers (an fp16 run's skipped-step grad norm is inf) are written as null, and
+    trimming drops a line cut short by a kill and the epochs about to be trained again."""
+    run_dir.append_log(str(tmp_path), {'epoch': 0, 'train_loss': 1.5, 'train_grad_norm': float('inf'),
+                                       'test_acc1': float('nan')})
+    run_dir.append_log(str(tmp_path), {'epoch': 1, 'train_loss': 1.25})
+    with open(tmp_path / 'log.txt', 'a') as f:
+        f.write('{"epoch": 2, "train_lo')
+    text = (tmp_path / 'log.txt').read_text()
+    assert text.splitlines()[0] == '{"epoch": 0, "train_loss": 1.5, "train_grad_norm": null, "test_acc1": null}'
+    assert run_dir.trim_log(str(tmp_path), 1) == 2
+    assert (tmp_path / 'log.txt').read_text() == text.splitlines()[0] + '\n'
+    assert os.listdir(tmp_path) == ['log.txt']
+
+
+def test_step_checkpoint_is_latest_until_an_epoch_file_and_never_best(tmp_path):
+    """find_latest orders by (epoch, step): a step file inside epoch 2 beats checkpoint-1 and loses to
+    checkpoint-2; an epoch-end save removes it; it is never a best file."""
+    out = str(tmp_path)
+    m = run_dir.CheckpointManager(out, keep=3)
+    state = dict(model={'w': torch.zeros(1)}, optimizer={}, epoch=1)
+    m.save('1', state)
+    m.save_step(dict(state, step=dict(epoch=2, batch=4)))
+    assert run_dir.find_latest(out) == (f'{out}/{run_dir.STEP_NAME}', 1)
+    m.save('best', dict(state, epoch=1))
+    assert not os.path.exists(f'{out}/{run_dir.STEP_NAME}')
+    m.save_step(dict(state, step=dict(epoch=2, batch=6)))
+    m.save('2', dict(state, epoch=2))
+    assert run_dir.find_latest(out) == (f'{out}/checkpoint-2.pth', 2)
+    assert sorted(os.listdir(out)) == ['checkpoint-1.pth', 'checkpoint-2.pth', 'checkpoint-best.pth']
+
+
+def _optimizer(sizes):
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(sum(sizes))]
+    groups, i = [], 0
+    for n in sizes:
+        groups.append({'params': params[i:i + n]})
+        i += n
+    return torch.optim.AdamW(groups, lr=1e-3)
+
+
+@given(saved=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+       now=st.lists(st.integers(1, 3), min_size=1, max_size=4))
+@settings(max_examples=40)
+def test_optimizer_state_of_other_groups_is_one_line(saved, now):
+    """Resuming an optimizer whose parameter groups differ in number or size is a CheckpointError
+    naming both layouts; the same layout loads."""
+    state = _optimizer(saved).state_dict()
+    opt = _optimizer(now)
+    if saved == now:
+        run_dir._load_optimizer_state(opt, state, 'ck.pth')
+        return
+    with pytest.raises(run_dir.CheckpointError) as e:
+        run_dir._load_optimizer_state(opt, state, 'ck.pth')
+    msg = str(e.value)
+    assert f'it has {len(saved)} parameter groups of sizes {saved}, this run {len(now)} of sizes {now}' in msg
+    assert '--finetune ck.pth' in msg and '\n' not in msg

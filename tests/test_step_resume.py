@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-import checkpoint
 import datasets
+import run_dir
 from conftest import (
     MAIN,
     ROOT,
@@ -72,7 +72,7 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
     code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGTERM, at)
     assert code == 143, out[-3000:]
     assert 'terminated (SIGTERM); rerun the same command to resume' in out
-    step = _weights(f'{stopped}/{checkpoint.STEP_NAME}')
+    step = _weights(f'{stopped}/{run_dir.STEP_NAME}')
     position = step['step']
     assert position['epoch'] == 1 and step['epoch'] == 0
     assert position['batch'] % 2 == 0 and at < position['batch'] <= BATCHES  # at an optimizer-step boundary
@@ -91,7 +91,7 @@ def test_sigterm_inside_epoch_resumes_bit_for_bit(data, tmp_path, workers):
     assert _loss_curve(stopped) == _loss_curve(straight)  # each micro-batch once, same values
     assert [p[0] for p in _loss_curve(stopped)] == list(range(2 * BATCHES))
     files = sorted(os.listdir(stopped))
-    assert checkpoint.STEP_NAME not in files  # pruned once checkpoint-1 was written
+    assert run_dir.STEP_NAME not in files  # pruned once checkpoint-1 was written
     assert not [f for f in files if f.startswith('.tmp-')]
 
 
@@ -107,9 +107,9 @@ def test_sigkill_with_save_every_minutes_resumes_bit_for_bit(data, tmp_path, wor
     at = random.Random(9 + workers).randrange(3, BATCHES - 2)
     code, out = stop_inside_epoch_1([sys.executable, MAIN, *argv], signal.SIGKILL, at, wait_for_step_file=True)
     assert code == -signal.SIGKILL, out[-3000:]
-    position = _weights(f'{killed}/{checkpoint.STEP_NAME}')['step']
+    position = _weights(f'{killed}/{run_dir.STEP_NAME}')['step']
     assert position['epoch'] == 1 and 0 < position['batch'] < BATCHES
-    assert checkpoint.find_latest(killed) == (f'{killed}/{checkpoint.STEP_NAME}', 0)
+    assert run_dir.find_latest(killed) == (f'{killed}/{run_dir.STEP_NAME}', 0)
     rerun = run_python([MAIN, *argv], timeout=240)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-2000:]
     assert 'continuing epoch 1 at batch' in rerun.stdout
@@ -133,7 +133,7 @@ def test_two_processes_sigterm_inside_epoch_resumes_bit_for_bit(tmp_path):
     at = random.Random(2).randrange(1, BATCHES - 3)
     code, out = stop_inside_epoch_1(cmd(stopped), signal.SIGTERM, at)
     assert code != 0, out[-3000:]
-    position = _weights(f'{stopped}/{checkpoint.STEP_NAME}')['step']
+    position = _weights(f'{stopped}/{run_dir.STEP_NAME}')['step']
     assert position['epoch'] == 1 and position['world_size'] == 2 and len(position['ranks']) == 2
     assert position['samples'] == position['batch'] * 2 * 2
     rerun = subprocess.run(cmd(stopped), cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -179,23 +179,6 @@ def test_sample_seeded_augmentation_depends_on_epoch_and_index_only():
     assert ds[0] != a[0]
 
 
-def test_step_checkpoint_is_latest_until_an_epoch_file_and_never_best(tmp_path):
-    """find_latest orders by (epoch, step): a step file inside epoch 2 beats checkpoint-1 and loses to
-    checkpoint-2; an epoch-end save removes it; it is never a best file."""
-    out = str(tmp_path)
-    m = checkpoint.CheckpointManager(out, keep=3)
-    state = dict(model={'w': torch.zeros(1)}, optimizer={}, epoch=1)
-    m.save('1', state)
-    m.save_step(dict(state, step=dict(epoch=2, batch=4)))
-    assert checkpoint.find_latest(out) == (f'{out}/{checkpoint.STEP_NAME}', 1)
-    m.save('best', dict(state, epoch=1))
-    assert not os.path.exists(f'{out}/{checkpoint.STEP_NAME}')
-    m.save_step(dict(state, step=dict(epoch=2, batch=6)))
-    m.save('2', dict(state, epoch=2))
-    assert checkpoint.find_latest(out) == (f'{out}/checkpoint-2.pth', 2)
-    assert sorted(os.listdir(out)) == ['checkpoint-1.pth', 'checkpoint-2.pth', 'checkpoint-best.pth']
-
-
 @pytest.mark.slow
 def test_step_checkpoint_of_another_shape_resumes_at_the_same_sample_or_refuses(data, tmp_path):
     """A step checkpoint saved at 24 samples of epoch 1 by batch 4 x 2 accumulation: batch 2 x 2
@@ -209,13 +192,13 @@ def test_step_checkpoint_of_another_shape_resumes_at_the_same_sample_or_refuses(
     ckpt['epoch'] = 0
     ckpt['step'] = dict(epoch=1, batch=6, samples=24, global_step=9, world_size=1, batch_size=4, update_freq=2,
                         seed=0, steps_per_epoch=6, ranks=[{}])
-    torch.save(ckpt, f'{out}/{checkpoint.STEP_NAME}')
+    torch.save(ckpt, f'{out}/{run_dir.STEP_NAME}')
     other = tiny_argv(data, out, **dict(HEAVY, aa='none', mixup=0, cutmix=0, reprob=0, batch_size=2))
     res = run_python([MAIN, *other], timeout=240)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert 'continuing epoch 1 at batch 12 (sample 24 of the epoch)' in res.stdout
     assert 'continuing at sample 24 of epoch 1' in res.stdout
-    torch.save(ckpt, f'{out}/{checkpoint.STEP_NAME}')
+    torch.save(ckpt, f'{out}/{run_dir.STEP_NAME}')
     os.remove(f'{out}/checkpoint-1.pth')
     bad = run_python([MAIN, *tiny_argv(data, out, **dict(HEAVY, batch_size=8))], timeout=240)
     assert bad.returncode == 2

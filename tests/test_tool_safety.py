@@ -202,7 +202,7 @@ CKPT_MSG = {
     'truncated': 'the file is truncated or damaged',
     'missing': 'no such file',
 }
-# predict.py reads checkpoints with checkpoint.load_file, as main.py and export.py do: its text-file
+# predict.py reads checkpoints with run_dir.load_file, as main.py and export.py do: its text-file
 # message names the file's start (here a URL saved instead of the weights)
 PREDICT_CKPT_MSG = dict(CKPT_MSG, text="it is a text file (39 bytes, starts with 'https://example.com/hornet_tin'), "
                                         'not a PyTorch checkpoint')
