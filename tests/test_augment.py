@@ -14,7 +14,7 @@ from timm.data import auto_augment
 import augment
 import datasets
 import main as train_main
-from conftest import ROOT, make_image_folder, read_log
+from helpers import ROOT, make_image_folder, read_log
 
 # the per-model --aa column of TRAINING.md (and the original recipes)
 DOCUMENTED = {'rand-m9-mstd0.5-inc1', 'rand-m12-mstd0.5-inc1', 'rand-m15-mstd0.5-inc1'}

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import avg_checkpoints
-from conftest import documented_commands
+from helpers import documented_commands
 
 ACC = [10.0, 40.0, 30.0, 20.0]  # test_acc1 of epochs 0..3; EMA accuracies are the reverse
 

@@ -17,7 +17,7 @@ import datasets
 import export
 import main as train_main
 import run_dir
-from conftest import (
+from helpers import (
     MAIN,
     ROOT,
     SMALL_ARGS,

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, run_python, subprocess_env
+from helpers import ROOT, run_python, subprocess_env
 
 THROUGHPUT = os.path.join(ROOT, 'benchmarks', 'throughput.py')
 

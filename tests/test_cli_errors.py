@@ -21,7 +21,7 @@ import main as train_main
 import predict
 import run_with_submitit as rws
 import validate
-from conftest import SMALL_ARGS, make_image_folder, tiny_argv
+from helpers import SMALL_ARGS, make_image_folder, tiny_argv
 from test_data_formats import make_tarred_folder, make_webdataset
 from utils import TrainingError
 

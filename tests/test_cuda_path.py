@@ -7,7 +7,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from benchmarks.gpu_roofline import cuda_autocast
-from conftest import rel_err
+from helpers import rel_err
 from models import HorBlock
 from models.ops import cuda_path, folds_weights
 

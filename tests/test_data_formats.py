@@ -16,7 +16,7 @@ import torch
 
 import datasets
 import main as train_main
-from conftest import MAIN, free_port, make_image_folder, read_log, run_python, stop_inside_epoch_1, tiny_argv
+from helpers import MAIN, free_port, make_image_folder, read_log, run_python, stop_inside_epoch_1, tiny_argv
 from utils import TrainingError
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported; tests never download

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
 import models
-from conftest import ROOT, plain, quick_tier
+from helpers import ROOT, plain, quick_tier
 from models.mm_hornet import HorNetBackbone
 
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')

@@ -13,7 +13,7 @@ import torch
 from mmdet.datasets import CocoDataset
 from PIL import Image
 
-from conftest import ROOT, run_python, subprocess_env
+from helpers import ROOT, run_python, subprocess_env
 
 CONFIG_DIR = osp.join(ROOT, 'object_detection', 'configs')
 

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 PAGES = ('README.md', 'TRAINING.md', os.path.join('benchmarks', 'README.md'))
 RESULTS = os.path.join(ROOT, 'benchmarks', 'results')

@@ -9,7 +9,7 @@ import timm
 import torch
 
 import export
-from conftest import SMALL, SMALL_ARGS
+from helpers import SMALL, SMALL_ARGS
 
 SIZE = 64
 

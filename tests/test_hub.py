@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.mmpretrain_hornet import to_mmpretrain_state_dict
-from conftest import SMALL
+from helpers import SMALL
 from models import hub
 
 
@@ -140,7 +140,7 @@ def test_every_reader_takes_urls_and_safetensors(source, loopback_server, hub_di
     import main as train_main
     import predict
     import run_dir
-    from conftest import SMALL_ARGS, read_log, tiny_argv
+    from helpers import SMALL_ARGS, read_log, tiny_argv
     from models.mm_hornet import HorNetBackbone
     pth = os.path.join(trained, 'checkpoint-1.pth')
     ckpt = torch.load(pth, weights_only=True)

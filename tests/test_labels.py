@@ -19,7 +19,7 @@ import export
 import main as train_main
 import predict
 import run_dir
-from conftest import read_log, tiny_argv
+from helpers import read_log, tiny_argv
 from utils import TrainingError
 
 SIZE = 12  # px of the generated images (the model sees them resized to 32)

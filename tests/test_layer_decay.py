@@ -6,7 +6,7 @@ import timm
 import torch
 
 import models
-from conftest import SMALL
+from helpers import SMALL
 from models.layer_decay import dense_layer_id, layer_id
 from optim_factory import param_groups_layer_decay
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from mmdet.datasets import CocoDataset
 from PIL import Image
 
-from conftest import SMALL
+from helpers import SMALL
 from test_det_train import make_coco, write_test_config
 from test_seg_train import make_tiny_ade20k, tiny_config
 from tools import mm_runner

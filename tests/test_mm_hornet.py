@@ -16,7 +16,7 @@ import torch.nn as nn
 from mmengine.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 import models
-from conftest import ROOT, SMALL, run_python, subprocess_env
+from helpers import ROOT, SMALL, run_python, subprocess_env
 from models.mm_hornet import HorNetBackbone, HorNetLayerDecayOptimizerConstructor, load_hornet_backbone_checkpoint
 
 GF_DET = ((14, 8), (7, 4))

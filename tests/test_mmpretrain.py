@@ -8,7 +8,7 @@ from mmengine.registry import DefaultScope
 
 import models  # noqa: F401  (registers hornet_*)
 from benchmarks.mmpretrain_hornet import MMPretrainHorNet, mmpretrain_arch, mmpretrain_from, to_mmpretrain_state_dict
-from conftest import SMALL
+from helpers import SMALL
 from models import from_mmpretrain
 
 

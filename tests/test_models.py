@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import calc_flops
 import models
-from conftest import SMALL, quick_tier, rel_err
+from helpers import SMALL, quick_tier, rel_err
 from models import CheckpointMismatchError, GlobalLocalFilter, GnConv, HorBlock
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')

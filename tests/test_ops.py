@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import calc_flops
-from conftest import SMALL, rel_err
+from helpers import SMALL, rel_err
 from models import ops
 from models.ops import (
     depthwise_conv2d,

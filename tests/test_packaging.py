@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import run_with_submitit as rws
-from conftest import ROOT, run_python, subprocess_env
+from helpers import ROOT, run_python, subprocess_env
 
 MODELS_DIR = os.path.join(ROOT, 'models')
 HORNET_TINY_GF_PARAMS = 22_991_848  # the released layout's parameter count (1000 classes)
@@ -50,7 +50,7 @@ USE_LIBRARY = """
 
 
 def test_hornet_is_models_in_this_process():
-    """The test session imported `models` (conftest); `hornet` is then the same module, not a second copy."""
+    """The test session imported `models` (conftest.py); `hornet` is then the same module, not a second copy."""
     import hornet
     import hornet.hornet
     import models

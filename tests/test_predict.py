@@ -11,7 +11,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
 import predict
-from conftest import SMALL, SMALL_ARGS
+from helpers import SMALL, SMALL_ARGS
 
 
 @pytest.fixture

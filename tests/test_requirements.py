@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from conftest import ROOT
+from helpers import ROOT
 
 # installed by the repository itself, never from the index: the project (pip install -e .) and mmcv
 # (built from its sdist by tools/install_openmmlab.sh; no wheel on the index fits today's torch)

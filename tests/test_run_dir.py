@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import main as train_main
 import run_dir
-from conftest import read_log, snapshot, tiny_argv
+from helpers import read_log, snapshot, tiny_argv
 
 # what the project writes into --output_dir; everything else there belongs to someone else
 OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', run_dir.TMP_PREFIX, run_dir.LOCK_NAME,

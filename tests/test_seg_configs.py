@@ -12,7 +12,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS
 
-from conftest import plain, quick_tier
+from helpers import plain, quick_tier
 from models import GlobalLocalFilter
 from models.mm_hornet import HorNetBackbone
 

@@ -14,7 +14,7 @@ from mmengine.registry import init_default_scope
 from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
-from conftest import ROOT, quick_tier
+from helpers import ROOT, quick_tier
 from models import GlobalLocalFilter
 from semantic_segmentation.get_flops import count_flops
 

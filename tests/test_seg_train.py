@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, run_python, subprocess_env
+from helpers import ROOT, run_python, subprocess_env
 
 SEG_DIR = os.path.join(ROOT, 'semantic_segmentation')
 CONFIG_DIR = os.path.join(SEG_DIR, 'configs', 'hornet')

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import models
-from conftest import SMALL
+from helpers import SMALL
 from models.state_dict import WEIGHT_ENTRIES, CheckpointFileError, read_weights, strip_prefixes, unwrap_checkpoint
 
 

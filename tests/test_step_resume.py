@@ -13,7 +13,7 @@ import torch
 
 import datasets
 import run_dir
-from conftest import (
+from helpers import (
     MAIN,
     ROOT,
     free_port,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 import run_with_submitit as rws
-from conftest import make_image_folder, subprocess_env, tiny_argv
+from helpers import make_image_folder, subprocess_env, tiny_argv
 
 
 def _tiny_argv(data, job_dir, epochs):

@@ -10,7 +10,7 @@ from PIL import Image
 
 import datasets
 import main as train_main
-from conftest import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, snapshot, subprocess_env, tiny_argv
+from helpers import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, snapshot, subprocess_env, tiny_argv
 from utils import TrainingError
 
 # ----------------------------------------------------------------------------- DEMO export (item 2)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import datasets
 import main as train_main
-from conftest import ROOT, make_image_folder, read_log, tensorboard_events, tiny_argv
+from helpers import ROOT, make_image_folder, read_log, tensorboard_events, tiny_argv
 from utils import TrainingError
 
 # The evaluation and training commands of the original release's README, character for character

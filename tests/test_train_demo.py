@@ -10,7 +10,7 @@ import pytest
 
 import datasets
 import main as train_main
-from conftest import read_log
+from helpers import read_log
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
+from helpers import MAIN, free_port, make_image_folder, read_log, run_python, tiny_argv
 
 
 @pytest.mark.slow

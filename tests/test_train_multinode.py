@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MAIN, ROOT, free_port, make_image_folder, subprocess_env, tiny_argv
+from helpers import MAIN, ROOT, free_port, make_image_folder, subprocess_env, tiny_argv
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import main as train_main
-from conftest import MAIN, ROOT, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
+from helpers import MAIN, ROOT, make_image_folder, read_log, run_python, subprocess_env, tiny_argv
 
 
 def _weights_only(path):

@@ -15,8 +15,8 @@ from timm.utils import ModelEmaV3
 import main as train_main
 import models
 import utils
-from conftest import ROOT, SMALL
 from engine import evaluate, train_one_epoch
+from helpers import ROOT, SMALL
 from optim_factory import Schedules, create_optimizer
 
 

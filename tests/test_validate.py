@@ -15,7 +15,7 @@ from PIL import Image
 
 import export
 import validate
-from conftest import SMALL, SMALL_ARGS, documented_commands
+from helpers import SMALL, SMALL_ARGS, documented_commands
 
 MEAN, STD = timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
 
