@@ -1,4 +1,4 @@
-"""Issue 11 item 1: the default augmentation (timm RandAugment ``inc1`` policies) must not crash on
+"""The default augmentation (timm RandAugment ``inc1`` policies) must not crash on
 Pillow 13, whose ``ImageOps.posterize`` rejects the 0 bits those policies ask for."""
 import math
 import os

@@ -395,7 +395,7 @@ def test_default_cfgs_and_missing_weights_message():
             timm.create_model(name, pretrained=True)
 
 
-# ---------------------------------------------------------------- timm conformance (issue 12)
+# ---------------------------------------------------------------- timm conformance
 VARIANTS = ['hornet_tiny_7x7', 'hornet_tiny_gf']
 
 
@@ -597,7 +597,7 @@ def test_compile_blocks_equals_eager(backend, new_graphs):
     assert new_graphs() == 4 + 4 * len(batches)
 
 
-# ---------------------------------------------------------------- optimized model vs reference (issue 13)
+# ---------------------------------------------------------------- optimized model vs reference
 @pytest.mark.parametrize('name', VARIANTS)
 @pytest.mark.parametrize('hw', [(64, 64), (72, 104)])
 def test_optimized_model_equals_reference_formulation(name, hw):

@@ -74,7 +74,7 @@ def test_read_weights_key_override_and_prefix(tmp_path):
 
 def test_read_weights_refuses_non_finite_and_unreadable_files(tmp_path):
     """NaN/inf weights and files that are no weights file are one-line CheckpointFileErrors that
-    name the file (the same messages as main.py's --resume and export.py's, tests/test_bad_inputs.py)."""
+    name the file (the same messages as main.py's --resume and export.py's, tests/test_careless_input.py)."""
     sd = {'a.weight': torch.tensor([1.0, float('nan'), float('inf')]), 'n': torch.tensor([3])}
     path = _save(tmp_path, {'model': sd})
     with pytest.raises(CheckpointFileError) as e:

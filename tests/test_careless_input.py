@@ -1,6 +1,6 @@
 """Careless input to main.py and export.py: each case exits with a one-line message that names
-the cause, and leaves every file as it was (issue 11 items 4-8 and 10, issue 10's ``--eval``
-without ``--resume``). A malicious pickle never runs, whichever entry point it is given to."""
+the cause, and leaves every file as it was (``--eval`` without ``--resume`` included). A malicious
+pickle never runs, whichever entry point it is given to."""
 import errno
 import json
 import os
@@ -82,7 +82,7 @@ def files(trained, data, tmp_path_factory):
 # (id, tool, argv, output-dir state, exit code, message). Placeholders: {out} the output dir,
 # {tmp} the case's folder, {<name>} the files above, {data} the image folder.
 CASES = [
-    # item 8: bad checkpoint files, one line each
+    # bad checkpoint files, one line each
     ('resume-empty', 'main', '--resume {empty}', 'empty', 2,
      'cannot load checkpoint {empty}: the file is empty (0 bytes)'),
     ('resume-text', 'main', '--resume {text}', 'empty', 2,
@@ -113,13 +113,13 @@ CASES = [
     ('export-text', 'export', '--checkpoint {text} --output {out}/m.onnx', 'none', 2, 'it is a text file'),
     ('export-truncated', 'export', '--checkpoint {truncated} --output {out}/m.onnx', 'none', 2, 'truncated or damaged'),
     ('export-nan', 'export', '--checkpoint {nan} --output {out}/m.onnx', 'none', 2, 'has non-finite weights'),
-    # item 6 / issue 10: --eval never scores NaN or random weights
+    # --eval never scores NaN or random weights
     ('eval-nan', 'main', '--eval true --resume {nan}', 'none', 2, 'checkpoint {nan} has non-finite weights'),
     ('eval-nothing', 'main', '--eval true', 'empty', 2,
      '--eval true needs weights to evaluate, but no --resume was given and --output_dir {out} holds no checkpoint'),
     ('eval-no-dir', 'main', '--eval true', 'none', 2,
      'no --resume was given and --output_dir {out} holds no checkpoint'),
-    # item 4: another run's results are never overwritten, a live run's folder never shared
+    # another run's results are never overwritten, a live run's folder never shared
     ('fresh-over-used', 'main', '--auto_resume false', 'used', 2,
      '--output_dir {out} already holds results of another run (checkpoint-1.pth, checkpoint-0.pth, '
      'checkpoint-best.pth, log.txt) that this run would overwrite; rerun with --auto_resume true'),
@@ -127,7 +127,7 @@ CASES = [
      'pass --overwrite true to replace them'),
     ('unloadable-in-dir', 'main', '', 'broken', 2, 'already holds results of another run (checkpoint-1.pth, log.txt)'),
     ('second-live-run', 'main', '', 'locked', 2, '--output_dir {out} is in use by another run (pid'),
-    # item 7: found at start-up, before anything is written
+    # found at start-up, before anything is written
     ('save-freq-0', 'main', '--save_ckpt_freq 0', 'none', 2, '--save_ckpt_freq must be >= 1, got 0'),
     ('batch-0', 'main', '--batch_size 0', 'none', 2, '--batch_size must be >= 1, got 0'),
     ('update-freq-0', 'main', '--update_freq 0', 'none', 2, '--update_freq must be >= 1, got 0'),
@@ -189,7 +189,7 @@ CASES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
-def test_bad_input(case, data, trained, files, tmp_path, capsys):
+def test_main_and_export_refuse_careless_input(case, data, trained, files, tmp_path, capsys):
     name, tool, argv, state, code, message = case
     out = str(tmp_path / 'out')
     if state == 'empty':
@@ -274,7 +274,7 @@ def test_trained_files_and_eval_of_output_dir(trained, data, capsys):
 
 @pytest.mark.slow
 def test_reruns_always_progress(data, tmp_path, capsys):
-    """Item 5 and 10: --run_epochs stops with a checkpoint even off the --save_ckpt_freq grid;
+    """--run_epochs stops with a checkpoint even off the --save_ckpt_freq grid;
     a rerun with an explicit, older --resume continues from the newest checkpoint of the folder
     (and says so), warns that the effective batch changed, purges TensorBoard from the resumed
     step on, and removes only our temp files of a killed save."""
@@ -323,7 +323,7 @@ def test_overwrite_starts_over(trained, data, tmp_path):
 
 @pytest.mark.slow
 def test_diverged_model_is_never_saved(data, tmp_path, capsys, monkeypatch):
-    """Item 6: weights that turn NaN in epoch 1 while the loss stayed finite stop the run with
+    """Weights that turn NaN in epoch 1 while the loss stayed finite stop the run with
     exit 2; checkpoints and log.txt are byte-for-byte those of epoch 0 (log.txt strict JSON)."""
     out = str(tmp_path / 'run')
     assert train_main.run(tiny_argv(data, out, epochs=3, run_epochs=1)) == 0
@@ -349,7 +349,7 @@ def test_diverged_model_is_never_saved(data, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_full_disk_at_save_says_previous_checkpoint_is_intact(data, tmp_path, capsys, monkeypatch):
-    """Item 7: a save failing with ENOSPC ends the run with a message naming the cause and the
+    """A save failing with ENOSPC ends the run with a message naming the cause and the
     intact previous checkpoint; no temp file is left and the earlier files are unchanged."""
     out = str(tmp_path / 'run')
     assert train_main.run(tiny_argv(data, out, epochs=3, run_epochs=1)) == 0
@@ -487,7 +487,7 @@ def test_stale_lock_of_killed_run_does_not_block(tmp_path):
     (signal.SIGTERM, 143, 'terminated (SIGTERM); rerun the same command to resume'),
 ])
 def test_ctrl_c_and_sigterm(data, tmp_path, sig, code, message):
-    """Item 8: Ctrl-C and SIGTERM mid-epoch end with one line (no traceback), the exit codes of
+    """Ctrl-C and SIGTERM mid-epoch end with one line (no traceback), the exit codes of
     a signal-terminated shell command, epoch 0's checkpoint intact, a step checkpoint inside epoch 1
     (written at the step boundary before the stop) and no lock or temp file."""
     out = str(tmp_path / 'run')
