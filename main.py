@@ -667,18 +667,67 @@ def _loader(dataset, sampler, args, batch_size: int, drop_last: bool, device: to
         pin_memory=args.pin_mem and device.type == 'cuda', drop_last=drop_last)
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- the steps of a run
 
-def main(args: argparse.Namespace) -> dict[str, float]:
-    """Train (or with ``--eval true`` only evaluate) as configured by ``args``.
+@dataclass
+class RunSetup:
+    """Where this process runs and which checkpoint it starts from (:func:`setup_run`)."""
+    device: torch.device
+    rank: int
+    world_size: int
+    amp_dtype: torch.dtype | None
+    resume_path: str  # the checkpoint to resume, or with --eval to score; '' for none
+    manager: run_dir.CheckpointManager | None  # the locked --output_dir of a training run
 
-    Returns the final statistics (last epoch's train/test numbers, or the evaluation).
-    """
-    with contextlib.ExitStack() as cleanup:  # releases the --output_dir lock however the run ends
-        return _main(args, cleanup)
+
+@dataclass
+class RunData:
+    """The data of a run (:func:`build_data`)."""
+    train: torch.utils.data.Dataset | None  # None with --eval
+    val_loader: torch.utils.data.DataLoader | None  # None with --disable_eval
+    dist_eval: bool  # the evaluation's counts are summed over the ranks
+    train_classes: Sequence[str] | None  # the class names this run's checkpoints record (None with --eval)
 
 
-def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, float]:
+@dataclass
+class RunModel:
+    """The network of a run (:func:`build_model_and_ema`)."""
+    model: torch.nn.Module  # what trains and evaluates: compiled with --compile model, in DDP for training
+    model_without_ddp: torch.nn.Module  # the plain module, whose state dict the checkpoints hold
+    model_ema: ModelEmaV3 | None
+    n_parameters: int
+    gflops: float
+
+
+@dataclass
+class TrainLoader:
+    """The training batches of each epoch (:func:`build_train_loader`)."""
+    sampler: datasets.ResumableSampler | None  # None for a stream, which shards itself
+    loader: torch.utils.data.DataLoader
+    num_batches: int  # batches trained per epoch
+    steps_per_epoch: int  # optimizer steps per epoch
+
+
+@dataclass
+class Optimization:
+    """How the weights are updated (:func:`build_optimizer_and_schedules`)."""
+    optimizer: torch.optim.Optimizer
+    loss_scaler: utils.LossScaler
+    schedules: Schedules
+    mixup_fn: Mixup | None
+    criterion: torch.nn.Module
+
+
+@dataclass
+class Start:
+    """Where training starts (:func:`resume_or_start`)."""
+    epoch: int  # the first epoch to train
+    best: dict[str, float]  # the best accuracies so far; updated in place as training goes on
+    position: StepPosition | None  # a place inside ``epoch``, from a mid-epoch checkpoint
+
+
+def setup_run(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> RunSetup:
+    """Distributed init, logging, device, flag checks, seeds, and the locked output folder."""
     utils.init_distributed_mode(args)
     utils.setup_logging()
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
@@ -705,8 +754,11 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
                                                    keep_files=[args.finetune]))
     if not args.eval and args.log_dir:
         on_main(lambda: run_dir.check_writable(args.log_dir, '--log_dir'))
-    amp_dtype = amp_dtype_of(args)
+    return RunSetup(device, rank, world_size, amp_dtype_of(args), resume_path, manager)
 
+
+def build_data(args: argparse.Namespace, run: RunSetup) -> RunData:
+    """The training set and the evaluation loader, their labels naming the same classes (sets --nb_classes)."""
     # rank 0 exports/caches the data; the others wait in on_main's broadcast and, if rank 0 refuses
     # (e.g. a --data_path DEMO did not create), stop with its message instead of hanging at a barrier
     on_main(lambda: datasets.prepare_data(args))
@@ -717,20 +769,35 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         dataset_train, nb_classes = datasets.build_dataset(True, args)
         args.nb_classes = nb_classes
         classes, classes_from = datasets.class_names(dataset_train), 'the training data'
-    elif resume_path:
+    elif run.resume_path:
         # mapped, not read: only its class names are needed before load_resume reads the weights
-        names = run_dir.label_names(run_dir.load_file(resume_path, mmap=True))
-        classes, classes_from = names, f'checkpoint {resume_path}'
+        names = run_dir.label_names(run_dir.load_file(run.resume_path, mmap=True))
+        classes, classes_from = names, f'checkpoint {run.resume_path}'
     dataset_val = None
     if args.eval or not args.disable_eval:
         dataset_val, nb_classes = datasets.build_dataset(False, args, classes, classes_from)
         args.nb_classes = nb_classes
-    train_classes = classes if not args.eval else None
 
+    val_loader = None
+    if dataset_val is not None:
+        if datasets.is_stream(dataset_val):
+            val_sampler = None  # shards itself by rank and loader worker
+        elif args.distributed and args.dist_eval:
+            val_sampler = datasets.ShardedEvalSampler(dataset_val, run.world_size, run.rank)
+        else:
+            val_sampler = torch.utils.data.SequentialSampler(dataset_val)
+        val_loader = _loader(dataset_val, val_sampler, args, int(1.5 * args.batch_size), False, run.device)
+    # a stream is split over the ranks whatever --dist_eval says, so its counts are always summed
+    dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
+    return RunData(dataset_train, val_loader, dist_eval, classes if not args.eval else None)
+
+
+def build_model_and_ema(args: argparse.Namespace, run: RunSetup, data: RunData) -> RunModel:
+    """The model (with its --finetune weights) on the device, its EMA copy, and --compile."""
     model = build_model(args)
     if args.finetune:
-        load_finetune(args, model, train_classes)
-    model.to(device)
+        load_finetune(args, model, data.train_classes)
+    model.to(run.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     model_ema = None
@@ -743,23 +810,11 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     logger.info(f'model {args.model}: {n_parameters:,} parameters, {args.nb_classes} classes, '
                 f'{gflops:.2f} GFLOPs at {args.input_size}x{args.input_size}')
 
-    val_loader = None
-    if dataset_val is not None:
-        if datasets.is_stream(dataset_val):
-            val_sampler = None  # shards itself by rank and loader worker
-        elif args.distributed and args.dist_eval:
-            val_sampler = datasets.ShardedEvalSampler(dataset_val, world_size, rank)
-        else:
-            val_sampler = torch.utils.data.SequentialSampler(dataset_val)
-        val_loader = _loader(dataset_val, val_sampler, args, int(1.5 * args.batch_size), False, device)
-    # a stream is split over the ranks whatever --dist_eval says, so its counts are always summed
-    dist_eval = args.distributed and (args.dist_eval or datasets.is_stream(dataset_val))
-
     # static shapes: a new batch size (the last evaluation batch) compiles one more graph. With
     # symbolic sizes, which a second size in the process brings about, torch 2.14's inductor
     # fails on HorNet's training graph ("cannot determine truth value of Relational" in its
     # stride sorting; pytorch issues 172204, 185510)
-    if args.compile == 'model':  # also for --eval; the weights loaded below are the wrapped module's
+    if args.compile == 'model':  # also for --eval; the weights loaded later are the wrapped module's
         logger.info('torch.compile: the first steps compile the model (HorNet-T on a 2-core CPU: about '
                     '1 minute for --eval, 2 for training; the evaluation after each epoch runs uncompiled)')
         model = torch.compile(model, dynamic=False)
@@ -767,31 +822,41 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         models.compile_blocks(model_without_ddp)
         logger.info('torch.compile: the first steps compile each kind of HorNet block, once for training and '
                     'once per evaluation batch size (HorNet-T GF on a 2-core CPU: about 1 minute for training)')
-    if args.eval:
-        loaded = load_resume(args, resume_path, model_without_ddp, model_ema=model_ema)
-        result = evaluate(val_loader, model, device, amp_dtype, dist_eval)
-        _require_finite(0, model, result, what=f'checkpoint {resume_path}')
-        stats = {f'test_{k}': v for k, v in result.items()}
-        if model_ema is not None and args.model_ema_eval and not loaded.has_ema:
-            # an EMA started at the loaded weights would only repeat the model's numbers under 'EMA'
-            logger.warning(f'{resume_path} holds no EMA weights (its run did not use --model_ema true): '
-                           'no EMA evaluation')
-        elif model_ema is not None and args.model_ema_eval:
-            ema = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
-                           header='Test (EMA):')
-            _require_finite(0, model_ema.module, ema, what=f'EMA weights of {resume_path}')
-            stats.update({f'test_{k}_ema': v for k, v in ema.items()})
-        return stats
+    return RunModel(model, model_without_ddp, model_ema, n_parameters, gflops)
 
+
+def evaluate_only(args: argparse.Namespace, run: RunSetup, data: RunData, net: RunModel) -> dict[str, float]:
+    """``--eval true``: the checkpoint's (and its EMA weights') numbers on the evaluation data."""
+    resume_path, model_ema, amp_dtype = run.resume_path, net.model_ema, run.amp_dtype
+    loaded = load_resume(args, resume_path, net.model_without_ddp, model_ema=model_ema)
+    result = evaluate(data.val_loader, net.model, run.device, amp_dtype, data.dist_eval)
+    _require_finite(0, net.model, result, what=f'checkpoint {resume_path}')
+    stats = {f'test_{k}': v for k, v in result.items()}
+    if model_ema is not None and args.model_ema_eval and not loaded.has_ema:
+        # an EMA started at the loaded weights would only repeat the model's numbers under 'EMA'
+        logger.warning(f'{resume_path} holds no EMA weights (its run did not use --model_ema true): '
+                       'no EMA evaluation')
+    elif model_ema is not None and args.model_ema_eval:
+        ema = evaluate(data.val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, data.dist_eval,
+                       header='Test (EMA):')
+        _require_finite(0, model_ema.module, ema, what=f'EMA weights of {resume_path}')
+        stats.update({f'test_{k}_ema': v for k, v in ema.items()})
+    return stats
+
+
+def build_train_loader(args: argparse.Namespace, run: RunSetup, dataset_train: torch.utils.data.Dataset
+                       ) -> TrainLoader:
+    """The training loader and its batch and step counts; refuses data too small for one step."""
+    world_size = run.world_size
     shares = 1 if datasets.is_stream(dataset_train) else world_size  # a stream's length is this process's share
     if len(dataset_train) < args.batch_size * shares:
         what = 'this process\'s share of the training set has' if shares < world_size else 'the training set has'
         raise TrainingError(f'{what} {len(dataset_train)} images, fewer than one batch ({args.batch_size} x '
                             f'{shares} processes); lower --batch_size')
-    train_sampler = datasets.build_train_sampler(dataset_train, world_size, rank, args.seed)
+    train_sampler = datasets.build_train_sampler(dataset_train, world_size, run.rank, args.seed)
     # random-access data: a sample's augmentation depends on (seed, epoch, index) only (exact mid-epoch resume)
     train_data = dataset_train if train_sampler is None else datasets.SampleSeeded(dataset_train, args.seed)
-    train_loader = _loader(train_data, train_sampler, args, args.batch_size, True, device)
+    train_loader = _loader(train_data, train_sampler, args, args.batch_size, True, run.device)
     num_batches = len(train_loader)
     if args.max_batches_per_epoch > 0:
         num_batches = min(num_batches, args.max_batches_per_epoch)
@@ -801,66 +866,144 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
     total_batch = args.batch_size * args.update_freq * world_size
     logger.info(f'batch {total_batch} ({args.batch_size} x {args.update_freq} accumulation x {world_size} '
                 f'processes), {steps_per_epoch} steps per epoch, lr {args.lr:.2e}')
+    return TrainLoader(train_sampler, train_loader, num_batches, steps_per_epoch)
 
-    if args.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == 'cuda' else None)
-    optimizer = create_optimizer(args, model_without_ddp)
-    loss_scaler = utils.LossScaler(device.type, enabled=amp_dtype == torch.float16)
+
+def build_optimizer_and_schedules(args: argparse.Namespace, run: RunSetup, net: RunModel,
+                                  steps_per_epoch: int) -> Optimization:
+    """The optimizer, the fp16 loss scaler, the per-step lr/wd schedules, mixup and the loss."""
+    optimizer = create_optimizer(args, net.model_without_ddp)
+    loss_scaler = utils.LossScaler(run.device.type, enabled=run.amp_dtype == torch.float16)
     schedules = Schedules(optimizer, args, steps_per_epoch)
     mixup_fn, criterion = build_training_parts(args, args.nb_classes)
+    return Optimization(optimizer, loss_scaler, schedules, mixup_fn, criterion)
 
+
+def resume_or_start(args: argparse.Namespace, run: RunSetup, data: RunData, net: RunModel, opt: Optimization,
+                    train: TrainLoader) -> Start:
+    """The training state of the checkpoint to continue from (if any) and log.txt trimmed back to it."""
     resumed = run_dir.ResumeState(start_epoch=args.start_epoch)
+    resume_path = run.resume_path
     if resume_path:
-        resumed = load_resume(args, resume_path, model_without_ddp, optimizer, loss_scaler, model_ema,
-                              classes=train_classes)
+        resumed = load_resume(args, resume_path, net.model_without_ddp, opt.optimizer, opt.loss_scaler,
+                              net.model_ema, classes=data.train_classes)
     start_epoch, best = resumed.start_epoch, resumed.best
-    position = step_position(args, resumed.checkpoint, resume_path, rank, world_size, num_batches)
-    if position is not None and train_sampler is None:
+    position = step_position(args, resumed.checkpoint, resume_path, run.rank, run.world_size, train.num_batches)
+    if position is not None and train.sampler is None:
         raise TrainingError(f'{resume_path} is a mid-epoch checkpoint; a streamed --data_set {args.data_set} cannot '
                             f'start inside an epoch: remove {resume_path} to restart epoch {position.epoch}')
-    if manager is not None and utils.is_main_process():
+    if run.manager is not None and utils.is_main_process():
         run_dir.trim_log(args.output_dir, start_epoch)
+    return Start(start_epoch, best, position)
 
+
+def open_loggers(args: argparse.Namespace, start: Start, steps_per_epoch: int
+                 ) -> tuple[utils.TensorboardLogger | None, utils.WandbLogger | None]:
+    """TensorBoard (continuing where the resumed checkpoint left off) and W&B, on the main process."""
     log_writer = None
     wandb_logger = None
     if utils.is_main_process():
         tb_dir = args.log_dir or args.output_dir
         if tb_dir:  # after a resume, drop the steps a stopped run logged past its checkpoint
+            start_epoch, position = start.epoch, start.position
             purge = start_epoch * steps_per_epoch if position is None else \
                 start_epoch * steps_per_epoch * args.update_freq + position.batch  # the loss tags' x axis
             log_writer = utils.TensorboardLogger(tb_dir, purge_step=purge or None)
         if args.enable_wandb:
             wandb_logger = utils.WandbLogger(args)
+    return log_writer, wandb_logger
 
+
+def evaluate_epoch(args: argparse.Namespace, run: RunSetup, data: RunData, net: RunModel, epoch: int,
+                   best: dict[str, float], stats: dict[str, float],
+                   log_writer: utils.TensorboardLogger | None) -> list[str]:
+    """The evaluation after an epoch (model and EMA): numbers into ``stats``, new bests into ``best``;
+    returns the best checkpoints to write."""
+    to_save: list[str] = []
+    model_without_ddp, model_ema, amp_dtype = net.model_without_ddp, net.model_ema, run.amp_dtype
+    test_stats = evaluate(data.val_loader, model_without_ddp, run.device, amp_dtype, data.dist_eval)
+    _require_finite(epoch, model_without_ddp, test_stats)
+    stats.update({f'test_{k}': v for k, v in test_stats.items()})
+    if test_stats['acc1'] > best['max_accuracy']:
+        best['max_accuracy'] = test_stats['acc1']
+        to_save.append('best')
+    logger.info(f'Max accuracy: {best["max_accuracy"]:.2f}%')
+    if model_ema is not None and args.model_ema_eval:
+        ema_stats = evaluate(data.val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype,
+                             data.dist_eval, header='Test (EMA):')
+        _require_finite(epoch, model_ema.module, ema_stats, what='EMA model')
+        stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
+        if ema_stats['acc1'] > best['max_accuracy_ema']:
+            best['max_accuracy_ema'] = ema_stats['acc1']
+            to_save.append('best-ema')
+        logger.info(f'Max EMA accuracy: {best["max_accuracy_ema"]:.2f}%')
+    if log_writer is not None:
+        log_writer.update(head='perf', step=epoch, **{k: stats[k] for k in (
+            'test_acc1', 'test_acc5', 'test_loss', 'test_acc1_ema') if k in stats})
+    return to_save
+
+
+def save_epoch(args: argparse.Namespace, run: RunSetup, data: RunData, net: RunModel, opt: Optimization,
+               epoch: int, last_epoch: int, best: dict[str, float], stats: dict[str, float],
+               to_save: list[str]) -> None:
+    """log.txt's line of the epoch, then its checkpoints (``to_save`` and, on the save grid, the epoch's)."""
+    # log line first, then the checkpoints (best before the epoch file, all holding the full
+    # training state): a kill in between re-trains this epoch from the newest complete file,
+    # and the resumed run trims log.txt back to that file's epoch
+    stats.update(epoch=epoch, n_parameters=net.n_parameters, GFLOPs=net.gflops)
+    if data.val_loader is not None:
+        stats['max_accuracy'] = best['max_accuracy']
+        if net.model_ema is not None and args.model_ema_eval:
+            stats['max_ema_accuracy'] = best['max_accuracy_ema']
+    # a run stopping on --run_epochs always saves, so the rerun continues from here
+    if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 in (args.epochs, last_epoch):
+        to_save.append(str(epoch))
+    manager = run.manager
+    with utils.signals_held():  # Ctrl-C, SIGTERM or a preemption waits for these files
+        if manager is not None and utils.is_main_process():
+            run_dir.append_log(args.output_dir, stats)
+        if manager is not None and args.save_ckpt and to_save:
+            on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, net.model_without_ddp,
+                                      opt.optimizer, opt.loss_scaler, net.model_ema, best,
+                                      label_names=data.train_classes))
+
+
+def train_loop(args: argparse.Namespace, cleanup: contextlib.ExitStack, run: RunSetup, data: RunData,
+               net: RunModel, train: TrainLoader, opt: Optimization, start: Start) -> dict[str, float]:
+    """The epochs from ``start`` up to --epochs (at most --run_epochs of them), each evaluated and
+    saved, then the final weights; returns the last epoch's numbers."""
+    start_epoch, best, position = start.epoch, start.best, start.position
+    rank, steps_per_epoch = run.rank, train.steps_per_epoch
+    model_without_ddp, model_ema = net.model_without_ddp, net.model_ema
+    log_writer, wandb_logger = open_loggers(args, start, steps_per_epoch)
     last_epoch = args.epochs if args.run_epochs <= 0 else min(args.epochs, start_epoch + args.run_epochs)
     if start_epoch >= args.epochs:
-        logger.info(f'all {args.epochs} epochs are trained ({resume_path}); nothing to do (pass a larger '
+        logger.info(f'all {args.epochs} epochs are trained ({run.resume_path}); nothing to do (pass a larger '
                     '--epochs to train on, or --eval true to evaluate)')
     else:
         logger.info(f'training epochs {start_epoch}..{last_epoch - 1} of {args.epochs}')
     start_time = time.time()
     stats: dict[str, float] = {}
-    step_saver = StepCheckpointer(args, manager, steps_per_epoch, functools.partial(
-        training_state, args, model=model_without_ddp, optimizer=optimizer, loss_scaler=loss_scaler,
-        model_ema=model_ema, best=best, label_names=train_classes),
-        enabled=train_sampler is not None)  # a stream cannot start inside an epoch: it resumes at the epoch start
+    step_saver = StepCheckpointer(args, run.manager, steps_per_epoch, functools.partial(
+        training_state, args, model=model_without_ddp, optimizer=opt.optimizer, loss_scaler=opt.loss_scaler,
+        model_ema=model_ema, best=best, label_names=data.train_classes),
+        enabled=train.sampler is not None)  # a stream cannot start inside an epoch: it resumes at the epoch start
     # from here a stop request waits for an optimizer-step boundary (a step checkpoint, then the stop),
     # or, arriving during an evaluation, for the end of that epoch's files
     cleanup.enter_context(utils.stops_at_step_boundary())
     for epoch in range(start_epoch, last_epoch):
         epoch_start = time.time()
-        datasets.set_epoch(train_loader, epoch, args.seed, rank)
+        datasets.set_epoch(train.loader, epoch, args.seed, rank)
         # per-epoch seeds make augmentation, mixup and drop path independent of where a run resumed
         utils.seed_everything(utils.seed_for(args.seed, rank, epoch))
         start_batch, metric_logger = 0, utils.MetricLogger()
         if position is not None and position.epoch == epoch:
-            start_batch = resume_inside_epoch(position, train_sampler, metric_logger, args.batch_size)
+            start_batch = resume_inside_epoch(position, train.sampler, metric_logger, args.batch_size)
         train_stats = train_one_epoch(
-            model, criterion, train_loader, optimizer, device, epoch, loss_scaler, args.clip_grad,
-            model_ema, mixup_fn, log_writer=log_writer, schedules=schedules,
-            start_steps=epoch * steps_per_epoch, update_freq=args.update_freq, amp_dtype=amp_dtype,
-            print_freq=args.print_freq, num_batches=num_batches, clip_mode=args.clip_grad_mode,
+            net.model, opt.criterion, train.loader, opt.optimizer, run.device, epoch, opt.loss_scaler, args.clip_grad,
+            model_ema, opt.mixup_fn, log_writer=log_writer, schedules=opt.schedules,
+            start_steps=epoch * steps_per_epoch, update_freq=args.update_freq, amp_dtype=run.amp_dtype,
+            print_freq=args.print_freq, num_batches=train.num_batches, clip_mode=args.clip_grad_mode,
             start_batch=start_batch, metric_logger=metric_logger,
             reseed=functools.partial(_seed_batch, args.seed, rank, epoch),
             on_step=functools.partial(step_saver.on_step, epoch))
@@ -870,46 +1013,10 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
         _require_finite(epoch, model_without_ddp)
         if model_ema is not None:
             _require_finite(epoch, model_ema.module, what='EMA model')
-        to_save: list[str] = []  # written after the log line, best first (see below)
-
-        if val_loader is not None:
-            test_stats = evaluate(val_loader, model_without_ddp, device, amp_dtype, dist_eval)
-            _require_finite(epoch, model_without_ddp, test_stats)
-            stats.update({f'test_{k}': v for k, v in test_stats.items()})
-            if test_stats['acc1'] > best['max_accuracy']:
-                best['max_accuracy'] = test_stats['acc1']
-                to_save.append('best')
-            logger.info(f'Max accuracy: {best["max_accuracy"]:.2f}%')
-            if model_ema is not None and args.model_ema_eval:
-                ema_stats = evaluate(val_loader, model_ema.module, _device_of(model_ema.module), amp_dtype, dist_eval,
-                                     header='Test (EMA):')
-                _require_finite(epoch, model_ema.module, ema_stats, what='EMA model')
-                stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
-                if ema_stats['acc1'] > best['max_accuracy_ema']:
-                    best['max_accuracy_ema'] = ema_stats['acc1']
-                    to_save.append('best-ema')
-                logger.info(f'Max EMA accuracy: {best["max_accuracy_ema"]:.2f}%')
-            if log_writer is not None:
-                log_writer.update(head='perf', step=epoch, **{k: stats[k] for k in (
-                    'test_acc1', 'test_acc5', 'test_loss', 'test_acc1_ema') if k in stats})
-
-        # log line first, then the checkpoints (best before the epoch file, all holding the full
-        # training state): a kill in between re-trains this epoch from the newest complete file,
-        # and the resumed run trims log.txt back to that file's epoch
-        stats.update(epoch=epoch, n_parameters=n_parameters, GFLOPs=gflops)
-        if val_loader is not None:
-            stats['max_accuracy'] = best['max_accuracy']
-            if model_ema is not None and args.model_ema_eval:
-                stats['max_ema_accuracy'] = best['max_accuracy_ema']
-        # a run stopping on --run_epochs always saves, so the rerun continues from here
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 in (args.epochs, last_epoch):
-            to_save.append(str(epoch))
-        with utils.signals_held():  # Ctrl-C, SIGTERM or a preemption waits for these files
-            if manager is not None and utils.is_main_process():
-                run_dir.append_log(args.output_dir, stats)
-            if manager is not None and args.save_ckpt and to_save:
-                on_main(functools.partial(save_checkpoints, manager, to_save, args, epoch, model_without_ddp,
-                                          optimizer, loss_scaler, model_ema, best, label_names=train_classes))
+        # written after the log line, best first (see save_epoch)
+        to_save = evaluate_epoch(args, run, data, net, epoch, best, stats, log_writer) \
+            if data.val_loader is not None else []
+        save_epoch(args, run, data, net, opt, epoch, last_epoch, best, stats, to_save)
         if log_writer is not None:
             log_writer.flush()
         if wandb_logger is not None:
@@ -923,19 +1030,47 @@ def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, 
 
     total = datetime.timedelta(seconds=int(time.time() - start_time))
     logger.info(f'Training time {total}')
-    if manager is not None and args.save_safetensors and last_epoch == args.epochs:
-        on_main(lambda: save_final_weights(args.output_dir, model_without_ddp, model_ema, best, train_classes,
-                                           val_loader is not None and args.save_ckpt))
+    if run.manager is not None and args.save_safetensors and last_epoch == args.epochs:
+        on_main(lambda: save_final_weights(args.output_dir, model_without_ddp, model_ema, best, data.train_classes,
+                                           data.val_loader is not None and args.save_ckpt))
     if args.distributed:
         diff = utils.max_param_divergence(model_without_ddp)
         stats['rank_param_max_diff'] = diff
-        logger.info(f'parameters on {world_size} ranks: max |difference| from rank 0 = {diff:.3g}')
+        logger.info(f'parameters on {run.world_size} ranks: max |difference| from rank 0 = {diff:.3g}')
     if wandb_logger is not None:
         if args.output_dir:
             wandb_logger.log_checkpoints(args.output_dir)
         wandb_logger.finish()
     utils.barrier()
     return stats
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(args: argparse.Namespace) -> dict[str, float]:
+    """Train (or with ``--eval true`` only evaluate) as configured by ``args``.
+
+    Returns the final statistics (last epoch's train/test numbers, or the evaluation).
+    """
+    with contextlib.ExitStack() as cleanup:  # releases the --output_dir lock however the run ends
+        return _main(args, cleanup)
+
+
+def _main(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> dict[str, float]:
+    """The steps of a run, in order; ``cleanup`` closes what they open (the folder's lock, the stop guard)."""
+    run = setup_run(args, cleanup)
+    data = build_data(args, run)
+    net = build_model_and_ema(args, run, data)
+    if args.eval:
+        return evaluate_only(args, run, data, net)
+
+    train = build_train_loader(args, run, data.train)
+    if args.distributed:
+        net.model = torch.nn.parallel.DistributedDataParallel(
+            net.model, device_ids=[args.gpu] if run.device.type == 'cuda' else None)
+    opt = build_optimizer_and_schedules(args, run, net, train.steps_per_epoch)
+    start = resume_or_start(args, run, data, net, opt, train)
+    return train_loop(args, cleanup, run, data, net, train, opt, start)
 
 
 class Terminated(BaseException):
