@@ -53,6 +53,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
 from augment import patch_timm_posterize
+from models.hornet import eval_data_config
 from utils import TrainingError
 
 logger = logging.getLogger('hornet')
@@ -469,21 +470,16 @@ def eval_transform(input_size: int, crop_pct: float | None = None,
 
     As the original: from 384 px up the whole image is resized to a square (no crop, ``crop_pct``
     ignored); below, the short side goes to ``input_size / crop_pct`` and the centre is cropped
-    (default ``crop_pct``: 224/256, or 1.0 for inputs of 32 px or less).
+    (default ``crop_pct``: 224/256, or 1.0 for inputs of 32 px or less). The decisions are
+    :func:`models.hornet.eval_data_config`'s, which the pretrained cfgs and hub exports state.
     """
-    if imagenet_default_mean_and_std:
-        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    else:
-        mean, std = IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-    size = input_size
-    bicubic = transforms.InterpolationMode.BICUBIC
-    if size >= 384:
+    cfg = eval_data_config(input_size, crop_pct, imagenet_default_mean_and_std)
+    size, bicubic = input_size, transforms.InterpolationMode.BICUBIC
+    if cfg['crop_mode'] == 'squash':  # crop_pct 1.0: the whole image
         resize = [transforms.Resize((size, size), interpolation=bicubic)]
     else:
-        if crop_pct is None:
-            crop_pct = 1.0 if size <= 32 else 224 / 256
-        resize = [transforms.Resize(int(size / crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
-    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
+        resize = [transforms.Resize(int(size / cfg['crop_pct']), interpolation=bicubic), transforms.CenterCrop(size)]
+    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(cfg['mean'], cfg['std'])])
 
 
 def prepare_data(args: argparse.Namespace) -> None:
