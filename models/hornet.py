@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.layers import DropPath, get_device_dtype, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
@@ -690,12 +690,35 @@ def _create_hornet(variant: str, pretrained: bool = False, arch: str | None = No
     )
 
 
-def _cfg(url: str = '', **kwargs) -> dict:
+def eval_data_config(input_size: int, crop_pct: float | None = None,
+                     imagenet_default_mean_and_std: bool = True) -> dict:
+    """The one evaluation preprocessing at ``input_size``, as timm's data config (the keys of
+    ``timm.data.resolve_data_config``): ``datasets.eval_transform`` builds it, the pretrained cfgs
+    and an exported hub ``config.json`` state it, so timm's ``create_transform`` gives the same.
+
+    As the original: from 384 px up the whole image is resized to a square (``crop_mode='squash'``,
+    ``crop_pct`` 1.0; a given ``crop_pct`` is ignored); below, the short side goes to
+    ``input_size / crop_pct`` and the centre is cropped (default ``crop_pct``: 224/256, or 1.0 for
+    inputs of 32 px or less). ``imagenet_default_mean_and_std`` false: Inception's mean and std.
+    """
+    if input_size >= 384:
+        crop_pct, crop_mode = 1.0, 'squash'
+    else:
+        crop_mode = 'center'
+        if crop_pct is None:
+            crop_pct = 1.0 if input_size <= 32 else 224 / 256
+    if imagenet_default_mean_and_std:
+        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        mean, std = IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+    return {'input_size': (3, input_size, input_size), 'interpolation': 'bicubic', 'crop_pct': crop_pct,
+            'crop_mode': crop_mode, 'mean': mean, 'std': std}
+
+
+def _cfg(url: str = '', img_size: int = 224, **kwargs) -> dict:
     return {
         'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bicubic',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'num_classes': 1000, **eval_data_config(img_size), 'pool_size': (img_size // 32, img_size // 32),
         'first_conv': _STEM_CONV, 'classifier': 'head',
         'license': 'mit', 'paper_ids': 'arXiv:2207.14284',
         **kwargs,
@@ -724,12 +747,11 @@ default_cfgs = generate_default_cfgs({
         url=_MIRROR.format('base', 'a06176bb'), origin_url=_ZOO.format('5c86cb3d655d4c17a959')),
     'hornet_base_gf.in1k': _cfg(
         url=_MIRROR.format('base-gf', '82c06fa7'), origin_url=_ZOO.format('6c84935e63b547f383fb')),
-    'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'hornet_base_gf_img384.in1k': _cfg(img_size=384),
     # HorNet-L: pre-trained on ImageNet-22K; the released files carry a 1000-class head
     'hornet_large_7x7.in22k_ft_in1k': _cfg(origin_url=_ZOO.format('a76f7ce114ad4e9c8ffb')),
     'hornet_large_gf.in22k_ft_in1k': _cfg(origin_url=_ZOO.format('12c99a79e77341e59681')),
-    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(
-        input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, origin_url=_ZOO.format('9253bd0d50c84ab1b71e')),
+    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(img_size=384, origin_url=_ZOO.format('9253bd0d50c84ab1b71e')),
 })
 
 

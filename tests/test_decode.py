@@ -114,3 +114,102 @@ def test_timm_folder_data_decodes_like_the_loader(tmp_path):
         assert n == 1 and len(ds) == 1
         out = np.asarray(ds[0][0])
         assert out.shape == (SIZE, SIZE, 3) and np.abs(out[..., 0].astype(int) - want).max() <= 1
+
+
+# ----------------------------------------------------------------------------- streamed sources
+
+def _encode(img: Image.Image) -> tuple[str, bytes]:
+    """(extension, file bytes): a float image as TIFF, the others as PNG."""
+    import io
+    ext = 'tiff' if img.mode == 'F' else 'png'
+    buf = io.BytesIO()
+    img.save(buf, format=ext.upper())
+    return ext, buf.getvalue()
+
+
+def _stream_decodes(root, images: list[Image.Image]) -> dict[str, list[np.ndarray]]:
+    """The same image files read by the loader (``pil_loader``: IMNET, image_folder) and streamed
+    by ``wds/`` (one shard) and ``hfids/`` (a local parquet data set), each in file order, without a
+    transform: what the transform would receive."""
+    import json
+    import os
+
+    import webdataset as wds
+
+    from main import parse_args
+    os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # read when Hugging Face's package is imported
+    files = [_encode(img) for img in images]
+    paths = []
+    for i, (ext, data) in enumerate(files):
+        paths.append(root / f'{i}.{ext}')
+        paths[-1].write_bytes(data)
+    (root / 'wds').mkdir()
+    with wds.TarWriter(str(root / 'wds' / 'set-val-0000.tar')) as w:
+        for i, (ext, data) in enumerate(files):
+            w.write({'__key__': f's{i:04d}', ext: data, 'cls': 0})
+    info = {'name': 'set', 'splits': {'validation': dict(name='validation', num_samples=len(files),
+                                                          filenames=['set-val-0000.tar'], shard_lengths=[len(files)])}}
+    (root / 'wds' / '_info.json').write_text(json.dumps(info))
+    with datasets.hugging_face_datasets() as hf:
+        features = hf.Features({'image': hf.Image(), 'label': hf.ClassLabel(names=['c0'])})
+        table = hf.Dataset.from_dict({'image': [{'bytes': data, 'path': None} for _, data in files],
+                                      'label': [0] * len(files)}, features=features)
+        table.to_parquet(str(root / 'hf' / 'data' / 'validation-00000-of-00001.parquet'))
+    out = {'loader': [np.asarray(datasets.pil_loader(str(p))) for p in paths]}
+    for name, data_path in (('wds/set', root / 'wds'), (f'hfids/{root / "hf"}', root / 'hf_cache')):
+        args = parse_args(['--data_set', name, '--data_path', str(data_path), '--nb_classes', '1', '--device', 'cpu',
+                           '--input_size', str(SIZE), '--num_workers', '0', '--val_num_samples', str(len(files))])
+        ds, _ = datasets.build_timm_dataset(False, args, None)
+        out[name.partition('/')[0]] = [np.asarray(img) for img, _ in ds]
+    return out
+
+
+def test_streams_decode_16_bit_png_and_float_tiff_like_the_loader(tmp_path):
+    """A 16-bit PNG and a float TIFF streamed from ``wds/`` and ``hfids/`` reach the transform scaled
+    to 8 bits exactly as the loader decodes them (timm's readers alone clip them: the PNG almost
+    white, the TIFF black)."""
+    png = Image.fromarray((_gradient() * 65535).astype(np.uint16))
+    tiff = Image.fromarray(_gradient().astype(np.float32))
+    out = _stream_decodes(tmp_path, [png, tiff])
+    want = np.round(_gradient() * 255)
+    for source, (png_rgb, tiff_rgb) in out.items():
+        for rgb in (png_rgb, tiff_rgb):
+            assert rgb.dtype == np.uint8 and rgb.shape == (SIZE, SIZE, 3), source
+            assert np.abs(rgb[..., 0].astype(int) - want).max() <= 1, source
+        assert np.array_equal(png_rgb, out['loader'][0]) and np.array_equal(tiff_rgb, out['loader'][1]), source
+
+
+@st.composite
+def _images(draw) -> list[Image.Image]:
+    """1-3 images of random sizes: 16-bit (PNG), float (TIFF, any range) or 8-bit RGB (PNG)."""
+    images = []
+    for _ in range(draw(st.integers(1, 3))):
+        mode = draw(st.sampled_from(['I;16', 'F', 'RGB']))
+        h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+        rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+        if mode == 'I;16':
+            hi = draw(st.sampled_from([255, 4095, 65535]))
+            images.append(Image.fromarray(rng.integers(0, hi + 1, (h, w)).astype(np.uint16)))
+        elif mode == 'F':
+            low, span = draw(st.floats(-1e4, 1e4)), draw(st.floats(0, 2e4))
+            images.append(Image.fromarray((low + span * rng.random((h, w))).astype(np.float32)))
+        else:
+            images.append(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+    return images
+
+
+@settings(max_examples=10)
+@given(images=_images())
+def test_every_source_decodes_the_same_pixels(images):
+    """Whatever the image (bit depth, value range, size), ``wds/`` and ``hfids/`` hand the transform
+    the same 8-bit RGB pixels as the loader of ``IMNET``/``image_folder`` (and of ``folder``/``hfds/``,
+    which call the same function)."""
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        out = _stream_decodes(Path(tmp), images)
+    assert len(out['loader']) == len(images)
+    for source in ('wds', 'hfids'):
+        assert len(out[source]) == len(images), source
+        for got, want in zip(out[source], out['loader'], strict=True):
+            assert got.dtype == np.uint8 and np.array_equal(got, want), source

@@ -1,4 +1,5 @@
 """export.py: ONNX and torch.export of small 7x7 and GF models, checked against eager."""
+import functools
 import re
 
 import numpy as np
@@ -7,6 +8,8 @@ import onnxruntime as ort
 import pytest
 import timm
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import export
 from helpers import SMALL, SMALL_ARGS
@@ -197,3 +200,62 @@ def test_hub_folder_never_overwrites_unasked_or_the_input(tmp_path, capsys):
     (tmp_path / 'file').write_text('x')
     assert export.main(_hub_args(ckpt, tmp_path / 'file')) == 2
     assert 'writes a folder' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hub preprocessing = evaluation's
+
+def _hub_transform(pretrained_cfg: dict):
+    """What a timm user of the hub folder preprocesses with (the model card's recipe)."""
+    return timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=pretrained_cfg))
+
+
+def _random_image(rng: np.random.Generator, width: int, height: int):
+    from PIL import Image
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_hub_folder_preprocesses_as_evaluation_at_384_and_224(tmp_path):
+    """A hub folder exported at 384 px says ``crop_mode='squash'`` with ``crop_pct`` 1.0 (the whole image
+    resized to a square, as our evaluation; timm's default centre crop of the short side would cut
+    the sides of a 500 x 300 image), one at 224 px a centre crop of the short side resized to 256;
+    timm's transform from the loaded folder gives exactly ``datasets.eval_transform``'s tensor."""
+    import json
+
+    import datasets
+    model = timm.create_model('hornet_tiny_7x7', **SMALL).eval()
+    ckpt = tmp_path / 'checkpoint.pth'
+    torch.save({'model': model.state_dict()}, ckpt)
+    img = _random_image(np.random.default_rng(0), 500, 300)
+    for size, crop_pct, crop_mode in ((384, 1.0, 'squash'), (224, 0.875, 'center')):
+        out = tmp_path / f'hub{size}'
+        argv = ['--model', 'hornet_tiny_7x7', '--checkpoint', str(ckpt), '--format', 'hub', '--output', str(out),
+                '--input_size', str(size), *SMALL_ARGS]
+        assert export.main(argv) == 0
+        pc = json.loads((out / 'config.json').read_text())['pretrained_cfg']
+        assert (pc['input_size'], pc['crop_pct'], pc['crop_mode'], pc['interpolation']) == \
+            ([3, size, size], crop_pct, crop_mode, 'bicubic')
+        loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+        hub = timm.data.create_transform(**timm.data.resolve_data_config({}, model=loaded))(img)
+        assert hub.shape == (3, size, size) and torch.equal(hub, datasets.eval_transform(size)(img))
+
+
+@settings(max_examples=20)
+@given(size=st.integers(32, 512), images=st.lists(st.tuples(st.integers(1, 640), st.integers(1, 640)),
+                                                  min_size=1, max_size=2), seed=st.integers(0, 2 ** 16))
+def test_hub_config_preprocesses_as_evaluation_at_any_size(size, images, seed):
+    """For every input size an export may have, timm's transform from the exported config.json turns
+    any image into the same tensor as ``datasets.eval_transform(size)``."""
+    import datasets
+    pretrained_cfg = export.hub_config(_small_model(), size)['pretrained_cfg']
+    hub, ours = _hub_transform(pretrained_cfg), datasets.eval_transform(size)
+    rng = np.random.default_rng(seed)
+    for width, height in images:
+        img = _random_image(rng, width, height)
+        a, b = hub(img), ours(img)
+        assert a.shape == b.shape == (3, size, size)
+        assert float((a - b).abs().max()) <= 1e-6
+
+
+@functools.cache
+def _small_model():
+    return timm.create_model('hornet_tiny_gf', **SMALL)

@@ -262,3 +262,128 @@ def test_seg_labels_outside_the_classes_train_and_test(seg, tmp_path):
                                                        '--cfg-options', *opts])
     assert_error(rc, err, 'label values 199 lie outside the 150 classes')
     assert 'annotations/validation/' in err
+
+
+ADE20K_CONFIG = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'semantic_segmentation', 'configs',
+                         'hornet', 'upernet_hornet_tiny_gf_512_160k_ade20k.py')
+
+
+def _with_released_tta(seg, path: str) -> str:
+    """The tiny config with the ``tta_pipeline`` of a released ADE20K config (6 scales x 2 flips,
+    ``LoadAnnotations`` nested in ``TestTimeAug``) instead of its own small one."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(seg['cfg'])
+    cfg.tta_pipeline = Config.fromfile(ADE20K_CONFIG).tta_pipeline
+    cfg.dump(path)
+    return path
+
+
+def test_seg_labels_outside_the_classes_aug_test(seg, tmp_path):
+    """``test.py --aug-test`` (the released config's test-time augmentation, whose ``LoadAnnotations``
+    sits inside ``TestTimeAug``) stops on a label outside the classes with the same one line as the
+    single-scale test, instead of scoring it as a wrong prediction."""
+    cfg = _with_released_tta(seg, str(tmp_path / 'tta.py'))
+    data = _bad_labels(seg, tmp_path)
+    rc, out, err = call('semantic_segmentation.test', [cfg, seg['ckpt'], '--work-dir', str(tmp_path / 'w'),
+                                                       '--aug-test', '--cfg-options',
+                                                       f'test_dataloader.dataset.data_root={data}'])
+    assert_error(rc, err, 'label values 199 lie outside the 150 classes (0..149, after reduce_zero_label=True) '
+                          'and are not the ignore index 255')
+    assert 'annotations/validation/' in err
+
+
+def test_released_tta_pipeline_checks_every_augmented_copy(seg, tmp_path):
+    """The ``--aug-test`` data set of the released config: each of its 12 augmented copies checks the
+    labels right after loading them; good labels pass, a bad value in a label map stops."""
+    from semantic_segmentation.test import build_config, parse_args
+    cfg = build_config(parse_args([_with_released_tta(seg, str(tmp_path / 'tta.py')), seg['ckpt'], '--aug-test',
+                                   '--work-dir', str(tmp_path / 'w')]))
+    runner = mm_runner.build_runner(cfg, parse_args([seg['cfg'], seg['ckpt']]))
+    ds = runner.test_dataloader.dataset
+    mm_runner.DataChecks().before_run(runner)
+    tta = ds.pipeline.transforms[-1]
+    assert type(tta).__name__ == 'TestTimeAug' and len(tta.subroutines) == 12
+    for sub in tta.subroutines:
+        names = [type(t).__name__ for t in sub.transforms]
+        assert names[names.index('LoadAnnotations') + 1] == 'SegLabelCheck' and names.count('SegLabelCheck') == 1
+    mm_runner.DataChecks().before_run(runner)  # a second run adds nothing
+    assert all([type(t).__name__ for t in sub.transforms].count('SegLabelCheck') == 1 for sub in tta.subroutines)
+    for i in range(len(ds)):
+        assert len(ds[i]['data_samples']) == 12  # good labels: every copy packed
+    path = osp.join(seg['data'], 'annotations', 'validation', sorted(os.listdir(
+        osp.join(seg['data'], 'annotations', 'validation')))[1])
+    bad = str(tmp_path / 'bad.png')
+    label = np.array(Image.open(path))
+    label[0, 0] = 152  # class 151 after reduce_zero_label
+    Image.fromarray(label).save(bad)
+    with pytest.raises(mm_runner.DataError, match='label values 151 lie outside the 150 classes'):
+        ds.pipeline(dict(ds.get_data_info(1), seg_map_path=bad))
+
+
+def _pipeline_shapes():
+    """Pipeline configs of any shape: steps and wrappers (``RandomChoice``, ``RandomApply``) nested in
+    each other, ``LoadAnnotations`` anywhere, and possibly last a ``TestTimeAug`` (list of lists of such
+    steps; mmcv needs it last, as its output holds lists)."""
+    leaf = st.sampled_from([dict(type='LoadAnnotations'), dict(type='RandomFlip', prob=0.5, direction='horizontal')])
+
+    def wrap(children):
+        return st.one_of(
+            st.lists(st.lists(children, min_size=1, max_size=2), min_size=1, max_size=2).map(
+                lambda ls: dict(type='RandomChoice', transforms=ls)),
+            st.lists(children, min_size=1, max_size=2).map(
+                lambda ls: dict(type='RandomApply', transforms=ls, prob=0.5)))
+    steps = st.recursive(leaf, wrap, max_leaves=5)
+    tta = st.lists(st.lists(steps, min_size=1, max_size=2), min_size=1, max_size=3).map(
+        lambda ls: [dict(type='TestTimeAug', transforms=ls)])
+    return st.tuples(st.lists(steps, max_size=2), st.one_of(st.just([]), tta)).map(
+        lambda t: t[0] + t[1]).filter(bool)
+
+
+def _label_maps(out) -> int:
+    """How many label maps a pipeline's output holds (TestTimeAug packs a list of results)."""
+    if isinstance(out, dict):
+        return sum(_label_maps(v) if k != 'gt_seg_map' else 1 for k, v in out.items())
+    if isinstance(out, list):
+        return sum(_label_maps(v) for v in out)
+    return 0
+
+
+@given(shape=_pipeline_shapes(), label=st.sampled_from([0, 1, 150, 151, 200, 255]), seed=st.integers(0, 100))
+@settings(max_examples=40, suppress_health_check=[*FIXTURES_OK, HealthCheck.filter_too_much])
+def test_no_bad_label_map_leaves_a_pipeline_of_any_shape(shape, label, seed, tmp_path_factory):
+    """Whatever the nesting of a pipeline that runs, once the checks are inserted a label map with a
+    value outside the 150 classes (after reduce_zero_label) and not 255 never leaves it: the pipeline
+    either stops with the one-line error or loaded no label map on that run; a good one passes."""
+    import copy
+
+    from hypothesis import assume
+    from mmengine.dataset import Compose
+    from mmengine.registry import DefaultScope
+    folder = tmp_path_factory.mktemp('label')
+
+    def run(value: int, checked: bool):
+        path = str(folder / f'{value}.png')
+        Image.fromarray(np.full((4, 4), value, np.uint8)).save(path)
+        with DefaultScope.overwrite_default_scope('mmseg'):
+            pipeline = Compose(copy.deepcopy(shape))  # TestTimeAug builds its config in place
+        if checked:
+            ds = type('SegSet', (), {'pipeline': pipeline, 'metainfo': {'classes': tuple(range(150))},
+                                     'reduce_zero_label': True})()
+            mm_runner.add_seg_label_check(ds, 255)
+        np.random.seed(seed)  # RandomChoice / RandomApply draw from numpy: the same path both times
+        return pipeline({'seg_map_path': path, 'reduce_zero_label': True, 'seg_fields': [],
+                         'img': np.zeros((4, 4, 3), np.uint8)})
+
+    try:  # mmcv rejects some shapes (a TestTimeAug whose alternatives give different keys)
+        plain = run(1, checked=False)
+    except Exception:  # noqa: BLE001
+        assume(False)
+    reduced = 255 if label in (0, 255) else label - 1  # reduce_zero_label: 0 -> 255 (ignored), v -> v - 1
+    bad = reduced != 255 and reduced >= 150
+    try:
+        out = run(label, checked=True)
+    except mm_runner.DataError as e:
+        assert bad and f'label values {reduced} lie outside the 150 classes' in str(e)
+        return
+    assert _label_maps(out) == _label_maps(plain)
+    assert not bad or _label_maps(out) == 0

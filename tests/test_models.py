@@ -643,3 +643,23 @@ def test_default_layout_is_channels_last_inside(name):
     z = torch.randn(2, 128, 5, 6)
     with torch.no_grad():
         torch.testing.assert_close(g(z), g(z.contiguous(memory_format=torch.channels_last)), rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_cfgs_preprocess_as_evaluation():
+    """Every variant's pretrained cfg (the 384 px ones too: ``crop_mode='squash'``, the whole image
+    resized to a square) gives with timm's ``create_transform`` exactly the tensor of
+    ``datasets.eval_transform`` at its input size, for a wide, a tall and a small image."""
+    import numpy as np
+    from PIL import Image
+
+    import datasets
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((500, 300), (200, 450),
+                                                                                           (40, 30))]
+    for name in LAYOUT:
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
+        size = cfg['input_size'][-1]
+        assert cfg['crop_mode'] == ('squash' if size >= 384 else 'center')
+        hub = timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=cfg))
+        for img in images:
+            assert torch.equal(hub(img), datasets.eval_transform(size)(img)), name

@@ -417,17 +417,43 @@ def _ignore_index(cfg: Config) -> int:
     return int(head.get('ignore_index', 255)) if isinstance(head, dict) else 255
 
 
-def add_seg_label_check(ds: Any, ignore_index: int) -> None:
-    """Insert :class:`SegLabelCheck` after each top-level ``LoadAnnotations`` of a segmentation set."""
-    transforms = getattr(getattr(ds, 'pipeline', None), 'transforms', None)
-    classes = getattr(ds, 'metainfo', {}).get('classes')
-    if not isinstance(transforms, list) or not classes or not hasattr(ds, 'reduce_zero_label') or \
-            any(isinstance(t, SegLabelCheck) for t in transforms):
+def _step_lists(step: Any) -> list[list]:
+    """The lists of steps a pipeline step holds: a ``Compose``'s own and those of the wrappers that
+    nest pipelines (``TestTimeAug``'s subroutines, ``RandomChoice``, ``RandomApply``, ``KeyMapper``,
+    ``MultiScaleFlipAug``)."""
+    found = []
+    for attr in ('transforms', 'subroutines'):
+        inner = getattr(step, attr, None)
+        if isinstance(inner, list):
+            found.append(inner)
+        elif inner is not None and not isinstance(inner, (dict, str)):
+            found.extend(_step_lists(inner))  # a Compose inside a wrapper
+    return found
+
+
+def _insert_after_load_annotations(steps: list, check: SegLabelCheck, seen: set[int]) -> None:
+    if id(steps) in seen:  # wrappers may share a list
         return
-    check = SegLabelCheck(len(classes), ignore_index)
-    for i in reversed(range(len(transforms))):
-        if type(transforms[i]).__name__ == 'LoadAnnotations':
-            transforms.insert(i + 1, check)
+    seen.add(id(steps))
+    for i in reversed(range(len(steps))):
+        if type(steps[i]).__name__ == 'LoadAnnotations':
+            if not (i + 1 < len(steps) and isinstance(steps[i + 1], SegLabelCheck)):
+                steps.insert(i + 1, check)
+        else:
+            for inner in _step_lists(steps[i]):
+                _insert_after_load_annotations(inner, check, seen)
+
+
+def add_seg_label_check(ds: Any, ignore_index: int) -> None:
+    """Insert :class:`SegLabelCheck` after each ``LoadAnnotations`` of a segmentation set's pipeline,
+    at any depth: also inside ``TestTimeAug`` (``test.py --aug-test``) and the other wrappers."""
+    pipeline = getattr(ds, 'pipeline', None)
+    classes = getattr(ds, 'metainfo', {}).get('classes')
+    if pipeline is None or not classes or not hasattr(ds, 'reduce_zero_label'):
+        return
+    check, seen = SegLabelCheck(len(classes), ignore_index), set()
+    for steps in _step_lists(pipeline):
+        _insert_after_load_annotations(steps, check, seen)
 
 
 class DataChecks(Hook):
