@@ -33,8 +33,10 @@ from .ops import (
     LayerNorm,
     LayerNorm2d,
     autocast_weights,
+    clear_weight_cache,
     depthwise_conv2d,
     folds_weights,
+    gf_filter,
     global_filter,
     interleave_channels,
     layer_norm,
@@ -101,15 +103,20 @@ class GlobalLocalFilter(nn.Module):
         c = self.dw.in_channels
         # split, not two slices: the backward of a slice zero-fills a full-size gradient first
         x_local, x_global = torch.split(self.pre_norm(x), c, dim=1)
-        x_local = self.dw(x_local)
         n = self.post_norm
         weight, bias = scale_params(x, scale, n.weight, n.bias)
         if not folds_weights(x):
             # CUDA: one pass makes the half dense and float32 for the FFT; the interleaving copy
-            # brings the result back to the autocast dtype, and the post-norm stays in it
-            x_global = self.global_filter(x_global.to(torch.float32, memory_format=torch.contiguous_format))
+            # brings the result back to the autocast dtype, and the post-norm stays in it. The
+            # weights go through the lean path's casts (kept across forwards for inference)
+            dw = self.dw
+            x_local = F.conv2d(x_local, *autocast_weights(x_local, dw.weight, dw.bias), dw.stride, dw.padding,
+                               dw.dilation, dw.groups)
+            x_global = x_global.to(torch.float32, memory_format=torch.contiguous_format)
+            x_global = global_filter(x_global, gf_filter(x_global, self.complex_weight), self.use_dft)
             x = interleave_channels(x_local, x_global)
             return layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
+        x_local = self.dw(x_local)
         # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
         x_global = self.global_filter(x_global.contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
@@ -260,9 +267,9 @@ class GnConv(nn.Module):
         g = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
         y = F.linear(x, w_in[:d0], b_in[:d0]) * g[0]
         for k in range(self.order - 1):
-            y = F.linear(y, *_as_linear(self.pws[k])) * g[k + 1]
+            y = F.linear(y, *autocast_weights(y, *_as_linear(self.pws[k]))) * g[k + 1]
         if isinstance(self.proj_out, nn.Conv2d):
-            y = F.linear(y, *_as_linear(self.proj_out))
+            y = F.linear(y, *autocast_weights(y, *_as_linear(self.proj_out)))
         res = residual.permute(0, 2, 3, 1) if residual is not None else None
         return scale_add(y, out_scale, res).permute(0, 3, 1, 2)
 
@@ -317,16 +324,17 @@ class HorBlock(nn.Module):
         # MLP channels-last; on a channels_last x the permutes are free views
         x_cl = x.permute(0, 2, 3, 1)
         y = self.norm2(x_cl)
+        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
+        if not folds_weights(x):  # CUDA: the layer scale rides on the residual add, not on the weight
+            y = self.act(F.linear(y, *autocast_weights(y, self.pwconv1.weight, self.pwconv1.bias)))
+            y = F.linear(y, *autocast_weights(y, w2, b2))
+            if skip:
+                return scale_add(y, self.gamma2, x_cl).permute(0, 3, 1, 2)
+            return x + self.drop_path(scale_add(y, self.gamma2).permute(0, 3, 1, 2))
         if isinstance(self.act, nn.GELU) and self.act.approximate == 'none':
             y = linear_post(y, self.pwconv1.weight, self.pwconv1.bias, 'gelu')
         else:
             y = self.act(self.pwconv1(y))
-        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
-        if not folds_weights(x):  # CUDA: the layer scale rides on the residual add, not on the weight
-            y = F.linear(y, w2, b2)
-            if skip:
-                return scale_add(y, self.gamma2, x_cl).permute(0, 3, 1, 2)
-            return x + self.drop_path(scale_add(y, self.gamma2).permute(0, 3, 1, 2))
         if self.gamma2 is not None:
             w2, b2 = w2 * self.gamma2[:, None], b2 * self.gamma2
         if skip:
@@ -457,6 +465,12 @@ class HorNet(nn.Module):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> 'HorNet':
+        # each switch (eval() too) drops the inference weight cache (models.ops.weight_cache): no memory
+        # held in training, and an evaluation starts from the parameters as they are
+        clear_weight_cache(self)
+        return super().train(mode)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
