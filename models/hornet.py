@@ -30,8 +30,10 @@ from torch.utils.checkpoint import checkpoint
 from .hub import RELEASE_BASE, cached_download, mirrored
 from .layer_decay import layer_id
 from .ops import (
+    Conv2d,
     LayerNorm,
     LayerNorm2d,
+    Linear,
     autocast_weights,
     clear_weight_cache,
     depthwise_conv2d,
@@ -417,13 +419,13 @@ class HorNet(nn.Module):
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
+            Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
             LayerNorm2d(dims[0], eps=1e-6, **dd),
         ))
         for i in range(1, 4):
             self.downsample_layers.append(nn.Sequential(
                 LayerNorm2d(dims[i - 1], eps=1e-6, **dd),
-                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2, **dd),
+                Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2, **dd),
             ))
 
         dp_rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
@@ -445,7 +447,7 @@ class HorNet(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.norm = LayerNorm(dims[-1], eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.apply(self._init_xavier if uniform_init else self._init_trunc_normal)
         if isinstance(self.head, nn.Linear):
@@ -499,7 +501,7 @@ class HorNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) \
+        self.head = Linear(self.num_features, num_classes, **get_device_dtype(self)) \
             if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):
             self._init_trunc_normal(self.head)

@@ -17,8 +17,8 @@ path runs and why:
 * :func:`folds_weights` decides between the two ways the layers apply their scales: folded into the
   weights (CPU, where it saves passes over activations) or, on CUDA, the lean path of
   :func:`scale_add`, :func:`scale_params`, :func:`autocast_weights`, :func:`layer_norm` (:class:`LayerNorm`,
-  :class:`LayerNorm2d`) and :func:`interleave_channels`, which keeps bf16 autocast in bf16
-  (``benchmarks/GPU.md``, "The lean CUDA path").
+  :class:`LayerNorm2d`, :class:`Conv2d`, :class:`Linear`) and :func:`interleave_channels`, which keeps
+  bf16 autocast in bf16 (``benchmarks/GPU.md``, "The lean CUDA path").
 * :func:`weight_cache`: on the lean path, inference (grad disabled) keeps the autocast-dtype copies of
   the weights across forwards until a parameter changes, instead of casting them in every forward.
 
@@ -40,8 +40,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'LayerNorm', 'LayerNorm2d',
-           'autocast_weights', 'clear_weight_cache', 'cuda_path', 'depthwise_conv2d', 'folds_weights',
+__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'Conv2d', 'LayerNorm', 'LayerNorm2d',
+           'Linear', 'autocast_weights', 'clear_weight_cache', 'cuda_path', 'depthwise_conv2d', 'folds_weights',
            'global_filter', 'global_filter_backward_op', 'global_filter_op', 'gf_filter', 'interleave_channels',
            'layer_norm', 'linear_gate', 'linear_post', 'resize_complex_weight', 'scale_add', 'scale_params',
            'weight_cache']
@@ -652,6 +652,25 @@ class LayerNorm2d(_TimmLayerNorm2d):
             return super().forward(x)
         x = layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters) whose lean path casts its weights with :func:`autocast_weights`
+    (the same casts autocast makes, kept across forwards for inference: :func:`weight_cache`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        return self._conv_forward(x, *autocast_weights(x, self.weight, self.bias))
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters) whose lean path casts its weights with :func:`autocast_weights`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        return F.linear(x, *autocast_weights(x, self.weight, self.bias))
 
 
 def interleave_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -59,8 +59,8 @@ def test_warm_forward_equals_cold_and_reuses_the_casts(name):
     n = _entries(model)
     # one entry per layer: per block norm1, proj_in, the mixer (7x7: its scaled weight and bias; GF:
     # pre-norm, local conv, filter, scaled post-norm), order - 1 pws, proj_out, gamma1, norm2, pwconv1,
-    # pwconv2, gamma2 (orders 2..5); the 4 downsampling norms and the final norm
-    assert n == 4 * 9 + (1 + 2 + 3 + 4) + 5 + (6 if name.endswith('gf') else 0)
+    # pwconv2, gamma2 (orders 2..5); the 4 downsampling convs and norms, the final norm and the head
+    assert n == 4 * 9 + (1 + 2 + 3 + 4) + 4 * 2 + 2 + (6 if name.endswith('gf') else 0)
     cached = [v for p in model.parameters() for v in (ops._WEIGHT_CACHE.get(p) or {}).values()]
     warm = _forward(model)
     assert _entries(model) == n
