@@ -95,6 +95,15 @@ class GlobalLocalFilter(nn.Module):
         # Real-matrix DFT instead of torch.fft: for export (ONNX has no FFT). See set_dft_filter().
         self.use_dft = False
 
+    def _apply(self, fn, recurse=True):
+        # model.to(memory_format=torch.channels_last) makes every 4-D parameter channels-last; the
+        # (C, h, w, 2) filter is no image, and the FFT product needs it dense: a copy per forward
+        module = super()._apply(fn, recurse)
+        w = self.complex_weight
+        if not w.is_contiguous():
+            w.data = w.data.contiguous()
+        return module
+
     def global_filter(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the learned frequency filter to ``x`` in float32; returns x's dtype."""
         return global_filter(x, self.complex_weight, self.use_dft)

@@ -34,6 +34,19 @@ def test_cuda_path_switch():
     assert folds_weights(x)
 
 
+def test_gf_filter_stays_dense_under_channels_last():
+    """``model.to(memory_format=torch.channels_last)`` leaves the GF filters dense (the FFT product would
+    copy a channels-last filter in every forward), the same parameter objects with the same values."""
+    model = _model('hornet_tiny_gf')
+    filters = [m.complex_weight for m in model.modules() if hasattr(m, 'complex_weight')]
+    assert filters and all(f.is_contiguous() for f in filters)
+    before = [f.detach().clone() for f in filters]
+    model.to(memory_format=torch.channels_last).to(torch.float64).float()
+    after = [m.complex_weight for m in model.modules() if hasattr(m, 'complex_weight')]
+    for a, f, b in zip(after, filters, before, strict=True):
+        assert a is f and a.is_contiguous() and torch.equal(a, b)
+
+
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
 def test_cuda_path_equals_cpu_path_and_reference(name):
     """Forward (eval) and every parameter gradient (train) of the CUDA path equal the CPU path's and
