@@ -28,6 +28,7 @@ tells the story). The size thresholds below were tuned on the 2-core CPU of thos
 """
 import contextlib
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -38,7 +39,6 @@ from timm.layers import register_notrace_function
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
-from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'Conv2d', 'LayerNorm', 'LayerNorm2d',
            'Linear', 'autocast_weights', 'clear_weight_cache', 'cuda_path', 'depthwise_conv2d', 'folds_weights',
@@ -478,9 +478,23 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
 # their results only change when a parameter does, so the lean path keeps them.
 
 _WEIGHT_CACHE_ON = [True]
-# weight (a view's base) -> {tag: (fingerprints of the sources, their storages' weak refs, outputs)};
-# weakly keyed, so an entry goes with its parameter, and outside state_dict / parameters() / buffers()
-_WEIGHT_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# id(weight, or a view's base) -> (weak ref to it, {tag: (fingerprints of the sources, weak refs to their
+# storages, outputs)}): outside state_dict / parameters() / buffers(), and an entry goes with its weight
+# (the weak ref's callback). A plain dict and weak refs, not a WeakKeyDictionary: a look-up costs less
+# host time than the two launches it saves (torch.utils.weak's dictionary costs as much as them).
+_WEIGHT_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _forget(ref: weakref.ref, key: int) -> None:
+    slot = _WEIGHT_CACHE.get(key)
+    if slot is not None and slot[0] is ref:
+        del _WEIGHT_CACHE[key]
+
+
+def _cache_entries(t: torch.Tensor) -> dict:
+    """The cache's entries keyed on ``t`` (tests)."""
+    slot = _WEIGHT_CACHE.get(id(t))
+    return slot[1] if slot is not None and slot[0]() is t else {}
 
 
 @contextlib.contextmanager
@@ -502,7 +516,8 @@ def weight_cache(enabled: bool = True) -> Iterator[None]:
     weights (half the float32 model's size in bf16; plus a float32 copy of each GF filter kept
     channels-last by ``model.to(memory_format=...)``), held until the parameter is freed, the model
     switches between ``train()`` and ``eval()`` (:class:`models.HorNet` clears it), or
-    :func:`clear_weight_cache`; and a few attribute reads per weight per forward on the host.
+    :func:`clear_weight_cache`; and on the host a dictionary look-up and a few attribute reads per
+    layer and forward, less than the casts it replaces cost there.
 
     Never used: with grad enabled (training keeps autocast's casts, which carry the graph), on the
     CPU path (:func:`folds_weights`), under ``torch.compile``, ``torch.jit.trace`` or dispatch modes
@@ -524,7 +539,8 @@ def clear_weight_cache(module: nn.Module | None = None) -> None:
         _WEIGHT_CACHE.clear()
         return
     for p in module.parameters():
-        _WEIGHT_CACHE.pop(p, None)
+        if _cache_entries(p):
+            del _WEIGHT_CACHE[id(p)]
 
 
 def _caches(x) -> bool:
@@ -535,27 +551,33 @@ def _caches(x) -> bool:
 
 
 def _fingerprint(t: torch.Tensor) -> tuple:
-    base = t if t._base is None else t._base
+    # _version: bumped by in-place ops; data_ptr (with the storage's weak ref, below): a new storage
     ptr = 0 if isinstance(t, FakeTensor) else t.data_ptr()  # fake tensors have no data (shape only)
-    return id(base), t._version, ptr, t.shape, t.stride(), t.storage_offset(), t.dtype, t.device
+    return id(t if t._base is None else t._base), t._version, ptr, t.shape, t.stride(), t.dtype, t.device
 
 
 def _cached(tag: tuple, sources: Sequence[torch.Tensor], compute: Callable[[], tuple]) -> tuple:
     """``compute()`` (tensors derived from ``sources`` alone), reused while the sources are unchanged."""
-    if any(t.is_inference() for t in sources):  # no version counter to key on
-        return compute()
     base = sources[0] if sources[0]._base is None else sources[0]._base
-    prints = tuple(_fingerprint(t) for t in sources)
-    entries = _WEIGHT_CACHE.get(base)
-    hit = entries.get(tag) if entries is not None else None
-    if hit is not None and hit[0] == prints and not any(r.expired() for r in hit[1]):
-        return hit[2]
+    slot = _WEIGHT_CACHE.get(id(base))
+    if slot is not None and slot[0]() is base:
+        hit = slot[1].get(tag)
+        try:
+            if hit is not None and hit[0] == tuple(_fingerprint(t) for t in sources) \
+                    and not any(r.expired() for r in hit[1]):
+                return hit[2]
+        except RuntimeError:  # a source became an inference tensor (``param.data = ...``): no version
+            pass
     out = compute()
-    # an output that aliases a source would keep the weak key alive: not cached
-    if all(o is None or (o._base is None and all(o is not t for t in sources)) for o in out):
-        if entries is None:
-            entries = _WEIGHT_CACHE[base] = {}
-        entries[tag] = (prints, tuple(StorageWeakRef(t.untyped_storage()) for t in sources), out)
+    # not cached: inference tensors (no version counter to key on); an output that aliases a source
+    if any(t.is_inference() for t in sources) \
+            or not all(o is None or (o._base is None and all(o is not t for t in sources)) for o in out):
+        return out
+    if slot is None or slot[0]() is not base:
+        key = id(base)
+        slot = _WEIGHT_CACHE[key] = (weakref.ref(base, lambda r: _forget(r, key)), {})
+    slot[1][tag] = (tuple(_fingerprint(t) for t in sources),
+                    tuple(StorageWeakRef(t.untyped_storage()) for t in sources), out)
     return out
 
 
@@ -570,8 +592,7 @@ def autocast_weights(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[to
     if not todo:
         return tensors
     if _caches(x):
-        cast = iter(_cached(('cast', dtype, *(t.shape for t in todo)), todo,
-                            lambda: tuple(t.to(dtype) for t in todo)))
+        cast = iter(_cached(('cast', dtype), todo, lambda: tuple(t.to(dtype) for t in todo)))
     else:
         cast = iter([t.to(dtype) for t in todo])
     return tuple(t if t is None or t.dtype == dtype else next(cast) for t in tensors)
@@ -593,7 +614,7 @@ def scale_params(x, scale: float, weight: torch.Tensor, bias: torch.Tensor | Non
     def compute():
         out = torch._foreach_mul([weight, bias], scale)
         return tuple(t.to(dtype) for t in out) if dtype is not None else tuple(out)
-    return _cached(('scale', scale, dtype, weight.shape), (weight, bias), compute)
+    return _cached(('scale', scale, dtype), (weight, bias), compute)
 
 
 def gf_filter(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

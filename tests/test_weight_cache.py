@@ -37,7 +37,7 @@ def _forward(model, enabled=True, autocast=True, grad_mode=torch.no_grad):
 
 
 def _entries(model) -> int:
-    return sum(len(ops._WEIGHT_CACHE.get(p) or {}) for p in model.parameters())
+    return sum(len(ops._cache_entries(p)) for p in model.parameters())
 
 
 def _assert_fresh(model, autocast=True, grad_mode=torch.no_grad):
@@ -61,10 +61,10 @@ def test_warm_forward_equals_cold_and_reuses_the_casts(name):
     # pre-norm, local conv, filter, scaled post-norm), order - 1 pws, proj_out, gamma1, norm2, pwconv1,
     # pwconv2, gamma2 (orders 2..5); the 4 downsampling convs and norms, the final norm and the head
     assert n == 4 * 9 + (1 + 2 + 3 + 4) + 4 * 2 + 2 + (6 if name.endswith('gf') else 0)
-    cached = [v for p in model.parameters() for v in (ops._WEIGHT_CACHE.get(p) or {}).values()]
+    cached = [v for p in model.parameters() for v in ops._cache_entries(p).values()]
     warm = _forward(model)
     assert _entries(model) == n
-    again = [v for p in model.parameters() for v in (ops._WEIGHT_CACHE.get(p) or {}).values()]
+    again = [v for p in model.parameters() for v in ops._cache_entries(p).values()]
     assert all(a[2] is b[2] for a, b in zip(cached, again, strict=True))
     torch.testing.assert_close(warm, cold, rtol=0, atol=0)
     torch.testing.assert_close(warm, _forward(model, enabled=False), rtol=0, atol=0)
@@ -74,8 +74,9 @@ def test_warm_forward_equals_cold_and_reuses_the_casts(name):
 
 def test_cache_follows_parameter_changes():
     """After an optimizer step, ``load_state_dict``, an in-place op under no_grad, a dtype round trip
-    (``half().float()``: new storages, same parameter objects and versions) and a ``.data`` write
-    followed by ``eval()`` or ``clear_weight_cache``, the cached forward equals the uncached one."""
+    (``half().float()``: new storages, same parameter objects and versions), a ``.data`` write
+    followed by ``eval()`` or ``clear_weight_cache``, and an inference tensor put in as ``.data``, the
+    cached forward equals the uncached one."""
     model = _model()
     first = _assert_fresh(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -98,6 +99,11 @@ def test_cache_follows_parameter_changes():
     _assert_fresh(model)
     model.stages[3][0].gnconv.proj_in.bias.data.add_(1)
     clear_weight_cache(model)
+    _assert_fresh(model)
+    with torch.inference_mode():  # a source without a version counter is never cached
+        replacement = model.stages[0][0].pwconv2.weight * 2
+    model.stages[0][0].pwconv2.weight.data = replacement
+    _assert_fresh(model)
     _assert_fresh(model)
     _assert_fresh(model, grad_mode=torch.inference_mode)
 
