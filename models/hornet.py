@@ -120,9 +120,7 @@ class GlobalLocalFilter(nn.Module):
             # CUDA: one pass makes the half dense and float32 for the FFT; the interleaving copy
             # brings the result back to the autocast dtype, and the post-norm stays in it. The
             # weights go through the lean path's casts (kept across forwards for inference)
-            dw = self.dw
-            x_local = F.conv2d(x_local, *autocast_weights(x_local, dw.weight, dw.bias), dw.stride, dw.padding,
-                               dw.dilation, dw.groups)
+            x_local = self.dw._conv_forward(x_local, *autocast_weights(x_local, self.dw.weight, self.dw.bias))
             x_global = x_global.to(torch.float32, memory_format=torch.contiguous_format)
             x_global = global_filter(x_global, gf_filter(x_global, self.complex_weight), self.use_dft)
             x = interleave_channels(x_local, x_global)
