@@ -510,11 +510,11 @@ def weight_cache(enabled: bool = True) -> Iterator[None]:
     by ``model.to()`` / ``.half()`` can never be mistaken for a new one at the same address), shape,
     strides, device and dtype, and on the autocast dtype.
 
-    Helps: evaluation loops, ``predict.py``, ``validate.py``, any repeated inference on CUDA (bf16
-    autocast: no weight cast per forward, ~2.9 ms of HorNet-T's estimated 9.2 ms at batch 128,
-    benchmarks/results/gpu_roofline_2026-12-06_weight_cache.md). Costs: one autocast-dtype copy of the
-    weights (half the float32 model's size in bf16; plus a float32 copy of each GF filter kept
-    channels-last by ``model.to(memory_format=...)``), held until the parameter is freed, the model
+    Helps: evaluation loops, ``predict.py``, ``validate.py``, any repeated inference on CUDA (under
+    autocast no weight cast per forward; the estimate: benchmarks/results/gpu_roofline_2026-12-06_weight_cache.md).
+    Costs: one autocast-dtype copy of the
+    weights (half the float32 model's size in bf16; plus a float32 copy of each GF filter resized to an
+    input size other than its own), held until the parameter is freed, the model
     switches between ``train()`` and ``eval()`` (:class:`models.HorNet` clears it), or
     :func:`clear_weight_cache`; and on the host a dictionary look-up and a few attribute reads per
     layer and forward, less than the casts it replaces cost there.
