@@ -31,6 +31,7 @@ Examples::
     python benchmarks/gpu_roofline.py                       # HorNet-T/S/B 7x7 + GF, ConvNeXt-T/S/B
     python benchmarks/gpu_roofline.py --models hornet_tiny_gf convnext_tiny --mode train --top 20
     python benchmarks/gpu_roofline.py --gpu a100 --amp_dtype float32 --tf32 false
+    python benchmarks/gpu_roofline.py --mode forward --warm   # inference after the first forward
 """
 from __future__ import annotations
 
@@ -287,11 +288,16 @@ class Trace:
 
 def trace_step(name: str, mode: str = 'train', batch: int = 128, size: int = 224,
                amp_dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True, tf32: bool = True,
-               model_kwargs: dict | None = None, patches: Iterable[Callable[[], Any]] = ()) -> Trace:
+               model_kwargs: dict | None = None, patches: Iterable[Callable[[], Any]] = (), warm: bool = False,
+               precast: bool = False) -> Trace:
     """Kernels of one ``mode`` step (``forward``: eval-mode forward, no grad; ``train``: forward,
     backward of a cross-entropy loss, AdamW step) of ``timm.create_model(name, **model_kwargs)`` on a
     CUDA device. ``patches``: context-manager factories entered around the model's build and trace
-    (what-if experiments)."""
+    (what-if experiments). ``warm``: a ``forward`` step is traced after a first, untraced forward, so
+    what a model keeps across forwards (HorNet's weight cache, ``models.ops.weight_cache``) is not
+    counted; a ``train`` step is the same warm or cold (nothing is cached with grad enabled).
+    ``precast``: the weights of every ``nn.Conv2d`` / ``nn.Linear`` are stored in ``amp_dtype``
+    (norm parameters stay float32), so autocast has none of them to cast."""
     with ExitStack() as stack:
         for p in patches:
             stack.enter_context(p())
@@ -300,6 +306,10 @@ def trace_step(name: str, mode: str = 'train', batch: int = 128, size: int = 224
         model.train(mode == 'train')
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if precast and amp_dtype is not None:
+            for m in model.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                    m.to(amp_dtype)
         n_params = sum(p.numel() for p in model.parameters())
         fake = FakeTensorMode()
         named = dict(model.named_parameters())
@@ -320,6 +330,8 @@ def trace_step(name: str, mode: str = 'train', batch: int = 128, size: int = 224
                 return F.cross_entropy(out, y, label_smoothing=0.1)
 
         with fake, eager_cuda_paths(), torch.set_grad_enabled(mode == 'train'):
+            if warm and mode == 'forward':
+                forward(state, x, y)  # untraced: fills the caches the traced forward reuses
             graph = make_fx(forward)(state, x, y)
         recorder = KernelRecorder(tf32=tf32)
         if mode == 'forward':
@@ -468,6 +480,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help='timm.create_model kwargs for convnext_* models, e.g. depths=1,1,1,1 dims=16,32,64,128')
     p.add_argument('--patch', nargs='*', default=[], choices=sorted(PATCHES),
                    help='what-if patches applied inside this process (see PATCHES)')
+    p.add_argument('--warm', action='store_true',
+                   help='forward: trace a second forward after a first, untraced one (what a model caches '
+                        "across forwards, HorNet's inference weight cache, is not counted); train: no change")
+    p.add_argument('--precast', action='store_true',
+                   help='store every Conv2d/Linear weight in the autocast dtype (no weight casts by autocast; '
+                        'norms stay float32): what a model without a weight cache gets from bf16 weights')
     args = p.parse_args(argv)
     gpu = GPUS[args.gpu]
     amp = DTYPES[args.amp_dtype]
@@ -480,14 +498,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'TFLOP/s bf16, {gpu.mem_bw / 1e12:.2f} TB/s, {gpu.launch_s * 1e6:.0f} us per launch; '
           f'torch {torch.__version__}, timm {timm.__version__}')
     print(f'# batch {args.batch_size}, {args.input_size}px, autocast {args.amp_dtype}, channels_last '
-          f'{args.channels_last}, tf32 {args.tf32}' + (f', patches {" ".join(args.patch)}' if args.patch else ''))
+          f'{args.channels_last}, tf32 {args.tf32}' + (f', patches {" ".join(args.patch)}' if args.patch else '')
+          + (', warm forward (traced after a first forward)' if args.warm else '')
+          + (', Conv2d/Linear weights pre-cast' if args.precast else ''))
     results: dict[tuple[str, str], dict] = {}
     traces: dict[tuple[str, str], Trace] = {}
     for mode in args.mode:
         for name in args.models:
             kw = hk if name.startswith('hornet') else ck if name.startswith('convnext') else {}
             t = trace_step(name, mode, args.batch_size, args.input_size, amp, args.channels_last == 'true',
-                           args.tf32 == 'true', kw, [PATCHES[x] for x in args.patch])
+                           args.tf32 == 'true', kw, [PATCHES[x] for x in args.patch], args.warm, args.precast)
             traces[(name, mode)] = t
             results[(name, mode)] = totals(t, gpu)
     print()

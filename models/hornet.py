@@ -30,11 +30,15 @@ from torch.utils.checkpoint import checkpoint
 from .hub import RELEASE_BASE, cached_download, mirrored
 from .layer_decay import layer_id
 from .ops import (
+    Conv2d,
     LayerNorm,
     LayerNorm2d,
+    Linear,
     autocast_weights,
+    clear_weight_cache,
     depthwise_conv2d,
     folds_weights,
+    gf_filter,
     global_filter,
     interleave_channels,
     layer_norm,
@@ -91,6 +95,15 @@ class GlobalLocalFilter(nn.Module):
         # Real-matrix DFT instead of torch.fft: for export (ONNX has no FFT). See set_dft_filter().
         self.use_dft = False
 
+    def _apply(self, fn, recurse=True):
+        # model.to(memory_format=torch.channels_last) makes every 4-D parameter channels-last; the
+        # (C, h, w, 2) filter is no image, and the FFT product needs it dense: a copy per forward
+        module = super()._apply(fn, recurse)
+        w = self.complex_weight
+        if not w.is_contiguous():
+            w.data = w.data.contiguous()
+        return module
+
     def global_filter(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the learned frequency filter to ``x`` in float32; returns x's dtype."""
         return global_filter(x, self.complex_weight, self.use_dft)
@@ -101,15 +114,18 @@ class GlobalLocalFilter(nn.Module):
         c = self.dw.in_channels
         # split, not two slices: the backward of a slice zero-fills a full-size gradient first
         x_local, x_global = torch.split(self.pre_norm(x), c, dim=1)
-        x_local = self.dw(x_local)
         n = self.post_norm
         weight, bias = scale_params(x, scale, n.weight, n.bias)
         if not folds_weights(x):
             # CUDA: one pass makes the half dense and float32 for the FFT; the interleaving copy
-            # brings the result back to the autocast dtype, and the post-norm stays in it
-            x_global = self.global_filter(x_global.to(torch.float32, memory_format=torch.contiguous_format))
+            # brings the result back to the autocast dtype, and the post-norm stays in it. The
+            # weights go through the lean path's casts (kept across forwards for inference)
+            x_local = self.dw._conv_forward(x_local, *autocast_weights(x_local, self.dw.weight, self.dw.bias))
+            x_global = x_global.to(torch.float32, memory_format=torch.contiguous_format)
+            x_global = global_filter(x_global, gf_filter(x_global, self.complex_weight), self.use_dft)
             x = interleave_channels(x_local, x_global)
             return layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
+        x_local = self.dw(x_local)
         # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
         x_global = self.global_filter(x_global.contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
@@ -260,9 +276,9 @@ class GnConv(nn.Module):
         g = torch.split(self._mix(q).permute(0, 2, 3, 1), self.dims, dim=-1)
         y = F.linear(x, w_in[:d0], b_in[:d0]) * g[0]
         for k in range(self.order - 1):
-            y = F.linear(y, *_as_linear(self.pws[k])) * g[k + 1]
+            y = F.linear(y, *autocast_weights(y, *_as_linear(self.pws[k]))) * g[k + 1]
         if isinstance(self.proj_out, nn.Conv2d):
-            y = F.linear(y, *_as_linear(self.proj_out))
+            y = F.linear(y, *autocast_weights(y, *_as_linear(self.proj_out)))
         res = residual.permute(0, 2, 3, 1) if residual is not None else None
         return scale_add(y, out_scale, res).permute(0, 3, 1, 2)
 
@@ -317,16 +333,17 @@ class HorBlock(nn.Module):
         # MLP channels-last; on a channels_last x the permutes are free views
         x_cl = x.permute(0, 2, 3, 1)
         y = self.norm2(x_cl)
+        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
+        if not folds_weights(x):  # CUDA: the layer scale rides on the residual add, not on the weight
+            y = self.act(F.linear(y, *autocast_weights(y, self.pwconv1.weight, self.pwconv1.bias)))
+            y = F.linear(y, *autocast_weights(y, w2, b2))
+            if skip:
+                return scale_add(y, self.gamma2, x_cl).permute(0, 3, 1, 2)
+            return x + self.drop_path(scale_add(y, self.gamma2).permute(0, 3, 1, 2))
         if isinstance(self.act, nn.GELU) and self.act.approximate == 'none':
             y = linear_post(y, self.pwconv1.weight, self.pwconv1.bias, 'gelu')
         else:
             y = self.act(self.pwconv1(y))
-        w2, b2 = self.pwconv2.weight, self.pwconv2.bias
-        if not folds_weights(x):  # CUDA: the layer scale rides on the residual add, not on the weight
-            y = F.linear(y, w2, b2)
-            if skip:
-                return scale_add(y, self.gamma2, x_cl).permute(0, 3, 1, 2)
-            return x + self.drop_path(scale_add(y, self.gamma2).permute(0, 3, 1, 2))
         if self.gamma2 is not None:
             w2, b2 = w2 * self.gamma2[:, None], b2 * self.gamma2
         if skip:
@@ -409,13 +426,13 @@ class HorNet(nn.Module):
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
+            Conv2d(in_chans, dims[0], kernel_size=4, stride=4, **dd),
             LayerNorm2d(dims[0], eps=1e-6, **dd),
         ))
         for i in range(1, 4):
             self.downsample_layers.append(nn.Sequential(
                 LayerNorm2d(dims[i - 1], eps=1e-6, **dd),
-                nn.Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2, **dd),
+                Conv2d(dims[i - 1], dims[i], kernel_size=2, stride=2, **dd),
             ))
 
         dp_rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
@@ -437,7 +454,7 @@ class HorNet(nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.norm = LayerNorm(dims[-1], eps=1e-6, **dd)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = Linear(dims[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
         self.apply(self._init_xavier if uniform_init else self._init_trunc_normal)
         if isinstance(self.head, nn.Linear):
@@ -457,6 +474,12 @@ class HorNet(nn.Module):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+    def train(self, mode: bool = True) -> 'HorNet':
+        # each switch (eval() too) drops the inference weight cache (models.ops.weight_cache): no memory
+        # held in training, and an evaluation starts from the parameters as they are
+        clear_weight_cache(self)
+        return super().train(mode)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -485,7 +508,7 @@ class HorNet(nn.Module):
                 raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) \
+        self.head = Linear(self.num_features, num_classes, **get_device_dtype(self)) \
             if num_classes > 0 else nn.Identity()
         if isinstance(self.head, nn.Linear):
             self._init_trunc_normal(self.head)

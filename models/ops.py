@@ -17,8 +17,10 @@ path runs and why:
 * :func:`folds_weights` decides between the two ways the layers apply their scales: folded into the
   weights (CPU, where it saves passes over activations) or, on CUDA, the lean path of
   :func:`scale_add`, :func:`scale_params`, :func:`autocast_weights`, :func:`layer_norm` (:class:`LayerNorm`,
-  :class:`LayerNorm2d`) and :func:`interleave_channels`, which keeps bf16 autocast in bf16
-  (``benchmarks/GPU.md``, "The lean CUDA path").
+  :class:`LayerNorm2d`, :class:`Conv2d`, :class:`Linear`) and :func:`interleave_channels`, which keeps
+  bf16 autocast in bf16 (``benchmarks/GPU.md``, "The lean CUDA path").
+* :func:`weight_cache`: on the lean path, inference (grad disabled) keeps the autocast-dtype copies of
+  the weights across forwards until a parameter changes, instead of casting them in every forward.
 
 The op-level timings behind each choice are in ``benchmarks/results/cpu_kernels_2threads.md`` (one section per fast
 path), the whole-model effect in the other files of ``benchmarks/results/`` (``benchmarks/README.md``
@@ -26,19 +28,23 @@ tells the story). The size thresholds below were tuned on the 2-core CPU of thos
 """
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d as _TimmLayerNorm2d
 from timm.layers import register_notrace_function
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'LayerNorm', 'LayerNorm2d',
-           'autocast_weights', 'cuda_path', 'depthwise_conv2d', 'folds_weights', 'global_filter',
-           'global_filter_backward_op', 'global_filter_op', 'interleave_channels', 'layer_norm', 'linear_gate',
-           'linear_post', 'resize_complex_weight', 'scale_add', 'scale_params']
+__all__ = ['ONEDNN_INFER_MIN_MACS', 'ONEDNN_LINEAR', 'ONEDNN_TRAIN_MIN_MACS', 'Conv2d', 'LayerNorm', 'LayerNorm2d',
+           'Linear', 'autocast_weights', 'clear_weight_cache', 'cuda_path', 'depthwise_conv2d', 'folds_weights',
+           'global_filter', 'global_filter_backward_op', 'global_filter_op', 'gf_filter', 'interleave_channels',
+           'layer_norm', 'linear_gate', 'linear_post', 'resize_complex_weight', 'scale_add', 'scale_params',
+           'weight_cache']
 
 
 def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -464,30 +470,174 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+# ----------------------------------------------------------------------------- the weight cache
+#
+# In eager mode every forward casts every weight to the autocast dtype again (autocast's own cache
+# lives for one autocast region), and scales the mixer's last weight and bias again: on a GPU these are
+# ~23 launch-bound kernels per HorNet block (benchmarks/GPU.md, "What eager leaves"). For inference
+# their results only change when a parameter does, so the lean path keeps them.
+
+_WEIGHT_CACHE_ON = [True]
+# id(weight, or a view's base) -> (weak ref to it, {tag: (fingerprints of the sources, weak refs to their
+# storages, outputs)}): outside state_dict / parameters() / buffers(), and an entry goes with its weight
+# (the weak ref's callback). A plain dict and weak refs, not a WeakKeyDictionary: a look-up costs less
+# host time than the two launches it saves (torch.utils.weak's dictionary costs as much as them).
+_WEIGHT_CACHE: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _forget(ref: weakref.ref, key: int) -> None:
+    slot = _WEIGHT_CACHE.get(key)
+    if slot is not None and slot[0] is ref:
+        del _WEIGHT_CACHE[key]
+
+
+def _cache_entries(t: torch.Tensor) -> dict:
+    """The cache's entries keyed on ``t`` (tests)."""
+    slot = _WEIGHT_CACHE.get(id(t))
+    return slot[1] if slot is not None and slot[0]() is t else {}
+
+
+@contextlib.contextmanager
+def weight_cache(enabled: bool = True) -> Iterator[None]:
+    """Switch the inference weight cache of the lean (CUDA) path on or off inside the block (on by default).
+
+    When grad is disabled (``torch.no_grad``, ``torch.inference_mode``), the lean path of the layers
+    keeps what it derives from the weights alone, across forwards: the autocast-dtype copy of every
+    weight, bias, norm parameter and layer scale, the mixer's scaled last weight and bias, and the GF
+    filter's dense float32 view. A forward reuses them until a source parameter changes: each entry
+    is keyed on the parameter object, its ``_version`` (bumped by an optimizer step, ``load_state_dict``,
+    any in-place op on it), its storage (``data_ptr``, held by a weak reference so that a storage freed
+    by ``model.to()`` / ``.half()`` can never be mistaken for a new one at the same address), shape,
+    strides, device and dtype, and on the autocast dtype.
+
+    Helps: evaluation loops, ``predict.py``, ``validate.py``, any repeated inference on CUDA (under
+    autocast no weight cast per forward; the estimate: benchmarks/results/gpu_roofline_2026-12-06_weight_cache.md).
+    Costs: one autocast-dtype copy of the
+    weights (half the float32 model's size in bf16; plus a float32 copy of each GF filter resized to an
+    input size other than its own), held until the parameter is freed, the model
+    switches between ``train()`` and ``eval()`` (:class:`models.HorNet` clears it), or
+    :func:`clear_weight_cache`; and on the host a dictionary look-up and a few attribute reads per
+    layer and forward, less than the casts it replaces cost there.
+
+    Never used: with grad enabled (training keeps autocast's casts, which carry the graph), on the
+    CPU path (:func:`folds_weights`), under ``torch.compile``, ``torch.jit.trace`` or dispatch modes
+    (a captured graph must read the parameters). Not seen: a write through ``param.data`` (autograd
+    gives ``.data`` its own version counter); write under ``torch.no_grad()`` to the parameter itself
+    (as optimizers and ``load_state_dict`` do) or call :func:`clear_weight_cache` after it.
+    """
+    prev = _WEIGHT_CACHE_ON[0]
+    _WEIGHT_CACHE_ON[0] = enabled
+    try:
+        yield
+    finally:
+        _WEIGHT_CACHE_ON[0] = prev
+
+
+def clear_weight_cache(module: nn.Module | None = None) -> None:
+    """Drop the weight cache's entries of ``module``'s parameters (all entries when None), freeing their memory."""
+    if module is None:
+        _WEIGHT_CACHE.clear()
+        return
+    for p in module.parameters():
+        if _cache_entries(p):
+            del _WEIGHT_CACHE[id(p)]
+
+
+def _caches(x) -> bool:
+    """Whether the lean path may reuse cached weight copies for input ``x`` (see :func:`weight_cache`)."""
+    return (_WEIGHT_CACHE_ON[0] and not torch.is_grad_enabled() and isinstance(x, torch.Tensor)
+            and not folds_weights(x) and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not is_in_torch_dispatch_mode())
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    # _version: bumped by in-place ops; data_ptr (with the storage's weak ref, below): a new storage
+    ptr = 0 if isinstance(t, FakeTensor) else t.data_ptr()  # fake tensors have no data (shape only)
+    return id(t if t._base is None else t._base), t._version, ptr, t.shape, t.stride(), t.dtype, t.device
+
+
+def _cached(tag: tuple, sources: Sequence[torch.Tensor], compute: Callable[[], tuple]) -> tuple:
+    """``compute()`` (tensors derived from ``sources`` alone), reused while the sources are unchanged."""
+    base = sources[0] if sources[0]._base is None else sources[0]._base
+    slot = _WEIGHT_CACHE.get(id(base))
+    if slot is not None and slot[0]() is base:
+        hit = slot[1].get(tag)
+        try:
+            if hit is not None and hit[0] == tuple(_fingerprint(t) for t in sources) \
+                    and not any(r.expired() for r in hit[1]):
+                return hit[2]
+        except RuntimeError:  # a source became an inference tensor (``param.data = ...``): no version
+            pass
+    out = compute()
+    # not cached: inference tensors (no version counter to key on); an output that aliases a source
+    if any(t.is_inference() for t in sources) \
+            or not all(o is None or (o._base is None and all(o is not t for t in sources)) for o in out):
+        return out
+    if slot is None or slot[0]() is not base:
+        key = id(base)
+        slot = _WEIGHT_CACHE[key] = (weakref.ref(base, lambda r: _forget(r, key)), {})
+    slot[1][tag] = (tuple(_fingerprint(t) for t in sources),
+                    tuple(StorageWeakRef(t.untyped_storage()) for t in sources), out)
+    return out
+
+
 def autocast_weights(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """``tensors`` cast to the autocast dtype of ``x``'s device (unchanged without autocast): one cast
-    per weight, shared by the slices taken of it afterwards (autocast casts every slice again)."""
+    per weight, shared by the slices taken of it afterwards (autocast casts every slice again). For
+    inference the casts are kept across forwards (:func:`weight_cache`)."""
     dtype = _autocast_dtype(x)
     if dtype is None:
         return tensors
-    return tuple(t.to(dtype) if t is not None else None for t in tensors)
+    todo = [t for t in tensors if t is not None and t.dtype != dtype]
+    if not todo:
+        return tensors
+    if _caches(x):
+        cast = iter(_cached(('cast', dtype), todo, lambda: tuple(t.to(dtype) for t in todo)))
+    else:
+        cast = iter([t.to(dtype) for t in todo])
+    return tuple(t if t is None or t.dtype == dtype else next(cast) for t in tensors)
 
 
 def scale_params(x, scale: float, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """``(weight * scale, bias * scale)`` (``scale == 1``: unchanged), for a layer whose output is
-    scaled; on the lean path in one launch for both (``torch._foreach_mul``, differentiable)."""
+    scaled; on the lean path in one launch for both (``torch._foreach_mul``, differentiable). For
+    inference on the lean path the results come cast to the autocast dtype and are kept across
+    forwards (:func:`weight_cache`); the cast is the one the layer would make next."""
     if scale == 1.0:
         return weight, bias
     if folds_weights(x) or bias is None:
         return weight * scale, bias * scale if bias is not None else None
-    return tuple(torch._foreach_mul([weight, bias], scale))
+    if not _caches(x):
+        return tuple(torch._foreach_mul([weight, bias], scale))
+    dtype = _autocast_dtype(x)
+
+    def compute():
+        out = torch._foreach_mul([weight, bias], scale)
+        return tuple(t.to(dtype) for t in out) if dtype is not None else tuple(out)
+    return _cached(('scale', scale, dtype), (weight, bias), compute)
+
+
+def gf_filter(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The GF filter ``weight`` as :func:`global_filter` uses it for ``x`` (B, C, H, W): float32,
+    resized to ``(H, W // 2 + 1)``, dense (``model.to(memory_format=torch.channels_last)`` makes the
+    4-D filter channels-last, and the FFT product needs it dense). Kept across forwards for inference
+    on the lean path (:func:`weight_cache`); elsewhere :func:`global_filter` does the same inside."""
+    H, W = x.shape[-2:]
+
+    def compute():
+        return (resize_complex_weight(weight.float(), (H, W // 2 + 1)).contiguous(),)
+    if not _caches(x):
+        return weight
+    return _cached(('gf', H, W), (weight,), compute)[0]
 
 
 def scale_add(y: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + y * scale`` (each term optional) in ``y``'s dtype, one kernel (``addcmul``): the
     layer scale rides on the residual add instead of being folded into the weights."""
     if scale is not None:
-        scale = scale.to(y.dtype)  # a float32 scale would make the bf16 product float32
+        if scale.dtype != y.dtype:  # a float32 scale would make the bf16 product float32
+            scale = _cached(('cast', y.dtype), (scale,), lambda: (scale.to(y.dtype),))[0] if _caches(y) \
+                else scale.to(y.dtype)
         return torch.addcmul(residual, y, scale) if residual is not None else y * scale
     return y + residual if residual is not None else y
 
@@ -523,6 +673,25 @@ class LayerNorm2d(_TimmLayerNorm2d):
             return super().forward(x)
         x = layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters) whose lean path casts its weights with :func:`autocast_weights`
+    (the same casts autocast makes, kept across forwards for inference: :func:`weight_cache`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        return self._conv_forward(x, *autocast_weights(x, self.weight, self.bias))
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters) whose lean path casts its weights with :func:`autocast_weights`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if folds_weights(x):
+            return super().forward(x)
+        return F.linear(x, *autocast_weights(x, self.weight, self.bias))
 
 
 def interleave_channels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -288,6 +288,24 @@ def test_roofline_flops_match_the_flop_counter_and_casts_follow_autocast():
     assert all(k.read > 0 and k.written > 0 for k in products)
 
 
+def test_roofline_warm_forward_drops_cached_casts_and_precast_drops_convnext_casts():
+    """``warm``: HorNet's second forward has no weight-side kernel left (the weight cache) and fewer
+    casts, the same FLOPs; ConvNeXt (autocast casts every forward) is the same warm or cold, and with
+    its Conv2d/Linear weights pre-cast (``precast``) its weight casts go, the norms' float32 stays."""
+    from benchmarks.gpu_roofline import trace_step
+    hk = dict(depths=(1, 1, 1, 1), base_dim=16, gf_sizes=(None, None, (2, 2), (1, 1)))
+    cold, warm = (trace_step('hornet_tiny_gf', 'forward', 2, 32, model_kwargs=hk, warm=w) for w in (False, True))
+    assert sum(k.weight_side for k in cold.kernels) > 40 and sum(k.weight_side for k in warm.kernels) == 0
+    assert sum(k.flops for k in warm.kernels) == sum(k.flops for k in cold.kernels)
+    # left: the input image's cast and the float32 input of each of the 2 GF blocks' FFT
+    assert sum(k.cast for k in warm.kernels) == 3
+    c_cold, c_warm, c_pre = (trace_step('convnext_tiny', 'forward', 2, 32, model_kwargs=TINY_CONVNEXT, warm=w,
+                                        precast=p) for w, p in ((False, False), (True, False), (True, True)))
+    assert [(k.op, k.cast) for k in c_warm.kernels] == [(k.op, k.cast) for k in c_cold.kernels]
+    assert sum(k.weight_side for k in c_pre.kernels) < sum(k.weight_side for k in c_cold.kernels)
+    assert not [k for k in c_pre.kernels if k.cast and k.weight_side and k.dtype == 'bf16']
+
+
 @pytest.mark.slow
 def test_roofline_cli_totals_ratios_and_top_writers():
     """The cost model's command on a tiny HorNet-T GF and ConvNeXt-T: a row per model and mode with

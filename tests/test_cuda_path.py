@@ -1,12 +1,14 @@
 """The lean CUDA code path of the layers (models/ops.py, ``folds_weights``): the same numbers as the
 CPU path and the reference formulation, run on CPU tensors, and the ops it runs on fake CUDA tensors."""
+import contextlib
+
 import pytest
 import timm
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from benchmarks.gpu_roofline import cuda_autocast
+from benchmarks.gpu_roofline import cuda_autocast, eager_cuda_paths
 from helpers import rel_err
 from models import HorBlock
 from models.ops import cuda_path, folds_weights
@@ -30,6 +32,19 @@ def test_cuda_path_switch():
     with cuda_path():
         assert not folds_weights(x)
     assert folds_weights(x)
+
+
+def test_gf_filter_stays_dense_under_channels_last():
+    """``model.to(memory_format=torch.channels_last)`` leaves the GF filters dense (the FFT product would
+    copy a channels-last filter in every forward), the same parameter objects with the same values."""
+    model = _model('hornet_tiny_gf')
+    filters = [m.complex_weight for m in model.modules() if hasattr(m, 'complex_weight')]
+    assert filters and all(f.is_contiguous() for f in filters)
+    before = [f.detach().clone() for f in filters]
+    model.to(memory_format=torch.channels_last).to(torch.float64).float()
+    after = [m.complex_weight for m in model.modules() if hasattr(m, 'complex_weight')]
+    for a, f, b in zip(after, filters, before, strict=True):
+        assert a is f and a.is_contiguous() and torch.equal(a, b)
 
 
 @pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf'])
@@ -108,9 +123,12 @@ def test_cuda_path_bf16_autocast_stays_bf16_and_close():
 # 19 / 23 (7x7) and 24 / 30 (GF), 5 to 13 of them full activations. Above this, a change brought a
 # cast back.
 CASTS_PER_BLOCK = {'dwconv': {2: 18, 4: 22}, 'gf': {2: 22, 4: 26}}
+# The same in a warm forward (grad disabled, traced after a first forward): the weight cache
+# (models.ops.weight_cache) keeps every weight's cast, so only the GF filter's float32 FFT input is left.
+WARM_CASTS_PER_BLOCK = {'dwconv': {2: 0, 4: 0}, 'gf': {2: 1, 4: 1}}
 
 
-def _fake_cuda_graph(module, x_shape):
+def _fake_cuda_graph(module, x_shape, warm=False):
     named = dict(module.named_parameters())
     named.update(module.named_buffers())
     with FakeTensorMode() as fake:
@@ -121,8 +139,18 @@ def _fake_cuda_graph(module, x_shape):
     def run(params, x):
         with cuda_autocast(torch.bfloat16):
             return torch.func.functional_call(module, params, (x,))
-    with fake, torch.no_grad():
+    # warm: as the cost model's --warm, a first forward untraced; the trace (a dispatch mode, where the
+    # cache is off) is made to look like eager CUDA
+    with fake, torch.no_grad(), eager_cuda_paths() if warm else contextlib.nullcontext():
+        if warm:
+            run(params, x)
         return make_fx(run)(params, x)
+
+
+def _casts(graph):
+    calls = [n for n in graph.graph.nodes if n.op == 'call_function']
+    return [n for n in calls if n.target == torch.ops.aten._to_copy.default and 'dtype' in n.kwargs
+            and n.kwargs['dtype'] != n.args[0].meta['val'].dtype]
 
 
 @pytest.mark.parametrize('mixer', ['dwconv', 'gf'])
@@ -138,8 +166,7 @@ def test_fake_cuda_block_runs_plain_ops_in_bf16(mixer, order):
     names = [str(n.target) for n in calls]
     assert not [t for t in names if 'hornet' in t or 'mkldnn' in t]
     assert names.count('aten.addcmul.default') == 2
-    casts = [n for n in calls if n.target == torch.ops.aten._to_copy.default and 'dtype' in n.kwargs
-             and n.kwargs['dtype'] != n.args[0].meta['val'].dtype]
+    casts = _casts(graph)
     assert len(casts) <= CASTS_PER_BLOCK[mixer][order]
     # of activations, only the FFT's float32 input (GF); every other cast is a weight's
     activations = [n for n in casts if n.meta['val'].shape[0] == 2]
@@ -167,3 +194,20 @@ def test_cuda_path_compiles_fullgraph(mixer):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('mixer', ['dwconv', 'gf'])
+@pytest.mark.parametrize('order', [2, 4])
+def test_fake_cuda_warm_block_casts_no_weight(mixer, order):
+    """A HorBlock's second forward on fake CUDA tensors under bf16 autocast with grad disabled: the
+    weight cache leaves no weight cast, no scale product and no filter copy (``WARM_CASTS_PER_BLOCK``:
+    only the GF filter's float32 FFT input); the cold trace of the same block keeps its casts."""
+    kw = dict(mixer=mixer, filter_size=(7, 4)) if mixer == 'gf' else dict(mixer=mixer)
+    blk = HorBlock(32, order=order, scale=1 / 3, **kw).eval().to(memory_format=torch.channels_last)
+    warm = _fake_cuda_graph(blk, (2, 32, 7, 7), warm=True)
+    casts = _casts(warm)
+    assert len(casts) == WARM_CASTS_PER_BLOCK[mixer][order]
+    assert all(n.meta['val'].shape[0] == 2 for n in casts)  # activations only
+    names = [str(n.target) for n in warm.graph.nodes if n.op == 'call_function']
+    assert not [t for t in names if 'foreach' in t or t == 'aten.clone.default']
+    assert len(_casts(_fake_cuda_graph(blk, (2, 32, 7, 7)))) == CASTS_PER_BLOCK[mixer][order]
