@@ -126,7 +126,8 @@ class GlobalLocalFilter(nn.Module):
             x = interleave_channels(x_local, x_global)
             return layer_norm(x, n.normalized_shape, weight, bias, n.eps).permute(0, 3, 1, 2)
         x_local = self.dw(x_local)
-        # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs ~1.7x slower
+        # dense NCHW for the FFT: over a channels-last slice (channels innermost) it runs slower
+        # (benchmarks/results/cpu_kernels_2threads.md)
         x_global = self.global_filter(x_global.contiguous()).to(x_local.dtype)
         # interleave: channel 2k is local channel k, 2k+1 is global channel k; built channels-last
         # (B, H, W, C, 2) so the NCHW view of the result is channels_last, like the rest of the net
