@@ -18,7 +18,8 @@ Steps, each in its own process with its own timeout; a failure is reported and t
   blocks`` for T;
 - ``roofline``: benchmarks/gpu_roofline.py's estimate for the same models (run on the CPU alongside
   the others), printed next to each measured time: measured / estimated is the cost model's
-  calibration on this card.
+  calibration on this card. Inference rows are estimated warm (``--warm``), as they are measured:
+  repeated no-grad forwards run on HorNet's weight cache after the first one.
 
 In ``--dry`` mode the CUDA side of a comparison is the CPU with channels_last tensors (CPU vs CPU),
 and the report says so on each such row.
@@ -356,8 +357,10 @@ def _roofline_argv(dry: bool, gpu: str) -> list[str]:
     names = ['hornet_tiny_7x7', 'hornet_tiny_gf', 'convnext_tiny'] if dry else \
         [f'hornet_{s}_{k}' for s in SIZES for k in ('7x7', 'gf')] + [f'convnext_{s}' for s in SIZES]
     size = ['--batch_size', '1', '--input_size', '32'] if dry else ['--batch_size', '128']
+    # --warm: throughput.py's inference rows repeat no-grad forwards, which run on HorNet's weight cache
+    # after the first one; its training rows are the same warm or cold
     return [os.path.join(ROOT, 'benchmarks', 'gpu_roofline.py'), '--models', *names, *size, '--gpu', gpu,
-            '--top', '0']
+            '--top', '0', '--warm']
 
 
 def _gpu_key() -> str:

@@ -125,7 +125,8 @@ def test_ci_runs_the_readme_test_command():
     block = readme[readme.index('# 2. install the pinned test environment'):]
     block = block[:block.index('```')]
     command = [ln for ln in block.splitlines() if not ln.lstrip().startswith('#') and ln.strip()]
-    assert command and 'requirements-lock.txt' in command[0] and command[-1].endswith('python -m pytest -q -n 2 --dist loadfile tests')
+    assert command and 'requirements-lock.txt' in command[0]
+    assert command[-1].endswith('python -m pytest -q -n 2 --dist loadfile tests')
     ci = _read('.ci/run')
     assert '\n'.join(command) in ci
     assert ci.index('-m venv') < ci.index(command[0])
