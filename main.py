@@ -544,10 +544,12 @@ def resume_inside_epoch(position: StepPosition, sampler: datasets.ResumableSampl
 
 
 def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: ModelEmaV3 | None,
-                       best: dict[str, float], label_names: Sequence[str] | None, ranked: bool) -> str:
+                       best: dict[str, float], label_names: Sequence[str] | None, ranked: bool,
+                       imagenet_default_mean_and_std: bool = True) -> str:
     """``model.safetensors`` in ``output_dir``: the weights of the best checkpoint when checkpoints
     were ranked (``ranked``), those of the EMA when its best accuracy is higher, else the final
-    weights; which one, its accuracy and the class names go into the file's metadata."""
+    weights; which one, its accuracy, the class names and the mean/std flag (which export.py and
+    predict.py preprocess with) go into the file's metadata."""
     state, source, acc = model.state_dict(), 'final weights', None
     if ranked:
         use_ema = model_ema is not None and best['max_accuracy_ema'] > best['max_accuracy']
@@ -556,7 +558,7 @@ def save_final_weights(output_dir: str, model: torch.nn.Module, model_ema: Model
         if os.path.isfile(path):
             state, source = run_dir.load_file(path)[key], f'{key} of {name}'
             acc = best['max_accuracy_ema' if use_ema else 'max_accuracy']
-    metadata = {'source': source}
+    metadata = {'source': source, 'imagenet_default_mean_and_std': str(bool(imagenet_default_mean_and_std)).lower()}
     if acc is not None:
         metadata['acc1'] = f'{acc:.4f}'
     if label_names is not None:
@@ -1032,7 +1034,8 @@ def train_loop(args: argparse.Namespace, cleanup: contextlib.ExitStack, run: Run
     logger.info(f'Training time {total}')
     if run.manager is not None and args.save_safetensors and last_epoch == args.epochs:
         on_main(lambda: save_final_weights(args.output_dir, model_without_ddp, model_ema, best, data.train_classes,
-                                           data.val_loader is not None and args.save_ckpt))
+                                           data.val_loader is not None and args.save_ckpt,
+                                           args.imagenet_default_mean_and_std))
     if args.distributed:
         diff = utils.max_param_divergence(model_without_ddp)
         stats['rank_param_max_diff'] = diff

@@ -92,8 +92,7 @@ def predict(
 def checkpoint_meta(path: str) -> tuple[list[str] | None, dict[str, Any]]:
     """The class names and the training flags (``args``) a checkpoint holds (either may be absent)."""
     ckpt = run_dir.load_file(path, mmap=True)  # mapped: create_model already read the weights
-    train_args = ckpt.get('args')
-    return run_dir.label_names(ckpt), dict(train_args) if isinstance(train_args, dict) else {}
+    return run_dir.label_names(ckpt), run_dir.saved_args(ckpt)
 
 
 def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_size: int | None = None) -> Callable:
@@ -101,7 +100,7 @@ def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_siz
     mean/std flags when it has them (``input_size`` overrides), else the variant's input size."""
     size = input_size or train_args.get('input_size') or model.pretrained_cfg['input_size'][-1]
     return datasets.eval_transform(int(size), train_args.get('crop_pct'),
-                                   bool(train_args.get('imagenet_default_mean_and_std', True)))
+                                   run_dir.imagenet_mean_and_std({'args': train_args}))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import socket
+from argparse import Namespace
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -442,6 +443,21 @@ def label_names(ckpt: dict[str, Any]) -> list[str] | None:
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
             return list(names)
     return None
+
+
+def saved_args(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The training flags a checkpoint saved (``args``: main.py's dict, or the argparse namespace of
+    older checkpoints); empty if it saved none (released weights)."""
+    found = ckpt.get('args')
+    if isinstance(found, Namespace):
+        found = vars(found)
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def imagenet_mean_and_std(ckpt: dict[str, Any]) -> bool:
+    """Whether a checkpoint's model was trained (and evaluated) with ImageNet's mean and std, as
+    ``main.py --imagenet_default_mean_and_std`` (default true) said; false: Inception's (0.5)."""
+    return bool(saved_args(ckpt).get('imagenet_default_mean_and_std', True))
 
 
 @dataclass

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import timm
 import torch
 import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_INCEPTION_MEAN
 from torch.utils.data import DataLoader
 from torchvision import datasets as tv_datasets
 from torchvision import transforms
@@ -243,6 +244,15 @@ def format_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def trained_mean_and_std(source: str, model: nn.Module) -> bool:
+    """Whether ``source``'s weights were trained with ImageNet's mean and std (else Inception's), as
+    ``main.py --eval`` on them with their training flags: a training checkpoint's saved flag, a hub
+    folder's config.json mean, true for released weights."""
+    if source.startswith(LOCAL_DIR):
+        return tuple(model.pretrained_cfg.get('mean', IMAGENET_DEFAULT_MEAN)) != IMAGENET_INCEPTION_MEAN
+    return run_dir.imagenet_mean_and_std(run_dir.load_file(source, mmap=True)) if source else True
+
+
 def get_args_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser('validate.py', description=__doc__.split('\n\n')[0])
     g = parser.add_argument_group('model')
@@ -264,7 +274,8 @@ def get_args_parser() -> OneLineArgumentParser:
     g.add_argument('--input_size', type=input_size_arg, default=None,
                    help="image size (default: the model's pretrained_cfg input size)")
     g.add_argument('--crop_pct', type=float, default=None, help='as main.py --crop_pct (default 0.875; none from 384)')
-    g.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True, help='as main.py')
+    g.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=None,
+                   help="as main.py (default: the checkpoint's training flag or hub config's mean, else true)")
     g.add_argument('--batch_size', type=positive_int_arg, default=64)
     g.add_argument('--num_workers', type=int, default=4)
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', help='cuda or cpu')
@@ -285,7 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, name = load_model(args.checkpoint, args.model, args.pretrained, args.checkpoint_key,
                                  parse_model_kwargs(args.model_kwargs))
         input_size = args.input_size or model.pretrained_cfg['input_size'][-1]
-        transform = datasets.eval_transform(input_size, args.crop_pct, args.imagenet_default_mean_and_std)
+        mean_std = args.imagenet_default_mean_and_std
+        if mean_std is None:
+            mean_std = trained_mean_and_std(args.checkpoint, model)
+        transform = datasets.eval_transform(input_size, args.crop_pct, mean_std)
         sets = build_sets(args, transform)
         device = torch.device(args.device)
         model.to(device)

@@ -103,7 +103,8 @@ def _is_safetensors(path: str) -> bool:
 
 def _load_safetensors(path: str, map_location: Any) -> dict[str, Any]:
     """``{'model': tensors}`` of a safetensors file (no code can run: the format holds tensors only),
-    with the class names main.py's ``--save_safetensors`` keeps in its metadata."""
+    with the class names and mean/std flag (as the training flags ``args`` hold it) main.py's
+    ``--save_safetensors`` keeps in its metadata."""
     import json
 
     import safetensors
@@ -113,6 +114,8 @@ def _load_safetensors(path: str, map_location: Any) -> dict[str, Any]:
         meta = f.metadata() or {}
     if 'label_names' in meta:
         ckpt['label_names'] = json.loads(meta['label_names'])
+    if meta.get('imagenet_default_mean_and_std') in ('true', 'false'):
+        ckpt['args'] = {'imagenet_default_mean_and_std': meta['imagenet_default_mean_and_std'] == 'true'}
     return ckpt
 
 

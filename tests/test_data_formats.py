@@ -13,6 +13,9 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
 
 import datasets
 import main as train_main
@@ -171,6 +174,88 @@ def test_tarred_folder_and_class_map(formats):
         datasets.build_dataset(True, _args('folder', formats['tar'], nb_classes=5))
     with pytest.raises(TrainingError, match='must be the folder of the .tar shards'):
         datasets.build_dataset(True, _args('wds/tiny', os.path.join(formats['base'], 'missing')))
+
+
+# ----------------------------------------------------------------------------- image file types
+
+def _write_image(path: str, seed: int) -> np.ndarray:
+    """A tiny 8x8 image saved in the format its suffix names (.pgm grey, the others RGB); returns
+    the pixels written."""
+    rng = np.random.default_rng(seed)
+    grey = path.lower().endswith('.pgm')
+    arr = rng.integers(0, 256, size=(8, 8) if grey else (8, 8, 3), dtype=np.uint8)
+    fmt = Image.registered_extensions()[os.path.splitext(path)[1].lower()]
+    Image.fromarray(arr).save(path, format=fmt)
+    return arr
+
+
+def _folder_sources(root: str, n_classes: int) -> dict[str, list[tuple[str, int, int]]]:
+    """(path relative to the class folders' parent, label, decoded-pixel fingerprint) of every sample
+    that ``image_folder``, ``folder`` on ``root`` and ``folder`` on a tar of ``root`` list."""
+    tar = root + '.tar'
+    with tarfile.open(tar, 'w') as tf:
+        for name in sorted(os.listdir(root)):
+            tf.add(os.path.join(root, name), arcname=name)
+    out = {}
+    for source, data_set, path in (('image_folder', 'image_folder', root), ('folder', 'folder', root),
+                                   ('folder tar', 'folder', tar)):
+        ds, n = datasets.build_dataset(True, _args(data_set, path, nb_classes=n_classes))
+        assert n == n_classes
+        ds.transform = lambda img: _fingerprint(datasets.to_rgb(img))
+        names = ([os.path.relpath(p, root) for p, _ in ds.samples] if data_set == 'image_folder'
+                 else list(ds.filenames()))
+        decoded = [ds[i] for i in range(len(ds))]
+        out[source] = sorted((name, int(y), int(x)) for name, (x, y) in zip(names, decoded, strict=True))
+    return out
+
+
+_SUFFIXES = st.sampled_from(datasets.IMAGE_EXTENSIONS).flatmap(lambda e: st.sampled_from([e, e.upper()]))
+_OTHER_FILES = st.lists(st.sampled_from(['notes.txt', 'labels.csv', 'meta.json', 'list.npy', 'README', '.DS_Store',
+                                         'x.gif.txt', 'raw.mat']), max_size=3, unique=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(classes=st.lists(st.tuples(st.lists(_SUFFIXES, min_size=1, max_size=4), _OTHER_FILES), min_size=1, max_size=3))
+def test_every_folder_source_reads_the_same_image_files(tmp_path_factory, classes):
+    """Class folders holding images of any suffix of ``datasets.IMAGE_EXTENSIONS`` (any case), each
+    written in its format, and files that are not images: ``image_folder``, ``folder`` on the
+    folder and ``folder`` on a tar of it list the same (path, label) samples, every image file
+    once, and decode each to the same pixels."""
+    root = str(tmp_path_factory.mktemp('types') / 'data')
+    expected = []
+    for i, (suffixes, others) in enumerate(classes):
+        folder = os.path.join(root, f'class_{i}')
+        os.makedirs(folder)
+        for j, suffix in enumerate(suffixes):
+            _write_image(os.path.join(folder, f'img{j}{suffix}'), 10 * i + j)
+            expected.append((f'class_{i}/img{j}{suffix}', i))
+        for name in others:
+            with open(os.path.join(folder, name), 'w') as f:
+                f.write('not an image')
+    found = _folder_sources(root, len(classes))
+    assert [(p, y) for p, y, _ in found['image_folder']] == sorted(expected)
+    assert found['folder'] == found['image_folder'] == found['folder tar']
+
+
+def test_folder_of_tiff_and_bmp_files(tmp_path):
+    """A folder of .tif and .bmp images (no JPEG or PNG): every folder source reads all of them, with
+    the pixels written (timm's own list, .png .jpg .jpeg, found none)."""
+    root = str(tmp_path / 'data')
+    written = {}
+    for c, suffixes in (('scans', ['.tif', '.tiff', '.TIF']), ('shots', ['.bmp', '.BMP'])):
+        os.makedirs(os.path.join(root, c))
+        for j, suffix in enumerate(suffixes):
+            name = f'{c}/{j}{suffix}'
+            written[name] = _fingerprint(_write_image(os.path.join(root, name), len(written)))
+    found = _folder_sources(root, 2)
+    expected = sorted((name, int(name.startswith('shots')), fp) for name, fp in written.items())
+    assert found == {'image_folder': expected, 'folder': expected, 'folder tar': expected}
+
+
+def test_webdataset_keys_are_the_folder_suffixes():
+    """``wds/`` samples are read from the members the folder sources read, timm's keys first."""
+    assert datasets.WDS_IMAGE_KEYS.split(';') == [e[1:] for e in datasets.IMAGE_EXTENSIONS]
+    assert datasets.WDS_IMAGE_KEYS.startswith('jpg;png;webp;')
 
 
 def test_webdataset_split_named_by_shards(formats):

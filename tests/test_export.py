@@ -1,5 +1,6 @@
 """export.py: ONNX and torch.export of small 7x7 and GF models, checked against eager."""
 import functools
+import json
 import re
 
 import numpy as np
@@ -237,6 +238,38 @@ def test_hub_folder_preprocesses_as_evaluation_at_384_and_224(tmp_path):
         loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
         hub = timm.data.create_transform(**timm.data.resolve_data_config({}, model=loaded))(img)
         assert hub.shape == (3, size, size) and torch.equal(hub, datasets.eval_transform(size)(img))
+
+
+@pytest.mark.parametrize('saved', ['dict', 'namespace', 'safetensors', 'no flags'])
+def test_hub_config_takes_mean_and_std_from_the_checkpoint(tmp_path, saved):
+    """A checkpoint trained with ``--imagenet_default_mean_and_std false`` (main.py's ``args`` dict,
+    an older checkpoint's namespace, main.py's safetensors metadata) exports a config.json whose
+    timm transform is exactly ``datasets.eval_transform(size, None, False)`` (Inception's mean/std);
+    one without the flag, ImageNet's (main.py's default). validate.py reads the same flag."""
+    import argparse
+
+    import datasets
+    import run_dir
+    import validate
+    model = _small_model()
+    path = str(tmp_path / ('ckpt.safetensors' if saved == 'safetensors' else 'ckpt.pth'))
+    flags = {'imagenet_default_mean_and_std': False, 'lr': 1e-3}
+    if saved == 'safetensors':
+        run_dir.save_safetensors(model.state_dict(), path, {'imagenet_default_mean_and_std': 'false'})
+    else:
+        args = {'dict': flags, 'namespace': argparse.Namespace(**flags), 'no flags': {'lr': 1e-3}}[saved]
+        torch.save({'model': model.state_dict(), 'args': args}, path)
+    expected = saved == 'no flags'
+    assert export.main(_hub_args(path, tmp_path / 'hub', '--input_size', '64')) == 0
+    pretrained_cfg = json.loads((tmp_path / 'hub' / 'config.json').read_text())['pretrained_cfg']
+    img = _random_image(np.random.default_rng(0), 90, 70)
+    hub = _hub_transform(pretrained_cfg)(img)
+    assert torch.equal(hub, datasets.eval_transform(64, None, expected)(img))
+    assert not torch.equal(hub, datasets.eval_transform(64, None, not expected)(img))
+    assert validate.trained_mean_and_std(path, model) is expected
+    loaded = timm.create_model(f'local-dir:{tmp_path / "hub"}', pretrained=True)
+    assert validate.trained_mean_and_std(f'local-dir:{tmp_path / "hub"}', loaded) is expected
+    assert validate.trained_mean_and_std('', model) is True
 
 
 @settings(max_examples=20)

@@ -128,3 +128,38 @@ def test_predict_streams_images(setup, tmp_path, monkeypatch):
             ref = model(tf(Image.open(p).convert('RGB'))[None]).softmax(-1)[0].topk(5)
         assert [i for i, _ in top] == ref.indices.tolist()
         assert [v for _, v in top] == pytest.approx(ref.values.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize('saved', ['dict', 'namespace', 'safetensors'])
+def test_predict_normalises_as_the_checkpoint_was_trained(setup, tmp_path, capsys, saved):
+    """A checkpoint trained with ``--imagenet_default_mean_and_std false`` (main.py's ``args`` dict,
+    an older checkpoint's namespace, or main.py's safetensors metadata) is preprocessed with
+    Inception's mean/std, exactly ``datasets.eval_transform(size, None, False)``, and its top-5 are
+    those of the model on that tensor (ImageNet's mean/std would give others)."""
+    import argparse
+
+    import datasets
+    import main as train_main
+    import run_dir
+    model, _, img = setup
+    path = str(tmp_path / 'ckpt.pth')
+    flags = {'imagenet_default_mean_and_std': False}
+    if saved == 'safetensors':  # what main.py --save_safetensors true writes at the end of training
+        path = train_main.save_final_weights(str(tmp_path), model, None, {}, None, False, False)
+        assert path.endswith('model.safetensors') and not run_dir.imagenet_mean_and_std(run_dir.load_file(path))
+    else:
+        torch.save({'model': model.state_dict(),
+                    'args': argparse.Namespace(**flags) if saved == 'namespace' else flags}, path)
+    _, train_args = predict.checkpoint_meta(path)
+    image = Image.open(img).convert('RGB')
+    x = predict.eval_transform(model, train_args)(image)
+    assert torch.equal(x, datasets.eval_transform(224, None, False)(image))
+    assert not torch.equal(x, datasets.eval_transform(224)(image))
+
+    assert predict.main(['--model', 'hornet_tiny_gf', '--checkpoint', path] + SMALL_ARGS + [img]) == 0
+    top = _parse(capsys.readouterr().out)
+    with torch.no_grad():
+        ref = model(x[None]).softmax(-1)[0].topk(5)
+    names = predict.load_class_names()
+    assert [n for _, n in top] == [names[i] for i in ref.indices.tolist()]
+    assert [p for p, _ in top] == pytest.approx(ref.values.tolist(), abs=1e-4)
