@@ -772,9 +772,16 @@ def build_data(args: argparse.Namespace, run: RunSetup) -> RunData:
         args.nb_classes = nb_classes
         classes, classes_from = datasets.class_names(dataset_train), 'the training data'
     elif run.resume_path:
-        # mapped, not read: only its class names are needed before load_resume reads the weights
-        names = run_dir.label_names(run_dir.load_file(run.resume_path, mmap=True))
-        classes, classes_from = names, f'checkpoint {run.resume_path}'
+        # mapped, not read: only its class names and normalisation are needed before load_resume reads the weights
+        ckpt = run_dir.load_file(run.resume_path, mmap=True)
+        trained_mean_std = run_dir.imagenet_mean_and_std(ckpt)
+        if trained_mean_std != args.imagenet_default_mean_and_std:
+            # one preprocessing for evaluation: predict.py and export.py take the checkpoint's
+            flag = str(trained_mean_std).lower()
+            raise TrainingError(f'{run.resume_path} was trained with --imagenet_default_mean_and_std {flag}; '
+                                f'evaluate it with the same normalisation: pass --imagenet_default_mean_and_std {flag}')
+        classes, classes_from = run_dir.label_names(ckpt), f'checkpoint {run.resume_path}'
+        del ckpt
     dataset_val = None
     if args.eval or not args.disable_eval:
         dataset_val, nb_classes = datasets.build_dataset(False, args, classes, classes_from)

@@ -255,7 +255,34 @@ def test_predict_top1_equals_eval_accuracy(trained, tmp_path, capsys):
     the evaluation's Acc@1 on the same checkpoint and images."""
     data, out = trained
     ckpt = os.path.join(out, 'checkpoint-0.pth')
-    # images of several sizes and aspect ratios, where a different resize or crop would show
+    val, truth = _val_images(tmp_path)
+    acc, correct = _eval_and_predict(data, ckpt, val, truth, capsys)
+    assert round(100 * correct / len(truth), 3) == acc
+    assert 0 < correct < len(truth)  # neither trivially all right nor all wrong
+
+
+def test_eval_normalises_as_the_checkpoint_was_trained(trained, tmp_path, capsys):
+    """A checkpoint trained with ``--imagenet_default_mean_and_std false`` (Inception's mean/std):
+    ``--eval`` with the other normalisation is one line, exit 2, naming the flag to pass; with the
+    flag, its Acc@1 equals predict.py's top-1 (which reads the flag from the checkpoint)."""
+    data, out = trained
+    ckpt = torch.load(os.path.join(out, 'checkpoint-0.pth'), map_location='cpu', weights_only=True)
+    ckpt['args']['imagenet_default_mean_and_std'] = False
+    path = str(tmp_path / 'inception_norm.pth')
+    torch.save(ckpt, path)
+    val, truth = _val_images(tmp_path)
+    rc, _, err = run(argv(data, '', data_set='image_folder', data_path=os.path.join(data, 'train'),
+                          eval_data_path=val, eval='true', resume=path), capsys)
+    assert rc == 2 and err.strip().splitlines()[-1].endswith(
+        f'{path} was trained with --imagenet_default_mean_and_std false; evaluate it with the same '
+        'normalisation: pass --imagenet_default_mean_and_std false'), err
+    acc, correct = _eval_and_predict(data, path, val, truth, capsys, imagenet_default_mean_and_std='false')
+    assert round(100 * correct / len(truth), 3) == acc
+
+
+def _val_images(tmp_path) -> tuple[str, dict[str, str]]:
+    """A val folder of the three classes, images of several sizes and aspect ratios (where a
+    different resize or crop would show), and each image's class."""
     val = str(tmp_path / 'val')
     rng = np.random.default_rng(3)
     truth = {}
@@ -268,17 +295,20 @@ def test_predict_top1_equals_eval_accuracy(trained, tmp_path, capsys):
             path = os.path.join(val, c, f'{k}.png')
             Image.fromarray(img).save(path)
             truth[path] = c
+    return val, truth
+
+
+def _eval_and_predict(data, ckpt, val, truth, capsys, **flags) -> tuple[float, int]:
+    """main.py --eval's Acc@1 on ``val``, and how many of its images predict.py's top-1 gets right."""
     rc, stdout, err = run(argv(data, '', data_set='image_folder', data_path=os.path.join(data, 'train'),
-                               eval_data_path=val, eval='true', resume=ckpt), capsys)
+                               eval_data_path=val, eval='true', resume=ckpt, **flags), capsys)
     assert rc == 0, err
     acc = float(stdout.split('* Acc@1 ')[1].split()[0])
     assert predict.main(['--model', 'hornet_tiny_gf', '--checkpoint', ckpt, '--topk', '1', '--model_kwargs',
                          'depths=1,1,1,1', 'base_dim=16', *truth]) == 0
     lines = capsys.readouterr().out.splitlines()
     top1 = {lines[i][:-1]: lines[i + 1].split()[-1] for i in range(0, len(lines), 2)}
-    correct = sum(top1[p] == c for p, c in truth.items())
-    assert round(100 * correct / len(truth), 3) == acc
-    assert 0 < correct < len(truth)  # neither trivially all right nor all wrong
+    return acc, sum(top1[p] == c for p, c in truth.items())
 
 
 # ----------------------------------------------------------------------------- generated layouts
