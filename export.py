@@ -219,8 +219,14 @@ def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
         if isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names):
             info['label_names'] = list(names)
             break
-    if 'imagenet_default_mean_and_std' in run_dir.saved_args(ckpt):
+    train_args = run_dir.saved_args(ckpt)
+    if 'imagenet_default_mean_and_std' in train_args:
         info['imagenet_default_mean_and_std'] = run_dir.imagenet_mean_and_std(ckpt)
+    # the evaluation's size and crop, as predict.py takes them from the checkpoint
+    if isinstance(train_args.get('input_size'), int):
+        info['input_size'] = train_args['input_size']
+    if isinstance(train_args.get('crop_pct'), (int, float)):
+        info['crop_pct'] = float(train_args['crop_pct'])
     return info
 
 
@@ -288,7 +294,7 @@ def _write_file_atomic(path: str, write) -> None:
 
 
 def hub_config(model: nn.Module, input_size: int, model_config: dict[str, Any] | None = None,
-               imagenet_default_mean_and_std: bool = True) -> dict[str, Any]:
+               imagenet_default_mean_and_std: bool = True, crop_pct: float | None = None) -> dict[str, Any]:
     """The ``config.json`` of a hub export (timm's ``save_config_for_hf``). Its preprocessing is the
     evaluation's at ``input_size`` with the mean/std the weights were trained with
     (:func:`models.hornet.eval_data_config`, what ``datasets.eval_transform`` does), so timm's
@@ -299,7 +305,7 @@ def hub_config(model: nn.Module, input_size: int, model_config: dict[str, Any] |
         path = os.path.join(tmp, 'config.json')
         save_config_for_hf(model, path, model_config=dict(model_config or {}),
                            data_config=models.hornet.eval_data_config(
-                               input_size, imagenet_default_mean_and_std=imagenet_default_mean_and_std))
+                               input_size, crop_pct, imagenet_default_mean_and_std=imagenet_default_mean_and_std))
         with open(path, encoding='utf-8') as f:
             cfg = json.load(f)
     for k in ('url', 'origin_url', 'tag'):  # these describe the released weights, not this export
@@ -327,7 +333,8 @@ def write_hub_folder(model: nn.Module, folder: str, input_size: int, info: dict[
         config['label_names'] = info['label_names']
 
     def write_config(tmp: str) -> None:
-        cfg = hub_config(model, input_size, config, info.get('imagenet_default_mean_and_std', True))
+        cfg = hub_config(model, input_size, config, info.get('imagenet_default_mean_and_std', True),
+                         info.get('crop_pct'))
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(cfg, f, indent=2)
 
@@ -363,6 +370,8 @@ def export_hub_folder(model: nn.Module, args: argparse.Namespace, input_size: in
     folder = os.path.abspath(args.output)
     try:
         info = checkpoint_info(args.checkpoint, args.checkpoint_key) if args.checkpoint else {}
+        if not args.input_size and 'input_size' in info:  # the size the weights were trained and evaluated at
+            input_size = info['input_size']
         source = os.path.basename(args.checkpoint) if args.checkpoint else 'random weights'
         write_hub_folder(model, folder, input_size, info, source, args.overwrite)
     except (FileExistsError, ValueError, models.CheckpointFileError) as e:
@@ -404,7 +413,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--num_classes', type=int, default=None,
                         help='classifier size without a checkpoint (default: the variant\'s 1000)')
     parser.add_argument('--input_size', type=input_size_arg, default=None,
-                        help='square input size, at least 32 (default: the variant\'s pretrained_cfg size)')
+                        help='square input size, at least 32 (default: the variant\'s pretrained_cfg size; '
+                             'hub: the checkpoint\'s training size when it holds one, as predict.py)')
     parser.add_argument('--format', choices=('onnx', 'torch_export', 'hub'), required=True,
                         help='hub: a folder for timm\'s hub loader (config.json, model.safetensors, README.md)')
     parser.add_argument('--dynamic_batch', action='store_true', help='export with a variable batch dimension')

@@ -272,6 +272,26 @@ def test_hub_config_takes_mean_and_std_from_the_checkpoint(tmp_path, saved):
     assert validate.trained_mean_and_std('', model) is True
 
 
+def test_hub_export_preprocesses_as_predict_for_a_checkpoint(tmp_path):
+    """A checkpoint trained at 64 px with ``--crop_pct 0.95`` and Inception's mean/std: without
+    ``--input_size``, the hub config's timm transform is exactly predict.py's for that checkpoint
+    (its size, crop and mean/std), which is ``datasets.eval_transform(64, 0.95, False)``."""
+    import datasets
+    import predict
+    model = _small_model()
+    path = str(tmp_path / 'ckpt.pth')
+    flags = {'imagenet_default_mean_and_std': False, 'input_size': 64, 'crop_pct': 0.95}
+    torch.save({'model': model.state_dict(), 'args': flags}, path)
+    assert export.main(_hub_args(path, tmp_path / 'hub')) == 0
+    pretrained_cfg = json.loads((tmp_path / 'hub' / 'config.json').read_text())['pretrained_cfg']
+    assert pretrained_cfg['input_size'] == [3, 64, 64] and pretrained_cfg['crop_pct'] == 0.95
+    img = _random_image(np.random.default_rng(1), 90, 70)
+    hub = _hub_transform(pretrained_cfg)(img)
+    assert torch.equal(hub, predict.eval_transform(model, flags)(img))
+    assert torch.equal(hub, datasets.eval_transform(64, 0.95, False)(img))
+    assert not torch.equal(hub, datasets.eval_transform(64, None, False)(img))
+
+
 @settings(max_examples=20)
 @given(size=st.integers(32, 512), images=st.lists(st.tuples(st.integers(1, 640), st.integers(1, 640)),
                                                   min_size=1, max_size=2), seed=st.integers(0, 2 ** 16))
