@@ -2,6 +2,9 @@
 and how a rerun continues: the run the command line describes, or a one-line refusal."""
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 
 import main as train_main
 import run_dir
-from helpers import read_log, snapshot, tiny_argv
+from helpers import ROOT, read_log, run_python, snapshot, subprocess_env, tiny_argv
 
 # what the project writes into --output_dir; everything else there belongs to someone else
 OURS_PREFIXES = ('checkpoint-', 'events.out.tfevents', run_dir.TMP_PREFIX, run_dir.LOCK_NAME,
@@ -296,3 +299,47 @@ def test_optimizer_state_of_other_groups_is_one_line(saved, now):
     msg = str(e.value)
     assert f'it has {len(saved)} parameter groups of sizes {saved}, this run {len(now)} of sizes {now}' in msg
     assert '--finetune ck.pth' in msg and '\n' not in msg
+
+
+@pytest.mark.slow
+def test_write_limit_is_a_clear_save_error(tmp_path):
+    """A real failed write inside torch.save (file size limit, as on a full disk) becomes a
+    CheckpointError; the old file under the name survives and no temp file remains."""
+    code = (
+        'import resource, signal, torch\n'
+        'import run_dir\n'
+        'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+        'resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n'
+        'try:\n'
+        f'    run_dir.atomic_save({{"w": torch.zeros(100000)}}, {str(tmp_path / "c.pth")!r})\n'
+        'except run_dir.CheckpointError as e:\n'
+        '    print(e)\n')
+    (tmp_path / 'c.pth').write_bytes(b'old')
+    res = run_python(['-c', code], timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith(f'cannot save checkpoint {tmp_path}/c.pth: '), res.stdout
+    assert sorted(os.listdir(tmp_path)) == ['c.pth'] and (tmp_path / 'c.pth').read_bytes() == b'old'
+
+
+@pytest.mark.slow
+def test_stale_lock_of_killed_run_does_not_block(tmp_path):
+    """A run killed with -9 leaves its lock file; the kernel released the flock, so the next
+    run takes the folder (and removes the file when done)."""
+    out = tmp_path / 'out'
+    out.mkdir()
+    code = ('import time; import run_dir\n'
+            f'run_dir.RunLock({str(out)!r}).acquire(); print("locked", flush=True); time.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == 'locked'
+    with pytest.raises(run_dir.OutputDirError, match=f'in use by another run \\(pid {proc.pid} on host'):
+        run_dir.RunLock(str(out)).acquire()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert os.listdir(out) == [run_dir.LOCK_NAME]  # left behind by the killed process
+    lock = run_dir.RunLock(str(out))
+    lock.acquire()
+    with open(out / run_dir.LOCK_NAME) as f:
+        assert f.read().startswith(f'pid {os.getpid()} on host ')
+    lock.release()
+    assert os.listdir(out) == []
