@@ -586,11 +586,15 @@ def autocast_weights(x: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[to
     per weight, shared by the slices taken of it afterwards (autocast casts every slice again). For
     inference the casts are kept across forwards (:func:`weight_cache`)."""
     dtype = _autocast_dtype(x)
-    if dtype is None:
-        return tensors
+    return tensors if dtype is None else _cast(x, dtype, tensors)
+
+
+def _cast(x, dtype: torch.dtype, tensors: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` in ``dtype`` (None and those already in it unchanged), the casts kept across
+    forwards for inference on ``x`` (:func:`weight_cache`)."""
     todo = [t for t in tensors if t is not None and t.dtype != dtype]
     if not todo:
-        return tensors
+        return tuple(tensors)
     if _caches(x):
         cast = iter(_cached(('cast', dtype), todo, lambda: tuple(t.to(dtype) for t in todo)))
     else:
@@ -622,22 +626,18 @@ def gf_filter(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     resized to ``(H, W // 2 + 1)``, dense (``model.to(memory_format=torch.channels_last)`` makes the
     4-D filter channels-last, and the FFT product needs it dense). Kept across forwards for inference
     on the lean path (:func:`weight_cache`); elsewhere :func:`global_filter` does the same inside."""
-    H, W = x.shape[-2:]
-
-    def compute():
-        return (resize_complex_weight(weight.float(), (H, W // 2 + 1)).contiguous(),)
     if not _caches(x):
         return weight
-    return _cached(('gf', H, W), (weight,), compute)[0]
+    H, W = x.shape[-2:]
+    return _cached(('gf', H, W), (weight,),
+                   lambda: (resize_complex_weight(weight.float(), (H, W // 2 + 1)).contiguous(),))[0]
 
 
 def scale_add(y: torch.Tensor, scale: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``residual + y * scale`` (each term optional) in ``y``'s dtype, one kernel (``addcmul``): the
     layer scale rides on the residual add instead of being folded into the weights."""
     if scale is not None:
-        if scale.dtype != y.dtype:  # a float32 scale would make the bf16 product float32
-            scale = _cached(('cast', y.dtype), (scale,), lambda: (scale.to(y.dtype),))[0] if _caches(y) \
-                else scale.to(y.dtype)
+        scale = _cast(y, y.dtype, (scale,))[0]  # a float32 scale would make the bf16 product float32
         return torch.addcmul(residual, y, scale) if residual is not None else y * scale
     return y + residual if residual is not None else y
 
