@@ -221,7 +221,7 @@ def checkpoint_info(path: str, key: str = 'auto') -> dict[str, Any]:
             break
     train_args = run_dir.saved_args(ckpt)
     if 'imagenet_default_mean_and_std' in train_args:
-        info['imagenet_default_mean_and_std'] = run_dir.imagenet_mean_and_std(ckpt)
+        info['imagenet_default_mean_and_std'] = run_dir.imagenet_mean_and_std(train_args)
     # the evaluation's size and crop, as predict.py takes them from the checkpoint
     if isinstance(train_args.get('input_size'), int):
         info['input_size'] = train_args['input_size']

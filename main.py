@@ -774,7 +774,7 @@ def build_data(args: argparse.Namespace, run: RunSetup) -> RunData:
     elif run.resume_path:
         # mapped, not read: only its class names and normalisation are needed before load_resume reads the weights
         ckpt = run_dir.load_file(run.resume_path, mmap=True)
-        trained_mean_std = run_dir.imagenet_mean_and_std(ckpt)
+        trained_mean_std = run_dir.imagenet_mean_and_std(run_dir.saved_args(ckpt))
         if trained_mean_std != args.imagenet_default_mean_and_std:
             # one preprocessing for evaluation: predict.py and export.py take the checkpoint's
             flag = str(trained_mean_std).lower()

@@ -100,7 +100,7 @@ def eval_transform(model: torch.nn.Module, train_args: dict[str, Any], input_siz
     mean/std flags when it has them (``input_size`` overrides), else the variant's input size."""
     size = input_size or train_args.get('input_size') or model.pretrained_cfg['input_size'][-1]
     return datasets.eval_transform(int(size), train_args.get('crop_pct'),
-                                   run_dir.imagenet_mean_and_std({'args': train_args}))
+                                   run_dir.imagenet_mean_and_std(train_args))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

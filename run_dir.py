@@ -454,10 +454,11 @@ def saved_args(ckpt: dict[str, Any]) -> dict[str, Any]:
     return dict(found) if isinstance(found, dict) else {}
 
 
-def imagenet_mean_and_std(ckpt: dict[str, Any]) -> bool:
-    """Whether a checkpoint's model was trained (and evaluated) with ImageNet's mean and std, as
-    ``main.py --imagenet_default_mean_and_std`` (default true) said; false: Inception's (0.5)."""
-    return bool(saved_args(ckpt).get('imagenet_default_mean_and_std', True))
+def imagenet_mean_and_std(train_args: dict[str, Any]) -> bool:
+    """Whether a model was trained (and evaluated) with ImageNet's mean and std, by the training flags
+    its checkpoint saved (:func:`saved_args`): ``main.py --imagenet_default_mean_and_std``, default
+    true; false: Inception's (0.5)."""
+    return bool(train_args.get('imagenet_default_mean_and_std', True))
 
 
 @dataclass

@@ -250,7 +250,7 @@ def trained_mean_and_std(source: str, model: nn.Module) -> bool:
     folder's config.json mean, true for released weights."""
     if source.startswith(LOCAL_DIR):
         return tuple(model.pretrained_cfg.get('mean', IMAGENET_DEFAULT_MEAN)) != IMAGENET_INCEPTION_MEAN
-    return run_dir.imagenet_mean_and_std(run_dir.load_file(source, mmap=True)) if source else True
+    return run_dir.imagenet_mean_and_std(run_dir.saved_args(run_dir.load_file(source, mmap=True))) if source else True
 
 
 def get_args_parser() -> OneLineArgumentParser:

@@ -146,7 +146,8 @@ def test_predict_normalises_as_the_checkpoint_was_trained(setup, tmp_path, capsy
     flags = {'imagenet_default_mean_and_std': False}
     if saved == 'safetensors':  # what main.py --save_safetensors true writes at the end of training
         path = train_main.save_final_weights(str(tmp_path), model, None, {}, None, False, False)
-        assert path.endswith('model.safetensors') and not run_dir.imagenet_mean_and_std(run_dir.load_file(path))
+        assert path.endswith('model.safetensors')
+        assert not run_dir.imagenet_mean_and_std(run_dir.saved_args(run_dir.load_file(path)))
     else:
         torch.save({'model': model.state_dict(),
                     'args': argparse.Namespace(**flags) if saved == 'namespace' else flags}, path)
